@@ -1,0 +1,46 @@
+"""The "never break the host program" rule, in one place.
+
+Every entry point that the host program reaches (recording functions, framework
+callbacks, subscribers) runs its body under :func:`guarded`. An unexpected
+error is logged and swallowed in production; under pytest it is re-raised so
+that our own tests see it. :class:`~agentmeter.BudgetExceeded` and argument
+errors (``ValueError`` / ``TypeError`` raised by validation) always propagate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+logger = logging.getLogger("agentmeter")
+
+
+def strict_mode() -> bool:
+    """True when internal errors should be re-raised (pytest, or AGENTMETER_STRICT=1)."""
+    flag = os.environ.get("AGENTMETER_STRICT")
+    if flag is not None:
+        return flag not in ("", "0", "false", "False")
+    return "pytest" in sys.modules
+
+
+def swallow(exc: BaseException, where: str) -> None:
+    """Log an internal error; re-raise it in strict mode."""
+    if strict_mode():
+        raise exc
+    logger.exception("agentmeter: internal error in %s (ignored): %r", where, exc)
+
+
+@contextmanager
+def guarded(where: str) -> Iterator[None]:
+    """Run a block whose failure must not reach the host program."""
+    try:
+        yield
+    except Exception as exc:  # BaseException (KeyboardInterrupt, ...) passes through
+        from .errors import BudgetExceeded
+
+        if isinstance(exc, BudgetExceeded):
+            raise
+        swallow(exc, where)

@@ -1,0 +1,100 @@
+"""Argument checks for the public recording functions.
+
+They run before any state is touched, so a rejected call changes nothing.
+Each check is a couple of type tests: they sit on the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+_INT = int
+_BOOL = bool
+
+
+def count(name: str, value: Any) -> int:
+    """A non-negative integer count (bools rejected: ``True`` is not a token count)."""
+    if type(value) is _INT:
+        if value >= 0:
+            return value
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if isinstance(value, _BOOL) or not isinstance(value, _INT):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def opt_duration(name: str, value: Any) -> float | None:
+    """An optional non-negative finite number of milliseconds."""
+    if value is None:
+        return None
+    return duration(name, value)
+
+
+def duration(name: str, value: Any) -> float:
+    """A non-negative finite number of milliseconds."""
+    if isinstance(value, _BOOL) or not isinstance(value, int | float | Decimal):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    v = float(value)
+    if math.isnan(v) or math.isinf(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def opt_cost_micros(name: str, value: Any) -> int | None:
+    """An optional non-negative dollar amount, converted to integer micro-USD (half up)."""
+    if value is None:
+        return None
+    if isinstance(value, _BOOL) or not isinstance(value, int | float | Decimal):
+        raise TypeError(f"{name} must be a number of dollars, got {type(value).__name__}")
+    dec = value if isinstance(value, Decimal) else Decimal(repr(value) if isinstance(value, float) else value)
+    if not dec.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if dec < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return int((dec * 1_000_000).to_integral_value(rounding="ROUND_HALF_UP"))
+
+
+def name(arg: str, value: Any, *, optional: bool = True) -> str | None:
+    """A non-empty string identifier (model, tool, session, agent ...)."""
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{arg} is required")
+    if type(value) is not str:
+        raise TypeError(f"{arg} must be a str, got {type(value).__name__}: {value!r}")
+    if not value:
+        raise ValueError(f"{arg} must not be empty")
+    return value
+
+
+def call_id(value: Any) -> object:
+    """A call id: str, int or uuid.UUID (LangChain run ids) ."""
+    if value is None or type(value) is str or type(value) is int:
+        return value
+    from uuid import UUID
+
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, str):
+        return str(value)
+    raise TypeError(f"call_id must be a str, int or UUID, got {type(value).__name__}")
+
+
+def flag(arg: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"{arg} must be a bool, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def metadata(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"metadata must be a dict, got {type(value).__name__}")
+    return value

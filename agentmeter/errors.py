@@ -1,0 +1,57 @@
+"""Exceptions agentmeter raises on purpose.
+
+Only :class:`BudgetExceeded` ever escapes into the host program during
+recording; bad arguments to public functions raise ``ValueError`` /
+``TypeError`` before anything is counted.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+__all__ = ["AgentMeterError", "BudgetExceeded"]
+
+
+class AgentMeterError(Exception):
+    """Base class of agentmeter's own exceptions."""
+
+
+class BudgetExceeded(AgentMeterError):
+    """A call was refused before it was made because it would overspend a budget.
+
+    Attributes:
+        owner: What the budget belongs to, e.g. ``"session 's1'"`` or ``"scope 'turn'"``.
+        limit_name: The :class:`~agentmeter.Budget` field that would be exceeded
+            (``"max_tokens"``, ``"max_cost_usd"``, ...).
+        limit: The configured limit (an ``int``, or a ``Decimal`` for cost).
+        used: What was already spent against it.
+        reserved: What calls still in flight have reserved.
+        requested: What the refused call asked for.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        limit_name: str,
+        limit: int | Decimal,
+        used: int | Decimal,
+        reserved: int | Decimal,
+        requested: int | Decimal,
+    ) -> None:
+        self.owner = owner
+        self.limit_name = limit_name
+        self.limit = limit
+        self.used = used
+        self.reserved = reserved
+        self.requested = requested
+        super().__init__(
+            f"budget of {owner} exceeded: {limit_name}={limit}, used {used}, "
+            f"reserved by calls in flight {reserved}, requested {requested}"
+        )
+
+    def __reduce__(self) -> tuple[type[BudgetExceeded], tuple[object, ...]]:
+        # Keep the exception picklable (multiprocessing, Celery) with its numbers.
+        return (
+            type(self),
+            (self.owner, self.limit_name, self.limit, self.used, self.reserved, self.requested),
+        )

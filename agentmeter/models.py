@@ -1,0 +1,307 @@
+"""Value objects at agentmeter's boundaries: frozen pydantic models.
+
+They are built when someone reads (snapshots, sessions, scopes, events), never
+on the recording hot path, and they serialise to JSON
+(``snapshot.model_dump_json()``) so a snapshot can travel to another process
+and be merged there (:meth:`~agentmeter.Tracker.merge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from . import _fields, _latency
+
+__all__ = [
+    "BudgetStatus",
+    "SessionUsage",
+    "Snapshot",
+    "ToolStats",
+    "Usage",
+    "UsageCell",
+    "UsageEvent",
+]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def micros_to_usd(micros: int) -> Decimal:
+    """Integer micro-USD to exact ``Decimal`` dollars."""
+    return Decimal(micros).scaleb(-6)
+
+
+class Usage(BaseModel):
+    """Totals of everything recorded into one aggregate (tracker, scope, session, model ...).
+
+    Token conventions: ``input_tokens`` counts every prompt token with the cached
+    ones included (``cache_read_tokens`` / ``cache_write_tokens`` are parts of it);
+    ``reasoning_tokens`` is part of ``output_tokens``. Embedding tokens are kept
+    apart in ``embedding_tokens``.
+    """
+
+    model_config = _FROZEN
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    llm_calls: int = 0
+    failed_llm_calls: int = 0
+    estimated_calls: int = Field(0, description="LLM and embedding calls whose counts were estimated")
+    cost_micros: int = Field(0, description="Cost of the priced calls, integer micro-USD")
+    unpriced_calls: int = Field(0, description="Calls whose model had no known price")
+    llm_latency_ms: float = 0.0
+    embedding_tokens: int = 0
+    embedding_calls: int = 0
+    tool_calls: int = 0
+    failed_tool_calls: int = 0
+    tool_duration_ms: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    tokens_saved: int = 0
+
+    @classmethod
+    def from_row(cls, row: Sequence[int | float]) -> Usage:
+        """Build from an internal counter row (see ``_fields.FIELDS``)."""
+        return cls.model_construct(**dict(zip(_fields.FIELDS, row, strict=True)))
+
+    def to_row(self) -> list[int | float]:
+        """The internal counter row of this usage."""
+        return [getattr(self, f) for f in _fields.FIELDS]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        """LLM input + output tokens plus embedding tokens."""
+        return self.input_tokens + self.output_tokens + self.embedding_tokens
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """Cost in dollars; ``None`` when calls were made and none of them was priced.
+
+        When only some calls were priced this is their sum, and ``unpriced_calls`` says
+        how many are missing from it.
+        """
+        priced_calls = self.llm_calls + self.embedding_calls - self.unpriced_calls
+        if self.unpriced_calls and priced_calls <= 0 and not self.cost_micros:
+            return None
+        return micros_to_usd(self.cost_micros)
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage.from_row([a + b for a, b in zip(self.to_row(), other.to_row(), strict=True)])
+
+
+
+class ToolStats(BaseModel):
+    """Statistics of one tool (or one category, or one tool within one session).
+
+    ``p50_ms`` / ``p95_ms`` come from a bounded log-scale histogram (within ~2.2%,
+    clamped to the exact min and max); ``recent_call_ids`` keeps only the last few.
+    """
+
+    model_config = _FROZEN
+
+    tool: str
+    category: str = ""
+    calls: int = 0
+    ok: int = 0
+    failed: int = 0
+    total_duration_ms: float = 0.0
+    min_duration_ms: float | None = None
+    max_duration_ms: float | None = None
+    llm_calls: int = Field(0, description="LLM calls made inside the tool")
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    embedding_tokens: int = 0
+    cost_micros: int = 0
+    unpriced_calls: int = 0
+    recent_call_ids: tuple[str, ...] = ()
+    duration_histogram: dict[int, int] = Field(default_factory=dict, repr=False)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        """Tokens spent by LLM and embedding calls inside the tool."""
+        return self.input_tokens + self.output_tokens + self.embedding_tokens
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """Cost of the LLM calls inside the tool (``None`` if all of them were unpriced)."""
+        if self.unpriced_calls and self.unpriced_calls >= self.llm_calls and not self.cost_micros:
+            return None
+        return micros_to_usd(self.cost_micros)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def mean_duration_ms(self) -> float | None:
+        """Mean duration of a call, ``None`` before the first call."""
+        return self.total_duration_ms / self.calls if self.calls else None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def p50_ms(self) -> float | None:
+        """Median call duration."""
+        return self._quantile(0.5)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def p95_ms(self) -> float | None:
+        """95th percentile call duration."""
+        return self._quantile(0.95)
+
+    def _quantile(self, q: float) -> float | None:
+        if self.min_duration_ms is None or self.max_duration_ms is None:
+            return None
+        return _latency.quantile(self.duration_histogram, q, self.min_duration_ms, self.max_duration_ms)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def success_rate(self) -> float | None:
+        """Share of calls that succeeded."""
+        return self.ok / self.calls if self.calls else None
+
+
+
+class UsageCell(BaseModel):
+    """Usage of one (model, provider, session, agent, tool) combination.
+
+    A snapshot carries these so that every breakdown can be rebuilt after merging
+    snapshots of several processes.
+    """
+
+    model_config = _FROZEN
+
+    model: str | None = None
+    provider: str | None = None
+    session_id: str | None = None
+    agent_id: str | None = None
+    tool: str | None = None
+    usage: Usage
+
+
+class BudgetStatus(BaseModel):
+    """A budget's limits against what was spent and what calls in flight reserved."""
+
+    model_config = _FROZEN
+
+    owner: str
+    limits: dict[str, int | Decimal]
+    used: dict[str, int | Decimal]
+    reserved: dict[str, int | Decimal]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def remaining(self) -> dict[str, int | Decimal]:
+        """What is left of each limit (never negative)."""
+        out: dict[str, int | Decimal] = {}
+        for name, limit in self.limits.items():
+            left = limit - self.used.get(name, 0) - self.reserved.get(name, 0)
+            out[name] = left if left > 0 else type(limit)(0)
+        return out
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def exhausted(self) -> bool:
+        """True when some limit has nothing left."""
+        return any(v <= 0 for v in self.remaining.values())
+
+
+class SessionUsage(BaseModel):
+    """One session: its usage, its breakdowns, its tools and its budget."""
+
+    model_config = _FROZEN
+
+    session_id: str
+    usage: Usage
+    by_model: dict[str, Usage] = Field(default_factory=dict)
+    by_agent: dict[str, Usage] = Field(default_factory=dict)
+    tools: dict[str, ToolStats] = Field(default_factory=dict)
+    budget: BudgetStatus | None = None
+
+
+
+class Snapshot(BaseModel):
+    """A frozen, JSON-serialisable picture of a tracker.
+
+    ``cells`` hold the joint breakdown; the ``by_*`` views are derived from it.
+    """
+
+    model_config = _FROZEN
+
+    taken_at: datetime
+    totals: Usage
+    by_model: dict[str, Usage] = Field(default_factory=dict)
+    by_provider: dict[str, Usage] = Field(default_factory=dict)
+    by_session: dict[str, Usage] = Field(default_factory=dict)
+    by_agent: dict[str, Usage] = Field(default_factory=dict)
+    by_tool: dict[str, ToolStats] = Field(default_factory=dict)
+    by_category: dict[str, ToolStats] = Field(default_factory=dict)
+    by_session_tool: dict[str, dict[str, ToolStats]] = Field(default_factory=dict)
+    cells: tuple[UsageCell, ...] = ()
+    session_tool_stats: tuple[tuple[str | None, ToolStats], ...] = Field(
+        (), description="Tool stats per (session or None, tool), the source of the tool views"
+    )
+
+
+
+EventKind = Literal["chat", "completion", "embedding", "tool", "cache_hit", "cache_miss"]
+
+
+class UsageEvent(BaseModel):
+    """One metered call, delivered to subscribers (and sinks) after it was counted."""
+
+    model_config = _FROZEN
+
+    call_id: str
+    timestamp: datetime
+    kind: str
+    model: str | None = None
+    provider: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_micros: int | None = None
+    latency_ms: float | None = None
+    session_id: str | None = None
+    agent_id: str | None = None
+    scope_path: tuple[str, ...] = ()
+    tool: str | None = None
+    category: str | None = None
+    status: Literal["ok", "error"] = "ok"
+    error: str | None = None
+    estimated: bool = False
+    tokens_saved: int = 0
+    metadata: dict[str, Any] | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """Cost in dollars, ``None`` when unpriced (or not a priced kind of event)."""
+        return None if self.cost_micros is None else micros_to_usd(self.cost_micros)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+def sum_usages(usages: Iterable[Usage]) -> Usage:
+    """Add usages together."""
+    row = _fields.zeros()
+    for u in usages:
+        row = [a + b for a, b in zip(row, u.to_row(), strict=True)]
+    return Usage.from_row(row)

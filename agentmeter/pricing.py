@@ -1,0 +1,318 @@
+"""Model prices: user overrides, genai-prices' bundled data, and name normalisation.
+
+Cost is computed in integer arithmetic. Rates are kept in femto-USD per token
+(USD per million tokens x 1e9), so ``tokens * rate`` is exact and one division
+rounds the call's total to integer micro-USD (half up). genai-prices'
+``calc_price`` costs ~150 us a call; we resolve a model's rates through it once
+and cache the result, so every later call is a dict lookup and a few multiplies.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from . import _validate
+
+__all__ = ["ModelRates", "PriceBook", "UnpricedModelWarning", "normalise_model"]
+
+_FEMTO_PER_USD_PER_MTOK = 10**9  # 1 USD/Mtok == 1e-6 USD/token == 1e9 femto-USD/token
+_FEMTO_PER_MICRO = 10**9
+_HALF_MICRO = _FEMTO_PER_MICRO // 2
+
+
+class UnpricedModelWarning(UserWarning):
+    """A model has no known price: its calls are counted but their cost is ``None``."""
+
+
+# Routing prefixes seen in LiteLLM, LangChain (ls_provider) and gateways, mapped to
+# genai-prices provider ids. A prefix maps to None when it says nothing about price.
+_PROVIDER_ALIASES: dict[str, str | None] = {
+    "openai": "openai",
+    "azure": "azure",
+    "azure_ai": "azure",
+    "azure_openai": "azure",
+    "anthropic": "anthropic",
+    "google": "google",
+    "gemini": "google",
+    "google_genai": "google",
+    "google_vertexai": "google",
+    "google_anthropic_vertex": "anthropic",
+    "vertex_ai": "google",
+    "vertexai": "google",
+    "bedrock": "aws",
+    "amazon_bedrock": "aws",
+    "aws": "aws",
+    "mistral": "mistral",
+    "mistralai": "mistral",
+    "groq": "groq",
+    "deepseek": "deepseek",
+    "together": "together",
+    "together_ai": "together",
+    "fireworks": "fireworks",
+    "fireworks_ai": "fireworks",
+    "cohere": "cohere",
+    "xai": "x-ai",
+    "x-ai": "x-ai",
+    "openrouter": "openrouter",
+    "perplexity": "perplexity",
+    "models": None,  # Gemini's "models/gemini-2.5-flash"
+}
+# Tried, in order, when the model name alone does not identify a provider
+# (genai-prices cannot guess e.g. "text-embedding-3-small").
+_FALLBACK_PROVIDERS = ("openai", "anthropic", "google")
+
+_DATE_SUFFIX = re.compile(r"(?:[-@]\d{4}-?\d{2}-?\d{2}|-latest|-\d{4})$")
+
+
+def normalise_model(model: str) -> tuple[str, str | None]:
+    """Split a model name into its bare, lower-case name and a provider hint.
+
+    ``"azure/gpt-4o-mini"`` -> ``("gpt-4o-mini", "azure")``;
+    ``"openrouter/anthropic/claude-3.5-sonnet"`` -> ``("claude-3.5-sonnet", "openrouter")``;
+    ``"models/gemini-2.5-flash"`` -> ``("gemini-2.5-flash", None)``.
+    Dated snapshots are kept here (genai-prices knows many); :class:`PriceBook`
+    strips the date only when the dated name is unknown.
+    """
+    m = model.strip().lower()
+    hint: str | None = None
+    if "/" in m:
+        parts = [p for p in m.split("/") if p]
+        for part in parts[:-1]:
+            if part in _PROVIDER_ALIASES:
+                hint = _PROVIDER_ALIASES[part]
+                break
+        m = parts[-1] if parts else m
+    return m, hint
+
+
+def _candidates(bare: str) -> list[str]:
+    out = [bare]
+    undated = _DATE_SUFFIX.sub("", bare)
+    if undated != bare and undated:
+        out.append(undated)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRates:
+    """One model's resolved rates, in femto-USD per token (per request for ``request``).
+
+    Each field is a tuple of ``(threshold, rate)`` pairs, highest threshold first; the
+    first pair whose threshold the call's input tokens exceed applies (genai-prices'
+    "cliff" tiers: crossing a threshold prices *all* tokens at the tier's rate). A
+    flat price is ``((-1, rate),)``.
+    """
+
+    input: tuple[tuple[int, int], ...]
+    output: tuple[tuple[int, int], ...]
+    cache_read: tuple[tuple[int, int], ...] | None
+    cache_write: tuple[tuple[int, int], ...] | None
+    request: int
+    source: str
+    flat: bool
+
+    def cost_micros(
+        self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0
+    ) -> int:
+        """The cost of one call in integer micro-USD, rounded half up."""
+        if self.flat:
+            ri = self.input[0][1]
+            cr_rate = ri if self.cache_read is None else self.cache_read[0][1]
+            cw_rate = ri if self.cache_write is None else self.cache_write[0][1]
+            femto = (
+                (input_tokens - cache_read - cache_write) * ri
+                + cache_read * cr_rate
+                + cache_write * cw_rate
+                + output_tokens * self.output[0][1]
+                + self.request
+            )
+        else:
+            ri = _pick(self.input, input_tokens)
+            cr_rate = ri if self.cache_read is None else _pick(self.cache_read, input_tokens)
+            cw_rate = ri if self.cache_write is None else _pick(self.cache_write, input_tokens)
+            femto = (
+                (input_tokens - cache_read - cache_write) * ri
+                + cache_read * cr_rate
+                + cache_write * cw_rate
+                + output_tokens * _pick(self.output, input_tokens)
+                + self.request
+            )
+        return (femto + _HALF_MICRO) // _FEMTO_PER_MICRO
+
+    @property
+    def input_per_mtok(self) -> Decimal:
+        """The base input rate in USD per million tokens."""
+        return Decimal(self.input[-1][1]) / _FEMTO_PER_USD_PER_MTOK
+
+    @property
+    def output_per_mtok(self) -> Decimal:
+        """The base output rate in USD per million tokens."""
+        return Decimal(self.output[-1][1]) / _FEMTO_PER_USD_PER_MTOK
+
+
+def _pick(tiers: tuple[tuple[int, int], ...], input_tokens: int) -> int:
+    for start, rate in tiers:
+        if input_tokens > start:
+            return rate
+    return tiers[-1][1]
+
+
+def _femto(value: Decimal) -> int:
+    return int((value * _FEMTO_PER_USD_PER_MTOK).to_integral_value(rounding="ROUND_HALF_UP"))
+
+
+def _tiers(price: Any) -> tuple[tuple[int, int], ...] | None:
+    """Convert a genai-prices price (Decimal or TieredPrices) to our tier tuple."""
+    if price is None:
+        return None
+    if isinstance(price, Decimal):
+        return ((-1, _femto(price)),)
+    tiers = sorted(((t.start, _femto(t.price)) for t in price.tiers), reverse=True)
+    return (*tiers, (-1, _femto(price.base)))
+
+
+def _from_genai(model_price: Any) -> ModelRates | None:
+    inp = _tiers(getattr(model_price, "input_mtok", None))
+    out = _tiers(getattr(model_price, "output_mtok", None))
+    if inp is None and out is None:
+        return None  # priced per image / per second / ...: not a token model
+    inp = inp or ((-1, 0),)
+    out = out or ((-1, 0),)
+    cr = _tiers(getattr(model_price, "cache_read_mtok", None))
+    cw = _tiers(getattr(model_price, "cache_write_mtok", None))
+    req = getattr(model_price, "requests_kcount", None)
+    request = _femto(req) // 1000 if isinstance(req, Decimal) else 0
+    flat = all(t is None or len(t) == 1 for t in (inp, out, cr, cw))
+    return ModelRates(inp, out, cr, cw, request, "genai-prices", flat)
+
+
+def _genai_lookup(bare: str, hint: str | None) -> ModelRates | None:
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
+    now = datetime.now(tz=UTC)
+    providers: list[str | None] = [hint] if hint else []
+    providers.append(None)
+    providers.extend(p for p in _FALLBACK_PROVIDERS if p != hint)
+    for candidate in _candidates(bare):
+        for provider in providers:
+            try:
+                _, info = snapshot.find_provider_model(candidate, None, provider, None)
+            except LookupError:
+                continue
+            rates = _from_genai(info.get_prices(now))
+            if rates is not None:
+                return rates
+    return None
+
+
+class PriceBook:
+    """Resolves and caches per-model rates; holds the user's overrides.
+
+    Source order per call: a cost the provider reported (handled by the caller) >
+    :meth:`set_price` overrides > genai-prices > unpriced (``None``).
+    """
+
+    def __init__(self) -> None:
+        self._overrides: dict[tuple[str, str | None], ModelRates] = {}
+        # Raw (model, provider) -> resolved rates or None. Written without a lock:
+        # a racing duplicate resolution yields the same value.
+        self._cache: dict[Any, ModelRates | None] = {}
+        self._warned: set[str] = set()
+        self._warn_lock = threading.Lock()
+
+    def set_price(
+        self,
+        model: str,
+        *,
+        input_per_mtok: float | Decimal | int,
+        output_per_mtok: float | Decimal | int,
+        cache_read_per_mtok: float | Decimal | int | None = None,
+        cache_write_per_mtok: float | Decimal | int | None = None,
+        provider: str | None = None,
+    ) -> None:
+        """Override (or add) a model's price, in USD per million tokens."""
+        _validate.name("model", model, optional=False)
+        _validate.name("provider", provider)
+        values = {}
+        for arg, val in (
+            ("input_per_mtok", input_per_mtok),
+            ("output_per_mtok", output_per_mtok),
+            ("cache_read_per_mtok", cache_read_per_mtok),
+            ("cache_write_per_mtok", cache_write_per_mtok),
+        ):
+            if val is None:
+                values[arg] = None
+                continue
+            if isinstance(val, bool) or not isinstance(val, int | float | Decimal):
+                raise TypeError(f"{arg} must be a number, got {type(val).__name__}")
+            dec = Decimal(repr(val)) if isinstance(val, float) else Decimal(val)
+            if not dec.is_finite() or dec < 0:
+                raise ValueError(f"{arg} must be a finite number >= 0, got {val!r}")
+            values[arg] = ((-1, _femto(dec)),)
+        bare, hint = normalise_model(model)
+        prov = _PROVIDER_ALIASES.get(provider.lower(), provider.lower()) if provider else hint
+        rates = ModelRates(
+            values["input_per_mtok"],  # type: ignore[arg-type]
+            values["output_per_mtok"],  # type: ignore[arg-type]
+            values["cache_read_per_mtok"],
+            values["cache_write_per_mtok"],
+            0,
+            "override",
+            True,
+        )
+        self._overrides[(bare, prov)] = rates
+        self._cache.clear()
+
+    def clear_overrides(self) -> None:
+        """Forget every :meth:`set_price` override."""
+        self._overrides.clear()
+        self._cache.clear()
+
+    def rates(self, model: str, provider: str | None = None) -> ModelRates | None:
+        """The rates for a model, or ``None`` when it is unpriced (cached after the first call)."""
+        key: Any = model if provider is None else (model, provider)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        rates = self._resolve(model, provider)
+        self._cache[key] = rates
+        return rates
+
+    def _resolve(self, model: str, provider: str | None) -> ModelRates | None:
+        bare, hint = normalise_model(model)
+        if provider:
+            p = provider.strip().lower()
+            hint = _PROVIDER_ALIASES[p] if p in _PROVIDER_ALIASES else (hint or p)
+        if self._overrides:
+            for candidate in _candidates(bare):
+                rates = self._overrides.get((candidate, hint)) or self._overrides.get((candidate, None))
+                if rates is not None:
+                    return rates
+        try:
+            rates = _genai_lookup(bare, hint)
+        except Exception:  # a broken price snapshot must not break recording
+            rates = None
+        if rates is None:
+            self._warn_unpriced(model)
+        return rates
+
+    def _warn_unpriced(self, model: str) -> None:
+        with self._warn_lock:
+            if model in self._warned:
+                return
+            self._warned.add(model)
+        warnings.warn(
+            f"agentmeter: no price known for model {model!r}; its calls are counted with "
+            f"cost None. Set one with agentmeter.set_price({model!r}, input_per_mtok=..., "
+            "output_per_mtok=...).",
+            UnpricedModelWarning,
+            stacklevel=4,
+        )

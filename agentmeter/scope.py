@@ -1,0 +1,259 @@
+"""Scopes: nested attribution regions kept on a ``ContextVar`` stack.
+
+The stack is an immutable tuple, so each thread and each asyncio task sees its
+own (a task copies its creator's context and so records into the scopes that
+were open when it was created). A scope only holds its own counter row; the
+tracker adds each record to the innermost scope and, when it folds its log,
+to every enclosing scope of the same tracker, so a parent sees its children's
+totals without any per-record walk up the stack.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import itertools
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from . import _fields
+
+if TYPE_CHECKING:
+    from .budget import Budget, BudgetRef
+    from .models import BudgetStatus, Usage
+    from .tracker import Tracker
+
+__all__ = ["Scope", "register_call_id_provider", "run_in_context"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+STACK: contextvars.ContextVar[tuple[Scope, ...]] = contextvars.ContextVar(
+    "agentmeter_scopes", default=()
+)
+_uids = itertools.count(1)
+
+# Functions that return the id of the framework call (e.g. a LangChain tool run)
+# the current code runs inside. Integrations register one so that a decorated tool
+# and the framework's own tool callback record the same call id, and count once.
+_CALL_ID_PROVIDERS: list[Callable[[], object | None]] = []
+
+
+def register_call_id_provider(provider: Callable[[], object | None]) -> None:
+    """Let an integration tell decorators which framework call is running (idempotent)."""
+    if provider not in _CALL_ID_PROVIDERS:
+        _CALL_ID_PROVIDERS.append(provider)
+
+
+def unregister_call_id_provider(provider: Callable[[], object | None]) -> None:
+    """Undo :func:`register_call_id_provider`."""
+    if provider in _CALL_ID_PROVIDERS:
+        _CALL_ID_PROVIDERS.remove(provider)
+
+
+def ambient_call_id() -> str | None:
+    """The framework call id the current code runs inside, if an integration knows it."""
+    for provider in _CALL_ID_PROVIDERS:
+        try:
+            value = provider()
+        except Exception:
+            continue
+        if value is not None:
+            return str(value)
+    return None
+
+
+def innermost(tracker: Tracker, stack: tuple[Scope, ...]) -> Scope | None:
+    """The innermost open scope of ``tracker`` on ``stack``."""
+    for scope in reversed(stack):
+        if scope.tracker is tracker:
+            return scope
+    return None
+
+
+class Scope:
+    """An attribution region: everything recorded inside it is added to its usage.
+
+    Create scopes with :func:`agentmeter.meter` (or ``tracker.meter``); use them as
+    ``with`` or ``async with`` blocks. Nested scopes inherit ``session_id``,
+    ``agent_id`` (and the tool of an enclosing ``@metered_tool``) unless they set
+    their own. A scope can be entered once.
+
+    Attributes:
+        name: The scope's name.
+        path: Names from the outermost enclosing scope of the same tracker to this one.
+        session_id: Effective session (own or inherited).
+        agent_id: Effective agent (own or inherited).
+        budget: This scope's own budget, if any.
+        error: Name of the exception type that left the scope, if one did.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_own_agent",
+        "_own_session",
+        "_token",
+        "agent_id",
+        "budget",
+        "budget_refs",
+        "category",
+        "ended_at",
+        "error",
+        "metadata",
+        "name",
+        "parent",
+        "path",
+        "row",
+        "session_id",
+        "started_at",
+        "tool",
+        "tracker",
+        "uid",
+    )
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        name: str,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        budget: Budget | None = None,
+        metadata: dict[str, Any] | None = None,
+        tool: str | None = None,
+        category: str | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.name = name
+        self._own_session = session_id
+        self._own_agent = agent_id
+        self.session_id = session_id
+        self.agent_id = agent_id
+        self.budget = budget
+        self.metadata = metadata
+        self.tool = tool
+        self.category = category
+        self.parent: Scope | None = None
+        self.path: tuple[str, ...] = (name,)
+        self.budget_refs: tuple[BudgetRef, ...] = ()
+        self.row = _fields.zeros()
+        self._token: contextvars.Token[tuple[Scope, ...]] | None = None
+        self.uid = 0
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.error: str | None = None
+
+    # -- entering and leaving -------------------------------------------------
+    def _enter(self) -> Scope:
+        if self.uid:
+            raise RuntimeError(f"scope {self.name!r} was already entered; create a new one")
+        self.uid = next(_uids)
+        stack = STACK.get()
+        parent = innermost(self.tracker, stack) if stack else None
+        if parent is not None:
+            self.parent = parent
+            self.path = (*parent.path, self.name)
+            if self.session_id is None:
+                self.session_id = parent.session_id
+            if self.agent_id is None:
+                self.agent_id = parent.agent_id
+            if self.tool is None:
+                self.tool = parent.tool
+                self.category = parent.category
+            self.budget_refs = parent.budget_refs
+        if self.budget is not None:
+            self.budget_refs = (*self.budget_refs, self.tracker._scope_budget_ref(self))
+        self.started_at = time.time()
+        self._token = STACK.set((*stack, self))
+        return self
+
+    def _exit(self, exc: BaseException | None = None) -> None:
+        if exc is not None and self.error is None:
+            self.error = type(exc).__name__
+        token = self._token
+        self._token = None
+        self.ended_at = time.time()
+        if token is not None:
+            try:
+                STACK.reset(token)
+            except ValueError:
+                # Left in another context than it was entered in (e.g. an async
+                # generator finalised elsewhere): remove just this scope.
+                STACK.set(tuple(s for s in STACK.get() if s is not self))
+        if self.budget is not None:
+            self.tracker._drop_scope_budget(self)
+
+    def __enter__(self) -> Scope:
+        return self._enter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> Scope:
+        return self._enter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    # -- reading -----------------------------------------------------------------
+    @property
+    def usage(self) -> Usage:
+        """Inclusive totals of everything recorded inside this scope (and its children)."""
+        return self.tracker._scope_usage(self)
+
+    @property
+    def budget_status(self) -> BudgetStatus | None:
+        """This scope's own budget against its spend, or ``None`` without a budget."""
+        return self.tracker._scope_budget_status(self)
+
+    @property
+    def active(self) -> bool:
+        """True between entering and leaving."""
+        return self._token is not None
+
+    @property
+    def duration_ms(self) -> float | None:
+        """Wall-clock time spent inside, once left (or so far, while open)."""
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else time.time()
+        return (end - self.started_at) * 1000.0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Scope {'/'.join(self.path)!r} session={self.session_id!r} "
+            f"agent={self.agent_id!r} active={self.active}>"
+        )
+
+
+def run_in_context(func: Callable[P, R]) -> Callable[P, R]:
+    """Bind ``func`` to the caller's current scopes, for use in another thread.
+
+    Threads do not inherit ``contextvars``: a thread started inside ``meter()``
+    records outside it. Wrap the thread's target (or what you submit to an
+    executor) to keep the attribution::
+
+        with agentmeter.meter("batch", session_id="s1"):
+            pool.submit(agentmeter.run_in_context(work), item)
+
+    Each call runs in its own copy of the captured context, so one wrapper can be
+    called from several threads at once.
+    """
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(func)
+    def bound(*args: P.args, **kwargs: P.kwargs) -> R:
+        return ctx.copy().run(func, *args, **kwargs)
+
+    return bound

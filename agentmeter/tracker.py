@@ -1,0 +1,1087 @@
+"""The Tracker: counts every record once, into every aggregate it belongs to.
+
+How a record travels (the hot path, kept to a few microseconds):
+
+1. arguments are checked (a rejected call changes nothing);
+2. the innermost scope of this tracker supplies the defaults for session,
+   agent and tool; the cost comes from the cached per-model rates;
+3. under the lock, a duplicate ``call_id`` is dropped and one flat row is
+   appended to ``_log``;
+4. every ``_FOLD_AT`` rows (and before every read) the log is folded: rows are
+   grouped by key and summed column-wise in C (``zip``/``sum``/``map``) into the
+   per-key cells and into the scopes and their ancestors;
+5. after the lock is released, budgets are settled and subscribers get a
+   :class:`~agentmeter.UsageEvent` -- both only if there are any.
+
+Cells are keyed ``session -> (model, provider, agent, tool)``; every breakdown
+(by model, session, agent, tool, category) is a group-by over them at read time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from operator import add
+from typing import Any
+
+from . import _fields, _tools, _validate
+from ._guard import swallow
+from .budget import (
+    ZERO,
+    Budget,
+    BudgetRef,
+    BudgetStore,
+    InMemoryBudgetStore,
+    Reservation,
+    Spend,
+    status,
+)
+from .decorators import make_metered, make_metered_tool
+from .errors import BudgetExceeded
+from .models import BudgetStatus, SessionUsage, Snapshot, ToolStats, Usage, UsageCell, UsageEvent
+from .pricing import PriceBook
+from .scope import STACK, Scope, innermost
+
+__all__ = ["Tracker"]
+
+logger = logging.getLogger("agentmeter")
+
+_FOLD_AT = 256
+_LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
+_MISSING: Any = object()
+_IDX = _fields.INDEX
+_PENDING_MAX = 65_536  # reservations awaiting settlement, oldest dropped past this
+
+Subscriber = Callable[[UsageEvent], object]
+_CellKey = tuple[str | None, str | None, str | None, str | None]  # model, provider, agent, tool
+
+
+class Tracker:
+    """Counts LLM, embedding, tool and cache usage, and enforces budgets.
+
+    ``agentmeter.get_tracker()`` is the process-wide default; construct ``Tracker()``
+    for an isolated one (tests, one tracker per tenant).
+
+    Args:
+        budget_store: Where budget state lives (default: in this process's memory).
+        default_session_budget: Budget given to every new session.
+        dedup_window: How many recent ``call_id`` values are remembered to drop
+            duplicates (bounded memory; duplicates arrive close together).
+    """
+
+    def __init__(
+        self,
+        *,
+        budget_store: BudgetStore | None = None,
+        default_session_budget: Budget | None = None,
+        dedup_window: int = 10_000,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._log: list[tuple[Any, ...]] = []
+        self._cells: dict[str | None, dict[_CellKey, list[Any]]] = {}
+        self._tools: dict[str | None, dict[str, _tools.ToolAcc]] = {}
+        self._seen: set[object] = set()
+        self._seen_order: deque[object] = deque()
+        self._dedup_window = dedup_window
+        self._ids = itertools.count(1)
+        self._id_prefix = f"am-{os.getpid():x}-{id(self) & 0xFFFFFF:x}-"
+        self.prices = PriceBook()
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._store: BudgetStore = budget_store or InMemoryBudgetStore()
+        self._default_budget = default_session_budget
+        self._session_refs: dict[str, BudgetRef] = {}
+        self._pending: dict[str, Reservation] = {}
+        self._budgets_on = default_session_budget is not None
+        self.metered = make_metered(self)
+        self.metered_tool = make_metered_tool(self)
+
+    # ------------------------------------------------------------------ config
+    def configure(
+        self,
+        *,
+        default_session_budget: Budget | None | object = _MISSING,
+        budget_store: BudgetStore | object = _MISSING,
+        dedup_window: int | object = _MISSING,
+    ) -> None:
+        """Change settings; arguments not given are left as they are."""
+        if default_session_budget is not _MISSING:
+            if default_session_budget is not None and not isinstance(default_session_budget, Budget):
+                raise TypeError("default_session_budget must be a Budget or None")
+            self._default_budget = default_session_budget
+        if budget_store is not _MISSING:
+            if not isinstance(budget_store, BudgetStore):
+                raise TypeError("budget_store must implement the BudgetStore protocol")
+            self._store = budget_store
+        if dedup_window is not _MISSING:
+            self._dedup_window = _validate.count("dedup_window", dedup_window)
+        self._budgets_on = self._default_budget is not None or bool(self._session_refs)
+
+    def set_price(
+        self,
+        model: str,
+        *,
+        input_per_mtok: float | Decimal | int,
+        output_per_mtok: float | Decimal | int,
+        cache_read_per_mtok: float | Decimal | int | None = None,
+        cache_write_per_mtok: float | Decimal | int | None = None,
+        provider: str | None = None,
+    ) -> None:
+        """Set a model's price in USD per million tokens (overrides genai-prices)."""
+        self.prices.set_price(
+            model,
+            input_per_mtok=input_per_mtok,
+            output_per_mtok=output_per_mtok,
+            cache_read_per_mtok=cache_read_per_mtok,
+            cache_write_per_mtok=cache_write_per_mtok,
+            provider=provider,
+        )
+
+    # --------------------------------------------------------------- recording
+    def record_llm(
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        provider: str | None = None,
+        latency_ms: float | None = None,
+        cost_usd: float | Decimal | None = None,
+        call_id: object = None,
+        kind: str = "chat",
+        estimated: bool = False,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        tool: str | None = None,
+        ok: bool = True,
+        error: str | None = None,
+    ) -> None:
+        """Record one LLM call.
+
+        Args:
+            model: Model name as the provider or framework reports it.
+            input_tokens: All prompt tokens, cached ones included.
+            output_tokens: All completion tokens, reasoning included.
+            cache_read_tokens: Prompt tokens read from the provider's cache (part of input).
+            cache_write_tokens: Prompt tokens written to the cache (part of input).
+            reasoning_tokens: Reasoning tokens (part of output).
+            provider: Provider name (``"openai"``, ``"anthropic"`` ...), used for pricing.
+            latency_ms: Wall-clock duration of the call.
+            cost_usd: Cost the provider reported; takes precedence over prices.
+            call_id: The framework's run id; a second record with the same id is ignored.
+            kind: ``"chat"``, ``"completion"``, ``"image"``, ``"audio"`` or ``"other"``.
+            estimated: True when the counts were estimated, not reported.
+            session_id: Session to bill; defaults to the enclosing scope's.
+            agent_id: Agent to attribute; defaults to the enclosing scope's.
+            metadata: Free-form data passed to subscribers.
+            tool: Tool to credit the usage to; defaults to the enclosing ``@metered_tool``.
+            ok: False for a call that failed.
+            error: Error description for a failed call.
+
+        Raises:
+            ValueError, TypeError: on bad arguments; nothing is counted then.
+        """
+        # Validation: fast type checks inline, the helpers only when one fails.
+        if type(model) is not str or not model:
+            _validate.name("model", model, optional=False)
+        if type(input_tokens) is not int or input_tokens < 0:
+            input_tokens = _validate.count("input_tokens", input_tokens)
+        if type(output_tokens) is not int or output_tokens < 0:
+            output_tokens = _validate.count("output_tokens", output_tokens)
+        if cache_read_tokens.__class__ is not int or cache_read_tokens < 0:
+            cache_read_tokens = _validate.count("cache_read_tokens", cache_read_tokens)
+        if cache_write_tokens.__class__ is not int or cache_write_tokens < 0:
+            cache_write_tokens = _validate.count("cache_write_tokens", cache_write_tokens)
+        if reasoning_tokens.__class__ is not int or reasoning_tokens < 0:
+            reasoning_tokens = _validate.count("reasoning_tokens", reasoning_tokens)
+        if cache_read_tokens + cache_write_tokens > input_tokens:
+            raise ValueError(
+                "cache_read_tokens + cache_write_tokens must not exceed input_tokens "
+                f"(they are part of it): {cache_read_tokens} + {cache_write_tokens} > {input_tokens}"
+            )
+        if reasoning_tokens > output_tokens:
+            raise ValueError(
+                f"reasoning_tokens ({reasoning_tokens}) must not exceed output_tokens "
+                f"({output_tokens}): they are part of it"
+            )
+        if kind not in _LLM_KINDS:
+            if kind == "embedding":
+                raise ValueError("kind='embedding': use record_embedding()")
+            raise ValueError(f"kind must be one of {sorted(_LLM_KINDS)}, got {kind!r}")
+        if latency_ms is not None:
+            latency_ms = _validate.duration("latency_ms", latency_ms)
+        cost = None if cost_usd is None else _validate.opt_cost_micros("cost_usd", cost_usd)
+        if provider is not None and type(provider) is not str:
+            _validate.name("provider", provider)
+        if (session_id is not None and type(session_id) is not str) or session_id == "":
+            _validate.name("session_id", session_id)
+        if (agent_id is not None and type(agent_id) is not str) or agent_id == "":
+            _validate.name("agent_id", agent_id)
+        if tool is not None and type(tool) is not str:
+            _validate.name("tool", tool)
+        if call_id is not None and type(call_id) is not str:
+            call_id = _validate.call_id(call_id)
+        if estimated is not False and estimated is not True:
+            _validate.flag("estimated", estimated)
+        if ok is not True and ok is not False:
+            _validate.flag("ok", ok)
+        if metadata is not None:
+            _validate.metadata(metadata)
+        try:
+            self._record(
+                kind, model, provider, input_tokens, output_tokens, cache_read_tokens,
+                cache_write_tokens, reasoning_tokens, latency_ms, cost, call_id, estimated,
+                session_id, agent_id, metadata, tool, ok, error,
+            )
+        except BudgetExceeded:
+            raise
+        except Exception as exc:
+            swallow(exc, "record_llm")
+
+    def record_embedding(
+        self,
+        model: str,
+        input_tokens: int,
+        provider: str | None = None,
+        latency_ms: float | None = None,
+        cost_usd: float | Decimal | None = None,
+        call_id: object = None,
+        estimated: bool = False,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        tool: str | None = None,
+        ok: bool = True,
+        error: str | None = None,
+    ) -> None:
+        """Record one embedding call (``input_tokens`` embedded). Arguments as :meth:`record_llm`."""
+        _validate.name("model", model, optional=False)
+        input_tokens = _validate.count("input_tokens", input_tokens)
+        latency_ms = _validate.opt_duration("latency_ms", latency_ms)
+        cost = _validate.opt_cost_micros("cost_usd", cost_usd)
+        _validate.name("provider", provider)
+        _validate.name("session_id", session_id)
+        _validate.name("agent_id", agent_id)
+        _validate.name("tool", tool)
+        call_id = _validate.call_id(call_id)
+        _validate.flag("estimated", estimated)
+        _validate.flag("ok", ok)
+        _validate.metadata(metadata)
+        try:
+            self._record(
+                "embedding", model, provider, input_tokens, 0, 0, 0, 0, latency_ms, cost,
+                call_id, estimated, session_id, agent_id, metadata, tool, ok, error,
+            )
+        except BudgetExceeded:
+            raise
+        except Exception as exc:
+            swallow(exc, "record_embedding")
+
+    def _record(
+        self,
+        kind: str,
+        model: str,
+        provider: str | None,
+        inp: int,
+        out: int,
+        cr: int,
+        cw: int,
+        rs: int,
+        latency: float | None,
+        cost: int | None,
+        call_id: object,
+        estimated: bool,
+        session_id: str | None,
+        agent_id: str | None,
+        metadata: dict[str, Any] | None,
+        tool: str | None,
+        ok: bool,
+        error: str | None,
+    ) -> None:
+        stack = STACK.get()
+        scope = None
+        if stack:
+            scope = stack[-1]
+            if scope.tracker is not self:
+                scope = innermost(self, stack)
+            if scope is not None:
+                if session_id is None:
+                    session_id = scope.session_id
+                if agent_id is None:
+                    agent_id = scope.agent_id
+                if tool is None:
+                    tool = scope.tool
+        if cost is None:
+            rates = self.prices._cache.get(model if provider is None else (model, provider), _MISSING)
+            if rates is _MISSING:
+                rates = self.prices.rates(model, provider)
+            if rates is not None:
+                cost = rates.cost_micros(inp, out, cr, cw)
+        if kind == "embedding":
+            row = (
+                (session_id, model, provider, agent_id, tool, scope),
+                0, 0, 0, 0, 0, 0, 0, 1 if estimated else 0, cost or 0, 1 if cost is None else 0,
+                0.0, inp, 1, 0, 0, 0.0, 0, 0, 0,
+            )
+        else:
+            row = (
+                (session_id, model, provider, agent_id, tool, scope),
+                inp, out, cr, cw, rs, 1, 0 if ok else 1, 1 if estimated else 0, cost or 0,
+                1 if cost is None else 0, latency or 0.0, 0, 0, 0, 0, 0.0, 0, 0, 0,
+            )
+        with self._lock:
+            if call_id is not None:
+                if call_id in self._seen:
+                    return
+                self._remember(call_id)
+            log = self._log
+            log.append(row)
+            if len(log) >= _FOLD_AT:
+                self._fold()
+        # After the lock: budgets and subscribers, each skipped when there are none.
+        if self._budgets_on or (scope is not None and scope.budget_refs) or self._pending:
+            spend = Spend(inp + out, inp, out, cost or 0, 1 if kind != "embedding" else 0, 0)
+            self._settle(scope, session_id, call_id, spend)
+        if self._subscribers:
+            self._publish(
+                UsageEvent.model_construct(
+                    call_id=self._event_id(call_id),
+                    timestamp=datetime.now(UTC),
+                    kind=kind,
+                    model=model,
+                    provider=provider,
+                    input_tokens=inp,
+                    output_tokens=out,
+                    cache_read_tokens=cr,
+                    cache_write_tokens=cw,
+                    reasoning_tokens=rs,
+                    cost_micros=cost,
+                    latency_ms=latency,
+                    session_id=session_id,
+                    agent_id=agent_id,
+                    scope_path=scope.path if scope is not None else (),
+                    tool=tool,
+                    category=scope.category if scope is not None and tool == scope.tool else None,
+                    status="ok" if ok else "error",
+                    error=error,
+                    estimated=estimated,
+                    tokens_saved=0,
+                    metadata=metadata,
+                )
+            )
+
+    def record_tool_call(
+        self,
+        tool: str,
+        ok: bool,
+        duration_ms: float,
+        category: str = "",
+        call_id: object = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        error: str | None = None,
+    ) -> None:
+        """Record one tool call.
+
+        Args:
+            tool: Tool name.
+            ok: Whether the call succeeded.
+            duration_ms: How long it ran.
+            category: Free-form group (``"search"``, ``"db"`` ...) for by-category stats.
+            call_id: The framework's run id; a second record with the same id is ignored,
+                so a tool seen by a decorator and by a framework handler counts once.
+            session_id: Defaults to the enclosing scope's.
+            agent_id: Defaults to the enclosing scope's.
+            metadata: Free-form data passed to subscribers.
+            error: Error description for a failed call.
+        """
+        _validate.name("tool", tool, optional=False)
+        _validate.flag("ok", ok)
+        duration_ms = _validate.duration("duration_ms", duration_ms)
+        if type(category) is not str:
+            raise TypeError(f"category must be a str, got {type(category).__name__}")
+        call_id = _validate.call_id(call_id)
+        _validate.name("session_id", session_id)
+        _validate.name("agent_id", agent_id)
+        _validate.metadata(metadata)
+        if error is not None and type(error) is not str:
+            raise TypeError("error must be a str")
+        try:
+            self._record_tool(tool, ok, duration_ms, category, call_id, session_id, agent_id,
+                              metadata, error)
+        except BudgetExceeded:
+            raise
+        except Exception as exc:
+            swallow(exc, "record_tool_call")
+
+    def _record_tool(
+        self,
+        tool: str,
+        ok: bool,
+        duration: float,
+        category: str,
+        call_id: object,
+        session_id: str | None,
+        agent_id: str | None,
+        metadata: dict[str, Any] | None,
+        error: str | None,
+    ) -> None:
+        stack = STACK.get()
+        scope = innermost(self, stack) if stack else None
+        if scope is not None:
+            if session_id is None:
+                session_id = scope.session_id
+            if agent_id is None:
+                agent_id = scope.agent_id
+        cid = str(call_id) if call_id is not None else f"{self._id_prefix}{next(self._ids)}"
+        row = (
+            (session_id, None, None, agent_id, tool, scope),
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1, 0 if ok else 1, duration, 0, 0, 0,
+        )
+        with self._lock:
+            if call_id is not None:
+                if call_id in self._seen:
+                    return
+                self._remember(call_id)
+            tools = self._tools.get(session_id)
+            if tools is None:
+                tools = self._tools[session_id] = {}
+            acc = tools.get(tool)
+            if acc is None:
+                acc = tools[tool] = _tools.ToolAcc(category)
+            elif category and acc.category != category:
+                acc.category = category
+            acc.add(ok, duration, cid)
+            self._log.append(row)
+            if len(self._log) >= _FOLD_AT:
+                self._fold()
+        if self._budgets_on or (scope is not None and scope.budget_refs) or self._pending:
+            self._settle(scope, session_id, cid, Spend(0, 0, 0, 0, 0, 1))
+        if self._subscribers:
+            self._publish(
+                UsageEvent.model_construct(
+                    call_id=cid, timestamp=datetime.now(UTC), kind="tool", model=None,
+                    provider=None, input_tokens=0, output_tokens=0, cache_read_tokens=0,
+                    cache_write_tokens=0, reasoning_tokens=0, cost_micros=None,
+                    latency_ms=duration, session_id=session_id, agent_id=agent_id,
+                    scope_path=scope.path if scope is not None else (), tool=tool,
+                    category=category or None, status="ok" if ok else "error", error=error,
+                    estimated=False, tokens_saved=0, metadata=metadata,
+                )
+            )
+
+    def record_cache_hit(
+        self,
+        tokens_saved: int = 0,
+        *,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        model: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a hit of the application's own cache (an LLM call that was not made)."""
+        tokens_saved = _validate.count("tokens_saved", tokens_saved)
+        self._record_cache(True, tokens_saved, session_id, agent_id, model, metadata)
+
+    def record_cache_miss(
+        self,
+        *,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        model: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a miss of the application's own cache."""
+        self._record_cache(False, 0, session_id, agent_id, model, metadata)
+
+    def _record_cache(
+        self,
+        hit: bool,
+        saved: int,
+        session_id: str | None,
+        agent_id: str | None,
+        model: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        _validate.name("session_id", session_id)
+        _validate.name("agent_id", agent_id)
+        _validate.name("model", model)
+        _validate.metadata(metadata)
+        try:
+            stack = STACK.get()
+            scope = innermost(self, stack) if stack else None
+            tool = None
+            if scope is not None:
+                session_id = session_id if session_id is not None else scope.session_id
+                agent_id = agent_id if agent_id is not None else scope.agent_id
+                tool = scope.tool
+            row = (
+                (session_id, model, None, agent_id, tool, scope),
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0, 0, 0.0,
+                1 if hit else 0, 0 if hit else 1, saved,
+            )
+            with self._lock:
+                self._log.append(row)
+                if len(self._log) >= _FOLD_AT:
+                    self._fold()
+            if self._subscribers:
+                self._publish(
+                    UsageEvent.model_construct(
+                        call_id=self._event_id(None), timestamp=datetime.now(UTC),
+                        kind="cache_hit" if hit else "cache_miss", model=model, provider=None,
+                        input_tokens=0, output_tokens=0, cache_read_tokens=0,
+                        cache_write_tokens=0, reasoning_tokens=0, cost_micros=None,
+                        latency_ms=None, session_id=session_id, agent_id=agent_id,
+                        scope_path=scope.path if scope is not None else (), tool=tool,
+                        category=None, status="ok", error=None, estimated=False,
+                        tokens_saved=saved, metadata=metadata,
+                    )
+                )
+        except Exception as exc:
+            swallow(exc, "record_cache")
+
+    # ------------------------------------------------------------- internals
+    def _remember(self, call_id: object) -> None:
+        """Remember a call id for de-duplication (caller holds the lock)."""
+        self._seen.add(call_id)
+        order = self._seen_order
+        order.append(call_id)
+        if len(order) > self._dedup_window:
+            self._seen.discard(order.popleft())
+
+    def _event_id(self, call_id: object) -> str:
+        return str(call_id) if call_id is not None else f"{self._id_prefix}{next(self._ids)}"
+
+    def new_call_id(self) -> str:
+        """A cheap process-unique call id (for callers that need one before recording)."""
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    def _fold(self) -> None:
+        """Sum the pending log into the cells and scopes (caller holds the lock)."""
+        log = self._log
+        if not log:
+            return
+        self._log = []
+        groups: dict[Any, list[tuple[Any, ...]]] = {}
+        for row in log:
+            g = groups.get(row[0])
+            if g is None:
+                groups[row[0]] = [row]
+            else:
+                g.append(row)
+        cells = self._cells
+        for (session, model, provider, agent, tool, scope), rows in groups.items():
+            if len(rows) == 1:
+                sums: Sequence[Any] = rows[0][1:]
+            else:
+                cols = zip(*rows, strict=True)
+                next(cols)
+                sums = list(map(sum, cols))
+            bucket = cells.get(session)
+            if bucket is None:
+                bucket = cells[session] = {}
+            key = (model, provider, agent, tool)
+            cell = bucket.get(key)
+            if cell is None:
+                bucket[key] = list(sums)
+            else:
+                cell[:] = map(add, cell, sums)
+            while scope is not None:
+                scope.row[:] = map(add, scope.row, sums)
+                scope = scope.parent
+
+    def _publish(self, event: UsageEvent) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(event)
+            except Exception:
+                # A subscriber's bug is the subscriber's: log it, keep delivering.
+                logger.exception("agentmeter: subscriber %r raised; event %s dropped for it",
+                                 callback, event.call_id)
+
+    # ---------------------------------------------------------------- events
+    def subscribe(self, callback: Subscriber) -> None:
+        """Call ``callback(event)`` after each recorded call, outside the tracker's lock.
+
+        Callbacks run on the recording thread; one that raises is logged and skipped.
+        No event is built while nobody subscribes.
+        """
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        with self._lock:
+            if callback not in self._subscribers:
+                self._subscribers = (*self._subscribers, callback)
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        """Stop delivering events to ``callback`` (a delivery already under way may finish)."""
+        with self._lock:
+            self._subscribers = tuple(c for c in self._subscribers if c != callback)
+
+    # ---------------------------------------------------------------- reading
+    def _copy_state(self) -> tuple[list[tuple[str | None, _CellKey, list[Any]]],
+                                   list[tuple[str | None, str, _tools.ToolAcc]]]:
+        """Copy cells and tool accumulators (caller holds the lock, log folded)."""
+        cells = [(s, k, list(row)) for s, b in self._cells.items() for k, row in b.items()]
+        tools = [(s, t, acc.copy()) for s, b in self._tools.items() for t, acc in b.items()]
+        return cells, tools
+
+    def snapshot(self) -> Snapshot:
+        """A frozen picture of everything counted so far."""
+        with self._lock:
+            self._fold()
+            cells, tools = self._copy_state()
+        return _build_snapshot(cells, tools)
+
+    def snapshot_and_reset(self) -> Snapshot:
+        """Atomically take a snapshot and clear the counters (e.g. per reporting period)."""
+        with self._lock:
+            self._fold()
+            cells, tools = self._copy_state()
+            self._clear()
+        return _build_snapshot(cells, tools)
+
+    def reset(self) -> None:
+        """Clear every counter and breakdown (budgets, prices and subscribers stay)."""
+        with self._lock:
+            self._fold()  # open scopes still get what was recorded before the reset
+            self._clear()
+
+    def _clear(self) -> None:
+        self._cells = {}
+        self._tools = {}
+        self._seen = set()
+        self._seen_order = deque()
+
+    def merge(self, snapshot: Snapshot) -> None:
+        """Add another tracker's (e.g. another process's) snapshot to this one."""
+        if isinstance(snapshot, dict):
+            snapshot = Snapshot.model_validate(snapshot)
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"merge() takes a Snapshot, got {type(snapshot).__name__}")
+        rows = [(c.session_id, (c.model, c.provider, c.agent_id, c.tool), c.usage.to_row())
+                for c in snapshot.cells]
+        with self._lock:
+            self._fold()
+            for session, key, row in rows:
+                bucket = self._cells.setdefault(session, {})
+                cell = bucket.get(key)
+                if cell is None:
+                    bucket[key] = row
+                else:
+                    cell[:] = map(add, cell, row)
+            for session, stats in snapshot.session_tool_stats:
+                bucket_t = self._tools.setdefault(session, {})
+                acc = bucket_t.get(stats.tool)
+                if acc is None:
+                    acc = bucket_t[stats.tool] = _tools.ToolAcc(stats.category)
+                acc.absorb(stats)
+
+    def session(self, session_id: str) -> SessionUsage:
+        """One session's usage, per-model and per-agent breakdowns, tool stats and budget.
+
+        Raises:
+            KeyError: if nothing was recorded for the session and it has no budget.
+        """
+        _validate.name("session_id", session_id, optional=False)
+        with self._lock:
+            self._fold()
+            cells = self._cells.get(session_id)
+            tools = self._tools.get(session_id)
+            known = cells is not None or tools is not None or session_id in self._session_refs
+            cell_rows = [(k, list(r)) for k, r in (cells or {}).items()]
+            tool_accs = [(t, a.copy()) for t, a in (tools or {}).items()]
+        if not known:
+            raise KeyError(f"unknown session {session_id!r}")
+        return self._session_usage(session_id, cell_rows, tool_accs)
+
+    def sessions(self) -> list[str]:
+        """Ids of the sessions currently held."""
+        with self._lock:
+            self._fold()
+            ids = set(self._cells) | set(self._tools)
+        ids.discard(None)
+        return sorted(i for i in ids if i is not None)
+
+    def _session_usage(
+        self,
+        session_id: str,
+        cell_rows: list[tuple[_CellKey, list[Any]]],
+        tool_accs: list[tuple[str, _tools.ToolAcc]],
+    ) -> SessionUsage:
+        total = _fields.zeros()
+        by_model: dict[str, list[Any]] = {}
+        by_agent: dict[str, list[Any]] = {}
+        tool_llm: dict[str, list[Any]] = {}
+        for (model, _provider, agent, tool), row in cell_rows:
+            total[:] = map(add, total, row)
+            if model is not None:
+                _acc_row(by_model, model, row)
+            if agent is not None:
+                _acc_row(by_agent, agent, row)
+            if tool is not None:
+                _acc_row(tool_llm, tool, row)
+        accs = dict(tool_accs)
+        tools = {t: _tools.build(t, accs.get(t), tool_llm.get(t)) for t in sorted(set(accs) | set(tool_llm))}
+        ref = self._session_refs.get(session_id)
+        budget = None
+        if ref is not None:
+            used, reserved = self._store.usage(ref.key)
+            budget = status(ref.owner, ref.budget, used, reserved)
+        return SessionUsage(
+            session_id=session_id,
+            usage=Usage.from_row(total),
+            by_model={k: Usage.from_row(v) for k, v in by_model.items()},
+            by_agent={k: Usage.from_row(v) for k, v in by_agent.items()},
+            tools=tools,
+            budget=budget,
+        )
+
+    def close_session(self, session_id: str) -> SessionUsage:
+        """End a session: return its final usage (for billing) and free its memory.
+
+        The session's usage stays in the tracker's totals and its model / agent /
+        tool breakdowns; only the per-session view and its budget are dropped.
+
+        Raises:
+            KeyError: if the session is unknown.
+        """
+        _validate.name("session_id", session_id, optional=False)
+        with self._lock:
+            self._fold()
+            cells = self._cells.pop(session_id, None)
+            tools = self._tools.pop(session_id, None)
+            known = cells is not None or tools is not None or session_id in self._session_refs
+            if cells:
+                rest = self._cells.setdefault(None, {})
+                for key, row in cells.items():
+                    cur = rest.get(key)
+                    if cur is None:
+                        rest[key] = list(row)
+                    else:
+                        cur[:] = map(add, cur, row)
+            if tools:
+                rest_t = self._tools.setdefault(None, {})
+                for name, acc in tools.items():
+                    cur_t = rest_t.get(name)
+                    if cur_t is None:
+                        rest_t[name] = acc.copy()
+                    else:
+                        cur_t.absorb(acc)
+        if not known:
+            raise KeyError(f"unknown session {session_id!r}")
+        result = self._session_usage(
+            session_id,
+            [(k, r) for k, r in (cells or {}).items()],
+            list((tools or {}).items()),
+        )
+        ref = self._session_refs.pop(session_id, None)
+        if ref is not None:
+            self._store.drop(ref.key)
+        self._budgets_on = self._default_budget is not None or bool(self._session_refs)
+        return result
+
+    def tool_stats(self, session_id: str | None = None) -> dict[str, ToolStats]:
+        """``{tool: ToolStats}`` over all sessions, or for one session."""
+        if session_id is not None:
+            _validate.name("session_id", session_id)
+            try:
+                return dict(self.session(session_id).tools)
+            except KeyError:
+                return {}
+        return dict(self.snapshot().by_tool)
+
+    def _scope_usage(self, scope: Scope) -> Usage:
+        with self._lock:
+            self._fold()
+            row = list(scope.row)
+        return Usage.from_row(row)
+
+    def current_scope(self) -> Scope | None:
+        """The innermost open scope of this tracker in the current thread / task."""
+        stack = STACK.get()
+        return innermost(self, stack) if stack else None
+
+    # ----------------------------------------------------------------- scopes
+    def meter(
+        self,
+        name: str = "scope",
+        *,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        budget: Budget | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Scope:
+        """Open an attribution scope: ``with tracker.meter("turn", session_id="s1") as scope:``.
+
+        Works with ``with`` and ``async with``. Records inside are added to the
+        scope and to every enclosing scope; ``scope.usage`` reads the totals.
+        """
+        _validate.name("name", name, optional=False)
+        _validate.name("session_id", session_id)
+        _validate.name("agent_id", agent_id)
+        if budget is not None and not isinstance(budget, Budget):
+            raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
+        _validate.metadata(metadata)
+        return Scope(self, name, session_id, agent_id, budget, metadata)
+
+    # ---------------------------------------------------------------- budgets
+    def set_budget(self, session_id: str, budget: Budget | None) -> None:
+        """Give a session a budget (``None`` removes it). Spend so far counts against it."""
+        _validate.name("session_id", session_id, optional=False)
+        if budget is not None and not isinstance(budget, Budget):
+            raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
+        old = self._session_refs.pop(session_id, None)
+        if budget is None:
+            if old is not None:
+                self._store.drop(old.key)
+        else:
+            ref = BudgetRef(f"session:{session_id}", f"session {session_id!r}", budget,
+                            budget.limits())
+            used, _ = self._store.usage(ref.key)
+            if used == ZERO and old is None:
+                # Seed with what the session already spent in this process.
+                with self._lock:
+                    self._fold()
+                    rows = [list(r) for r in self._cells.get(session_id, {}).values()]
+                    tool_calls = sum(a.calls for a in self._tools.get(session_id, {}).values())
+                if rows or tool_calls:
+                    tot = _fields.zeros()
+                    for r in rows:
+                        tot[:] = map(add, tot, r)
+                    i = _IDX
+                    inp, out = int(tot[i["input_tokens"]]), int(tot[i["output_tokens"]])
+                    self._store.settle(ref.key, None, Spend(
+                        inp + out + int(tot[i["embedding_tokens"]]), inp, out,
+                        int(tot[i["cost_micros"]]), int(tot[i["llm_calls"]]), tool_calls))
+            self._session_refs[session_id] = ref
+        self._budgets_on = self._default_budget is not None or bool(self._session_refs)
+
+    def _session_ref(self, session_id: str) -> BudgetRef | None:
+        ref = self._session_refs.get(session_id)
+        if ref is None and self._default_budget is not None:
+            budget = self._default_budget
+            ref = BudgetRef(f"session:{session_id}", f"session {session_id!r}", budget,
+                            budget.limits())
+            ref = self._session_refs.setdefault(session_id, ref)
+        return ref
+
+    def _scope_budget_ref(self, scope: Scope) -> BudgetRef:
+        assert scope.budget is not None
+        return BudgetRef(f"scope:{self._id_prefix}{scope.uid}", f"scope {'/'.join(scope.path)!r}",
+                         scope.budget, scope.budget.limits())
+
+    def _drop_scope_budget(self, scope: Scope) -> None:
+        self._store.drop(f"scope:{self._id_prefix}{scope.uid}")
+
+    def _scope_budget_status(self, scope: Scope) -> BudgetStatus | None:
+        if scope.budget is None or not scope.budget_refs:
+            return None
+        ref = scope.budget_refs[-1]
+        used, reserved = self._store.usage(ref.key)
+        return status(ref.owner, ref.budget, used, reserved)
+
+    def _refs(self, scope: Scope | None, session_id: str | None) -> tuple[BudgetRef, ...]:
+        refs = scope.budget_refs if scope is not None else ()
+        if self._budgets_on and session_id is not None:
+            ref = self._session_ref(session_id)
+            if ref is not None:
+                refs = (*refs, ref)
+        return refs
+
+    def check_budget(
+        self,
+        estimated_tokens: int = 0,
+        *,
+        kind: str = "llm",
+        model: str | None = None,
+        provider: str | None = None,
+        estimated_cost_usd: float | Decimal | None = None,
+        call_id: object = None,
+        session_id: str | None = None,
+    ) -> Reservation | None:
+        """Reserve budget for a call about to be made, or raise :class:`BudgetExceeded`.
+
+        Integrations call this before each LLM / tool call. The reservation is
+        checked against every budget that applies (the enclosing scopes' and the
+        session's) atomically with booking it, so concurrent callers cannot jointly
+        overshoot. Recording the call with the same ``call_id`` settles it; a call
+        that is not made should be released with :meth:`release`.
+
+        Args:
+            estimated_tokens: Prompt tokens the call will send (0 if unknown: a call
+                is then refused only when the budget is already spent).
+            kind: ``"llm"``, ``"embedding"`` or ``"tool"``.
+            model: Model, to estimate the cost of the prompt.
+            provider: Provider, for the price lookup.
+            estimated_cost_usd: An explicit cost estimate.
+            call_id: The id the call will be recorded with.
+            session_id: Session; defaults to the enclosing scope's.
+
+        Returns:
+            The reservation, or ``None`` when no budget applies.
+        """
+        estimated_tokens = _validate.count("estimated_tokens", estimated_tokens)
+        if kind not in ("llm", "embedding", "tool"):
+            raise ValueError(f"kind must be 'llm', 'embedding' or 'tool', got {kind!r}")
+        _validate.name("model", model)
+        _validate.name("provider", provider)
+        _validate.name("session_id", session_id)
+        cost_est = _validate.opt_cost_micros("estimated_cost_usd", estimated_cost_usd)
+        call_id = _validate.call_id(call_id)
+        stack = STACK.get()
+        scope = innermost(self, stack) if stack else None
+        if session_id is None and scope is not None:
+            session_id = scope.session_id
+        refs = self._refs(scope, session_id)
+        if not refs:
+            return None
+        if kind == "tool":
+            request = Spend(0, 0, 0, 0, 0, 1)
+        else:
+            if cost_est is None:
+                cost_est = 0
+                if model is not None and estimated_tokens:
+                    rates = self.prices.rates(model, provider)
+                    if rates is not None:
+                        cost_est = rates.cost_micros(estimated_tokens, 0)
+            need = max(estimated_tokens, 1)
+            request = Spend(need, need, 1 if kind == "llm" else 0, max(cost_est, 1),
+                            1 if kind == "llm" else 0, 0)
+        rid = str(call_id) if call_id is not None else self.new_call_id()
+        done: list[BudgetRef] = []
+        try:
+            for ref in refs:
+                self._store.reserve(ref.key, ref.owner, ref.limits, request, rid)
+                done.append(ref)
+        except BaseException:
+            for ref in done:
+                self._store.release(ref.key, rid)
+            raise
+        reservation = Reservation(rid, request, refs, self.release)
+        pending = self._pending
+        pending[rid] = reservation
+        if len(pending) > _PENDING_MAX:
+            pending.pop(next(iter(pending)), None)
+        return reservation
+
+    def release(self, call_id: object) -> None:
+        """Give back the reservation booked for ``call_id`` (the call was not made)."""
+        call_id = _validate.call_id(call_id)
+        res = self._pending.pop(str(call_id), None) if call_id is not None else None
+        if res is not None:
+            for ref in res.refs:
+                self._store.release(ref.key, res.call_id)
+
+    def _settle(self, scope: Scope | None, session_id: str | None, call_id: object,
+                spend: Spend) -> None:
+        res = self._pending.pop(str(call_id), None) if (call_id is not None and self._pending) else None
+        refs = self._refs(scope, session_id)
+        if res is not None:
+            rid: str | None = res.call_id
+            keyed = {r.key: r for r in refs}
+            for r in res.refs:
+                keyed.setdefault(r.key, r)
+            refs = tuple(keyed.values())
+            booked = {r.key for r in res.refs}
+        else:
+            rid, booked = None, set()
+        for ref in refs:
+            self._store.settle(ref.key, rid if ref.key in booked else None, spend)
+
+    def budget_status(self, session_id: str) -> BudgetStatus | None:
+        """A session's budget against its spend, or ``None`` if it has no budget."""
+        ref = self._session_refs.get(session_id)
+        if ref is None:
+            return None
+        used, reserved = self._store.usage(ref.key)
+        return status(ref.owner, ref.budget, used, reserved)
+
+
+# --------------------------------------------------------------------- views
+def _acc_row(target: dict[Any, list[Any]], key: Any, row: Iterable[Any]) -> None:
+    cur = target.get(key)
+    if cur is None:
+        target[key] = list(row)
+    else:
+        cur[:] = map(add, cur, row)
+
+
+def _merge_stats(name: str, stats: Iterable[ToolStats], category: str = "") -> ToolStats:
+    acc = _tools.ToolAcc(category)
+    llm = _fields.zeros()
+    i = _IDX
+    for s in stats:
+        acc.absorb(s)
+        llm[i["llm_calls"]] += s.llm_calls
+        llm[i["input_tokens"]] += s.input_tokens
+        llm[i["output_tokens"]] += s.output_tokens
+        llm[i["cache_read_tokens"]] += s.cache_read_tokens
+        llm[i["embedding_tokens"]] += s.embedding_tokens
+        llm[i["cost_micros"]] += s.cost_micros
+        llm[i["unpriced_calls"]] += s.unpriced_calls
+    return _tools.build(name, acc, llm, category)
+
+
+def _build_snapshot(
+    cells: list[tuple[str | None, _CellKey, list[Any]]],
+    tools: list[tuple[str | None, str, _tools.ToolAcc]],
+) -> Snapshot:
+    total = _fields.zeros()
+    by: dict[str, dict[Any, list[Any]]] = {"model": {}, "provider": {}, "session": {}, "agent": {}}
+    tool_llm: dict[tuple[str | None, str], list[Any]] = {}
+    out_cells = []
+    for session, (model, provider, agent, tool), row in cells:
+        total[:] = map(add, total, row)
+        for dim, key in (("model", model), ("provider", provider), ("session", session),
+                         ("agent", agent)):
+            if key is not None:
+                _acc_row(by[dim], key, row)
+        if tool is not None:
+            _acc_row(tool_llm, (session, tool), row)
+        out_cells.append(UsageCell(model=model, provider=provider, session_id=session,
+                                   agent_id=agent, tool=tool, usage=Usage.from_row(row)))
+    accs = {(s, t): a for s, t, a in tools}
+    categories = {t: a.category for (_, t), a in accs.items() if a.category}
+    per_session_tool: list[tuple[str | None, ToolStats]] = []
+    for key in sorted(set(accs) | set(tool_llm), key=lambda k: (k[0] or "", k[1])):
+        session, tool = key
+        per_session_tool.append(
+            (session, _tools.build(tool, accs.get(key), tool_llm.get(key), categories.get(tool, "")))
+        )
+    grouped_tool: dict[str, list[ToolStats]] = {}
+    grouped_cat: dict[str, list[ToolStats]] = {}
+    by_session_tool: dict[str, dict[str, ToolStats]] = {}
+    for session, st in per_session_tool:
+        grouped_tool.setdefault(st.tool, []).append(st)
+        if session is not None:
+            by_session_tool.setdefault(session, {})[st.tool] = st
+    by_tool = {t: _merge_stats(t, lst, categories.get(t, "")) for t, lst in grouped_tool.items()}
+    for t, st in by_tool.items():
+        if st.category:
+            grouped_cat.setdefault(st.category, []).append(st)
+    by_category = {c: _merge_stats(c, lst, c) for c, lst in grouped_cat.items()}
+    return Snapshot(
+        taken_at=datetime.now(UTC),
+        totals=Usage.from_row(total),
+        by_model={k: Usage.from_row(v) for k, v in by["model"].items()},
+        by_provider={k: Usage.from_row(v) for k, v in by["provider"].items()},
+        by_session={k: Usage.from_row(v) for k, v in by["session"].items()},
+        by_agent={k: Usage.from_row(v) for k, v in by["agent"].items()},
+        by_tool=by_tool,
+        by_category=by_category,
+        by_session_tool=by_session_tool,
+        cells=tuple(out_cells),
+        session_tool_stats=tuple(per_session_tool),
+    )
