@@ -9,7 +9,8 @@ overspends::
     @agentmeter.metered_tool(category="search")
     def search(q: str) -> str: ...
 
-    with agentmeter.meter("turn", session_id="s1", budget=agentmeter.Budget(max_tokens=50_000)) as scope:
+    budget = agentmeter.Budget(max_tokens=50_000)
+    with agentmeter.meter("turn", session_id="s1", budget=budget) as scope:
         agentmeter.check_budget(estimated_tokens=1200)
         agentmeter.record_llm(model="gpt-4o-mini", input_tokens=1200, output_tokens=80)
     print(scope.usage, agentmeter.get_tracker().session("s1").tools)

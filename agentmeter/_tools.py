@@ -46,8 +46,12 @@ class ToolAcc:
         """Add another accumulator's (or a snapshot's) call statistics to this one."""
         if isinstance(other, ToolStats):
             calls, ok, failed, total = other.calls, other.ok, other.failed, other.total_duration_ms
-            mn, mx, hist, recent = (other.min_duration_ms, other.max_duration_ms,
-                                    other.duration_histogram, other.recent_call_ids)
+            mn, mx, hist, recent = (
+                other.min_duration_ms,
+                other.max_duration_ms,
+                other.duration_histogram,
+                other.recent_call_ids,
+            )
             category = other.category
         else:
             calls, ok, failed, total = other.calls, other.ok, other.failed, other.total
@@ -73,8 +77,9 @@ class ToolAcc:
         return c
 
 
-def build(tool: str, acc: ToolAcc | None, llm: Iterable[int | float] | None,
-          category: str = "") -> ToolStats:
+def build(
+    tool: str, acc: ToolAcc | None, llm: Iterable[int | float] | None, category: str = ""
+) -> ToolStats:
     """A ToolStats from call statistics and the usage row of LLM calls made inside."""
     from . import _fields
 

@@ -52,7 +52,11 @@ def opt_cost_micros(name: str, value: Any) -> int | None:
         return None
     if isinstance(value, _BOOL) or not isinstance(value, int | float | Decimal):
         raise TypeError(f"{name} must be a number of dollars, got {type(value).__name__}")
-    dec = value if isinstance(value, Decimal) else Decimal(repr(value) if isinstance(value, float) else value)
+    dec = (
+        value
+        if isinstance(value, Decimal)
+        else Decimal(repr(value) if isinstance(value, float) else value)
+    )
     if not dec.is_finite():
         raise ValueError(f"{name} must be finite, got {value!r}")
     if dec < 0:

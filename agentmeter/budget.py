@@ -42,7 +42,11 @@ class Budget(BaseModel):
     max_tool_calls: int | None = None
 
     @field_validator(
-        "max_tokens", "max_input_tokens", "max_output_tokens", "max_llm_calls", "max_tool_calls",
+        "max_tokens",
+        "max_input_tokens",
+        "max_output_tokens",
+        "max_llm_calls",
+        "max_tool_calls",
         mode="before",
     )
     @classmethod
@@ -91,8 +95,14 @@ class Spend(NamedTuple):
     tool_calls: int = 0
 
 
-_LIMIT_NAMES = ("max_tokens", "max_input_tokens", "max_output_tokens", "max_cost_usd",
-                "max_llm_calls", "max_tool_calls")
+_LIMIT_NAMES = (
+    "max_tokens",
+    "max_input_tokens",
+    "max_output_tokens",
+    "max_cost_usd",
+    "max_llm_calls",
+    "max_tool_calls",
+)
 ZERO = Spend()
 
 
@@ -110,11 +120,18 @@ def first_violation(limits: Spend, used: Spend, reserved: Spend, request: Spend)
     return -1
 
 
-def exceeded(owner: str, i: int, limits: Spend, used: Spend, reserved: Spend,
-             request: Spend) -> BudgetExceeded:
+def exceeded(
+    owner: str, i: int, limits: Spend, used: Spend, reserved: Spend, request: Spend
+) -> BudgetExceeded:
     """The exception for dimension ``i``, with public units (dollars for cost)."""
-    return BudgetExceeded(owner, _LIMIT_NAMES[i], _public(i, limits[i]), _public(i, used[i]),
-                          _public(i, reserved[i]), _public(i, request[i]))
+    return BudgetExceeded(
+        owner,
+        _LIMIT_NAMES[i],
+        _public(i, limits[i]),
+        _public(i, used[i]),
+        _public(i, reserved[i]),
+        _public(i, request[i]),
+    )
 
 
 def status(owner: str, budget: Budget, used: Spend, reserved: Spend) -> BudgetStatus:
@@ -140,8 +157,9 @@ class BudgetStore(Protocol):
     ``"session:s1"``. Every method must be atomic per key.
     """
 
-    def reserve(self, key: str, owner: str, limits: Spend, request: Spend,
-                reservation_id: str) -> None:
+    def reserve(
+        self, key: str, owner: str, limits: Spend, request: Spend, reservation_id: str
+    ) -> None:
         """Book ``request`` if it fits every limit, else raise :class:`BudgetExceeded`."""
 
     def settle(self, key: str, reservation_id: str | None, actual: Spend) -> None:
@@ -187,8 +205,9 @@ class InMemoryBudgetStore:
         self._keys: dict[str, _KeyState] = {}
         self._ttl = reservation_ttl_s
 
-    def reserve(self, key: str, owner: str, limits: Spend, request: Spend,
-                reservation_id: str) -> None:
+    def reserve(
+        self, key: str, owner: str, limits: Spend, request: Spend, reservation_id: str
+    ) -> None:
         now = time.monotonic()
         with self._lock:
             st = self._keys.get(key)

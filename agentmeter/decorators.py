@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _validate
 from .budget import Budget
-from .scope import STACK, Scope, ambient_call_id
 from .scope import _CALL_ID_PROVIDERS as _PROVIDERS
+from .scope import STACK, Scope, ambient_call_id
 
 if TYPE_CHECKING:
     from .tracker import Tracker
@@ -32,8 +32,16 @@ class _Spec:
 
     __slots__ = ("agent_id", "budget", "category", "name", "session_id", "tool", "tracker")
 
-    def __init__(self, tracker: Tracker, name: str, session_id: str | None, agent_id: str | None,
-                 budget: Budget | None, tool: str | None, category: str | None) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        name: str,
+        session_id: str | None,
+        agent_id: str | None,
+        budget: Budget | None,
+        tool: str | None,
+        category: str | None,
+    ) -> None:
         self.tracker = tracker
         self.name = name
         self.session_id = session_id
@@ -43,13 +51,22 @@ class _Spec:
         self.category = category
 
     def scope(self) -> Scope:
-        return Scope(self.tracker, self.name, self.session_id, self.agent_id, self.budget, None,
-                     self.tool, self.category)
+        return Scope(
+            self.tracker,
+            self.name,
+            self.session_id,
+            self.agent_id,
+            self.budget,
+            None,
+            self.tool,
+            self.category,
+        )
 
 
 # ------------------------------------------------------------------ @metered
 def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(func):
+
         @functools.wraps(func)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             scope = spec.scope()
@@ -69,6 +86,7 @@ def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         return agen_wrapper
     if inspect.isgeneratorfunction(func):
+
         @functools.wraps(func)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             scope = spec.scope()
@@ -86,6 +104,7 @@ def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         return gen_wrapper
     if inspect.iscoroutinefunction(func):
+
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             scope = spec.scope()
@@ -141,8 +160,9 @@ def _drive(gen: Generator[Any, Any, Any], stack: tuple[Scope, ...]) -> Generator
             throw = exc
 
 
-async def _drive_async(agen: AsyncGenerator[Any, Any],
-                       stack: tuple[Scope, ...]) -> AsyncGenerator[Any, Any]:
+async def _drive_async(
+    agen: AsyncGenerator[Any, Any], stack: tuple[Scope, ...]
+) -> AsyncGenerator[Any, Any]:
     """Async twin of :func:`_drive` (``asend``/``athrow`` under the scope stack)."""
     send: Any = None
     throw: BaseException | None = None
@@ -211,6 +231,7 @@ class _ToolCall:
 
 def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(func):
+
         @functools.wraps(func)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             call = _ToolCall(spec)
@@ -235,6 +256,7 @@ def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         return agen_wrapper
     if inspect.isgeneratorfunction(func):
+
         @functools.wraps(func)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             call = _ToolCall(spec)
@@ -258,6 +280,7 @@ def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         return gen_wrapper
     if inspect.iscoroutinefunction(func):
+
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             call = _ToolCall(spec)
@@ -300,7 +323,11 @@ def make_metered(tracker: Tracker) -> Any:
     def metered(func: F, /) -> F: ...
     @overload
     def metered(
-        name: str | None = None, /, *, session_id: str | None = None, agent_id: str | None = None,
+        name: str | None = None,
+        /,
+        *,
+        session_id: str | None = None,
+        agent_id: str | None = None,
         budget: Budget | None = None,
     ) -> Callable[[F], F]: ...
 

@@ -28,8 +28,13 @@ def _fake_llm(tracker: Tracker, prompt: str, rng: random.Random) -> str:
     tracker.check_budget(len(prompt) // 4 + 1, model=MODEL, call_id=call_id)
     out = rng.randint(20, 120)
     tracker.record_llm(
-        model=MODEL, input_tokens=len(prompt) // 4 + 1, output_tokens=out,
-        cache_read_tokens=0, provider="openai", latency_ms=rng.uniform(80, 400), call_id=call_id,
+        model=MODEL,
+        input_tokens=len(prompt) // 4 + 1,
+        output_tokens=out,
+        cache_read_tokens=0,
+        provider="openai",
+        latency_ms=rng.uniform(80, 400),
+        call_id=call_id,
     )
     return f"answer({out})"
 
@@ -104,8 +109,10 @@ def run_demo(tracker: Tracker | None = None, *, seed: int = 7) -> Tracker:
                 print(f"[{sid}] stopped by its budget: {exc}")
                 return
 
-    threads = [threading.Thread(target=run_in_context(session_worker), args=(sid, q))
-               for sid, q in questions.items()]
+    threads = [
+        threading.Thread(target=run_in_context(session_worker), args=(sid, q))
+        for sid, q in questions.items()
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -113,6 +120,8 @@ def run_demo(tracker: Tracker | None = None, *, seed: int = 7) -> Tracker:
     for sid in questions:
         print(format_session(tracker.session(sid)))
     snap = tracker.snapshot()
-    print(f"total: {snap.totals.total_tokens} tokens, ${snap.totals.cost_usd}, "
-          f"{snap.totals.llm_calls} LLM calls, {snap.totals.tool_calls} tool calls")
+    print(
+        f"total: {snap.totals.total_tokens} tokens, ${snap.totals.cost_usd}, "
+        f"{snap.totals.llm_calls} LLM calls, {snap.totals.tool_calls} tool calls"
+    )
     return tracker

@@ -9,7 +9,7 @@ and be merged there (:meth:`~agentmeter.Tracker.merge`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -53,7 +53,9 @@ class Usage(BaseModel):
     reasoning_tokens: int = 0
     llm_calls: int = 0
     failed_llm_calls: int = 0
-    estimated_calls: int = Field(0, description="LLM and embedding calls whose counts were estimated")
+    estimated_calls: int = Field(
+        0, description="LLM and embedding calls whose counts were estimated"
+    )
     cost_micros: int = Field(0, description="Cost of the priced calls, integer micro-USD")
     unpriced_calls: int = Field(0, description="Calls whose model had no known price")
     llm_latency_ms: float = 0.0
@@ -98,7 +100,6 @@ class Usage(BaseModel):
         if not isinstance(other, Usage):
             return NotImplemented
         return Usage.from_row([a + b for a, b in zip(self.to_row(), other.to_row(), strict=True)])
-
 
 
 class ToolStats(BaseModel):
@@ -163,14 +164,15 @@ class ToolStats(BaseModel):
     def _quantile(self, q: float) -> float | None:
         if self.min_duration_ms is None or self.max_duration_ms is None:
             return None
-        return _latency.quantile(self.duration_histogram, q, self.min_duration_ms, self.max_duration_ms)
+        return _latency.quantile(
+            self.duration_histogram, q, self.min_duration_ms, self.max_duration_ms
+        )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def success_rate(self) -> float | None:
         """Share of calls that succeeded."""
         return self.ok / self.calls if self.calls else None
-
 
 
 class UsageCell(BaseModel):
@@ -230,7 +232,6 @@ class SessionUsage(BaseModel):
     budget: BudgetStatus | None = None
 
 
-
 class Snapshot(BaseModel):
     """A frozen, JSON-serialisable picture of a tracker.
 
@@ -252,7 +253,6 @@ class Snapshot(BaseModel):
     session_tool_stats: tuple[tuple[str | None, ToolStats], ...] = Field(
         (), description="Tool stats per (session or None, tool), the source of the tool views"
     )
-
 
 
 EventKind = Literal["chat", "completion", "embedding", "tool", "cache_hit", "cache_miss"]
@@ -286,6 +286,13 @@ class UsageEvent(BaseModel):
     tokens_saved: int = 0
     metadata: dict[str, Any] | None = None
 
+    @classmethod
+    def from_raw(cls, raw: RawEvent) -> UsageEvent:
+        """Build from the raw tuple the tracker hands to sinks (timestamp in epoch seconds)."""
+        values = dict(zip(EVENT_FIELDS, raw, strict=True))
+        values["timestamp"] = datetime.fromtimestamp(raw[1], UTC)
+        return cls.model_construct(**values)
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def cost_usd(self) -> Decimal | None:
@@ -297,6 +304,34 @@ class UsageEvent(BaseModel):
     def total_tokens(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
+
+
+# The raw event tuple: UsageEvent's fields in this order, timestamp as epoch seconds.
+EVENT_FIELDS: tuple[str, ...] = (
+    "call_id",
+    "timestamp",
+    "kind",
+    "model",
+    "provider",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_micros",
+    "latency_ms",
+    "session_id",
+    "agent_id",
+    "scope_path",
+    "tool",
+    "category",
+    "status",
+    "error",
+    "estimated",
+    "tokens_saved",
+    "metadata",
+)
+RawEvent = tuple[Any, ...]
 
 
 def sum_usages(usages: Iterable[Usage]) -> Usage:

@@ -290,10 +290,12 @@ class PriceBook:
         bare, hint = normalise_model(model)
         if provider:
             p = provider.strip().lower()
-            hint = _PROVIDER_ALIASES[p] if p in _PROVIDER_ALIASES else (hint or p)
+            hint = _PROVIDER_ALIASES.get(p, hint or p)
         if self._overrides:
             for candidate in _candidates(bare):
-                rates = self._overrides.get((candidate, hint)) or self._overrides.get((candidate, None))
+                rates = self._overrides.get((candidate, hint)) or self._overrides.get(
+                    (candidate, None)
+                )
                 if rates is not None:
                     return rates
         try:

@@ -23,12 +23,13 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from operator import add
-from typing import Any
+from typing import Any, Protocol
 
 from . import _fields, _tools, _validate
 from ._guard import swallow
@@ -44,7 +45,16 @@ from .budget import (
 )
 from .decorators import make_metered, make_metered_tool
 from .errors import BudgetExceeded
-from .models import BudgetStatus, SessionUsage, Snapshot, ToolStats, Usage, UsageCell, UsageEvent
+from .models import (
+    BudgetStatus,
+    RawEvent,
+    SessionUsage,
+    Snapshot,
+    ToolStats,
+    Usage,
+    UsageCell,
+    UsageEvent,
+)
 from .pricing import PriceBook
 from .scope import STACK, Scope, innermost
 
@@ -59,6 +69,15 @@ _IDX = _fields.INDEX
 _PENDING_MAX = 65_536  # reservations awaiting settlement, oldest dropped past this
 
 Subscriber = Callable[[UsageEvent], object]
+
+
+class Sink(Protocol):
+    """Receives every recorded call as a raw event tuple (see ``models.EVENT_FIELDS``)."""
+
+    def submit(self, raw: RawEvent) -> None:
+        """Take one event; must be quick (queue it, write it later)."""
+
+
 _CellKey = tuple[str | None, str | None, str | None, str | None]  # model, provider, agent, tool
 
 
@@ -93,6 +112,8 @@ class Tracker:
         self._id_prefix = f"am-{os.getpid():x}-{id(self) & 0xFFFFFF:x}-"
         self.prices = PriceBook()
         self._subscribers: tuple[Subscriber, ...] = ()
+        self._sinks: tuple[Sink, ...] = ()
+        self._listening = False  # any subscriber or sink: build events only then
         self._store: BudgetStore = budget_store or InMemoryBudgetStore()
         self._default_budget = default_session_budget
         self._session_refs: dict[str, BudgetRef] = {}
@@ -105,13 +126,15 @@ class Tracker:
     def configure(
         self,
         *,
-        default_session_budget: Budget | None | object = _MISSING,
+        default_session_budget: Budget | object | None = _MISSING,
         budget_store: BudgetStore | object = _MISSING,
         dedup_window: int | object = _MISSING,
     ) -> None:
         """Change settings; arguments not given are left as they are."""
         if default_session_budget is not _MISSING:
-            if default_session_budget is not None and not isinstance(default_session_budget, Budget):
+            if default_session_budget is not None and not isinstance(
+                default_session_budget, Budget
+            ):
                 raise TypeError("default_session_budget must be a Budget or None")
             self._default_budget = default_session_budget
         if budget_store is not _MISSING:
@@ -206,7 +229,8 @@ class Tracker:
         if cache_read_tokens + cache_write_tokens > input_tokens:
             raise ValueError(
                 "cache_read_tokens + cache_write_tokens must not exceed input_tokens "
-                f"(they are part of it): {cache_read_tokens} + {cache_write_tokens} > {input_tokens}"
+                f"(they are part of it): {cache_read_tokens} + {cache_write_tokens} "
+                f"> {input_tokens}"
             )
         if reasoning_tokens > output_tokens:
             raise ValueError(
@@ -238,9 +262,24 @@ class Tracker:
             _validate.metadata(metadata)
         try:
             self._record(
-                kind, model, provider, input_tokens, output_tokens, cache_read_tokens,
-                cache_write_tokens, reasoning_tokens, latency_ms, cost, call_id, estimated,
-                session_id, agent_id, metadata, tool, ok, error,
+                kind,
+                model,
+                provider,
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+                reasoning_tokens,
+                latency_ms,
+                cost,
+                call_id,
+                estimated,
+                session_id,
+                agent_id,
+                metadata,
+                tool,
+                ok,
+                error,
             )
         except BudgetExceeded:
             raise
@@ -264,7 +303,7 @@ class Tracker:
         ok: bool = True,
         error: str | None = None,
     ) -> None:
-        """Record one embedding call (``input_tokens`` embedded). Arguments as :meth:`record_llm`."""
+        """Record one embedding call of ``input_tokens``; arguments as :meth:`record_llm`."""
         _validate.name("model", model, optional=False)
         input_tokens = _validate.count("input_tokens", input_tokens)
         latency_ms = _validate.opt_duration("latency_ms", latency_ms)
@@ -279,8 +318,24 @@ class Tracker:
         _validate.metadata(metadata)
         try:
             self._record(
-                "embedding", model, provider, input_tokens, 0, 0, 0, 0, latency_ms, cost,
-                call_id, estimated, session_id, agent_id, metadata, tool, ok, error,
+                "embedding",
+                model,
+                provider,
+                input_tokens,
+                0,
+                0,
+                0,
+                0,
+                latency_ms,
+                cost,
+                call_id,
+                estimated,
+                session_id,
+                agent_id,
+                metadata,
+                tool,
+                ok,
+                error,
             )
         except BudgetExceeded:
             raise
@@ -322,7 +377,9 @@ class Tracker:
                 if tool is None:
                     tool = scope.tool
         if cost is None:
-            rates = self.prices._cache.get(model if provider is None else (model, provider), _MISSING)
+            rates = self.prices._cache.get(
+                model if provider is None else (model, provider), _MISSING
+            )
             if rates is _MISSING:
                 rates = self.prices.rates(model, provider)
             if rates is not None:
@@ -330,14 +387,48 @@ class Tracker:
         if kind == "embedding":
             row = (
                 (session_id, model, provider, agent_id, tool, scope),
-                0, 0, 0, 0, 0, 0, 0, 1 if estimated else 0, cost or 0, 1 if cost is None else 0,
-                0.0, inp, 1, 0, 0, 0.0, 0, 0, 0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1 if estimated else 0,
+                cost or 0,
+                1 if cost is None else 0,
+                0.0,
+                inp,
+                1,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
             )
         else:
             row = (
                 (session_id, model, provider, agent_id, tool, scope),
-                inp, out, cr, cw, rs, 1, 0 if ok else 1, 1 if estimated else 0, cost or 0,
-                1 if cost is None else 0, latency or 0.0, 0, 0, 0, 0, 0.0, 0, 0, 0,
+                inp,
+                out,
+                cr,
+                cw,
+                rs,
+                1,
+                0 if ok else 1,
+                1 if estimated else 0,
+                cost or 0,
+                1 if cost is None else 0,
+                latency or 0.0,
+                0,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
             )
         with self._lock:
             if call_id is not None:
@@ -352,31 +443,31 @@ class Tracker:
         if self._budgets_on or (scope is not None and scope.budget_refs) or self._pending:
             spend = Spend(inp + out, inp, out, cost or 0, 1 if kind != "embedding" else 0, 0)
             self._settle(scope, session_id, call_id, spend)
-        if self._subscribers:
-            self._publish(
-                UsageEvent.model_construct(
-                    call_id=self._event_id(call_id),
-                    timestamp=datetime.now(UTC),
-                    kind=kind,
-                    model=model,
-                    provider=provider,
-                    input_tokens=inp,
-                    output_tokens=out,
-                    cache_read_tokens=cr,
-                    cache_write_tokens=cw,
-                    reasoning_tokens=rs,
-                    cost_micros=cost,
-                    latency_ms=latency,
-                    session_id=session_id,
-                    agent_id=agent_id,
-                    scope_path=scope.path if scope is not None else (),
-                    tool=tool,
-                    category=scope.category if scope is not None and tool == scope.tool else None,
-                    status="ok" if ok else "error",
-                    error=error,
-                    estimated=estimated,
-                    tokens_saved=0,
-                    metadata=metadata,
+        if self._listening:
+            self._emit(
+                (
+                    self._event_id(call_id),
+                    time.time(),
+                    kind,
+                    model,
+                    provider,
+                    inp,
+                    out,
+                    cr,
+                    cw,
+                    rs,
+                    cost,
+                    latency,
+                    session_id,
+                    agent_id,
+                    scope.path if scope is not None else (),
+                    tool,
+                    scope.category if scope is not None and tool == scope.tool else None,
+                    "ok" if ok else "error",
+                    error,
+                    estimated,
+                    0,
+                    metadata,
                 )
             )
 
@@ -419,8 +510,9 @@ class Tracker:
         if error is not None and type(error) is not str:
             raise TypeError("error must be a str")
         try:
-            self._record_tool(tool, ok, duration_ms, category, call_id, session_id, agent_id,
-                              metadata, error)
+            self._record_tool(
+                tool, ok, duration_ms, category, call_id, session_id, agent_id, metadata, error
+            )
         except BudgetExceeded:
             raise
         except Exception as exc:
@@ -448,7 +540,25 @@ class Tracker:
         cid = str(call_id) if call_id is not None else f"{self._id_prefix}{next(self._ids)}"
         row = (
             (session_id, None, None, agent_id, tool, scope),
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 1, 0 if ok else 1, duration, 0, 0, 0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0.0,
+            0,
+            0,
+            1,
+            0 if ok else 1,
+            duration,
+            0,
+            0,
+            0,
         )
         with self._lock:
             if call_id is not None:
@@ -469,16 +579,31 @@ class Tracker:
                 self._fold()
         if self._budgets_on or (scope is not None and scope.budget_refs) or self._pending:
             self._settle(scope, session_id, cid, Spend(0, 0, 0, 0, 0, 1))
-        if self._subscribers:
-            self._publish(
-                UsageEvent.model_construct(
-                    call_id=cid, timestamp=datetime.now(UTC), kind="tool", model=None,
-                    provider=None, input_tokens=0, output_tokens=0, cache_read_tokens=0,
-                    cache_write_tokens=0, reasoning_tokens=0, cost_micros=None,
-                    latency_ms=duration, session_id=session_id, agent_id=agent_id,
-                    scope_path=scope.path if scope is not None else (), tool=tool,
-                    category=category or None, status="ok" if ok else "error", error=error,
-                    estimated=False, tokens_saved=0, metadata=metadata,
+        if self._listening:
+            self._emit(
+                (
+                    cid,
+                    time.time(),
+                    "tool",
+                    None,
+                    None,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    None,
+                    duration,
+                    session_id,
+                    agent_id,
+                    scope.path if scope is not None else (),
+                    tool,
+                    category or None,
+                    "ok" if ok else "error",
+                    error,
+                    False,
+                    0,
+                    metadata,
                 )
             )
 
@@ -529,24 +654,55 @@ class Tracker:
                 tool = scope.tool
             row = (
                 (session_id, model, None, agent_id, tool, scope),
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0, 0, 0.0,
-                1 if hit else 0, 0 if hit else 1, saved,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0,
+                0.0,
+                1 if hit else 0,
+                0 if hit else 1,
+                saved,
             )
             with self._lock:
                 self._log.append(row)
                 if len(self._log) >= _FOLD_AT:
                     self._fold()
-            if self._subscribers:
-                self._publish(
-                    UsageEvent.model_construct(
-                        call_id=self._event_id(None), timestamp=datetime.now(UTC),
-                        kind="cache_hit" if hit else "cache_miss", model=model, provider=None,
-                        input_tokens=0, output_tokens=0, cache_read_tokens=0,
-                        cache_write_tokens=0, reasoning_tokens=0, cost_micros=None,
-                        latency_ms=None, session_id=session_id, agent_id=agent_id,
-                        scope_path=scope.path if scope is not None else (), tool=tool,
-                        category=None, status="ok", error=None, estimated=False,
-                        tokens_saved=saved, metadata=metadata,
+            if self._listening:
+                self._emit(
+                    (
+                        self._event_id(None),
+                        time.time(),
+                        "cache_hit" if hit else "cache_miss",
+                        model,
+                        None,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        None,
+                        None,
+                        session_id,
+                        agent_id,
+                        scope.path if scope is not None else (),
+                        tool,
+                        None,
+                        "ok",
+                        None,
+                        False,
+                        saved,
+                        metadata,
                     )
                 )
         except Exception as exc:
@@ -602,14 +758,25 @@ class Tracker:
                 scope.row[:] = map(add, scope.row, sums)
                 scope = scope.parent
 
-    def _publish(self, event: UsageEvent) -> None:
-        for callback in self._subscribers:
+    def _emit(self, raw: RawEvent) -> None:
+        """Hand a recorded call to the sinks (raw) and subscribers (as a UsageEvent)."""
+        for sink in self._sinks:
             try:
-                callback(event)
-            except Exception:
-                # A subscriber's bug is the subscriber's: log it, keep delivering.
-                logger.exception("agentmeter: subscriber %r raised; event %s dropped for it",
-                                 callback, event.call_id)
+                sink.submit(raw)
+            except Exception as exc:
+                swallow(exc, f"sink {sink!r}")
+        if self._subscribers:
+            event = UsageEvent.from_raw(raw)
+            for callback in self._subscribers:
+                try:
+                    callback(event)
+                except Exception:
+                    # A subscriber's bug is the subscriber's: log it, keep delivering.
+                    logger.exception(
+                        "agentmeter: subscriber %r raised; event %s dropped for it",
+                        callback,
+                        event.call_id,
+                    )
 
     # ---------------------------------------------------------------- events
     def subscribe(self, callback: Subscriber) -> None:
@@ -623,15 +790,51 @@ class Tracker:
         with self._lock:
             if callback not in self._subscribers:
                 self._subscribers = (*self._subscribers, callback)
+            self._listening = True
 
     def unsubscribe(self, callback: Subscriber) -> None:
         """Stop delivering events to ``callback`` (a delivery already under way may finish)."""
         with self._lock:
             self._subscribers = tuple(c for c in self._subscribers if c != callback)
+            self._listening = bool(self._subscribers or self._sinks)
+
+    def add_sink(self, sink: Sink) -> None:
+        """Send every recorded call to ``sink`` (e.g. a SQL or JSONL sink).
+
+        Sinks receive the raw event tuple (``UsageEvent.from_raw`` builds the model)
+        so that enqueueing stays cheap on the recording thread.
+        """
+        if not callable(getattr(sink, "submit", None)):
+            raise TypeError("a sink needs a submit(raw_event) method")
+        with self._lock:
+            if sink not in self._sinks:
+                self._sinks = (*self._sinks, sink)
+            self._listening = True
+
+    def remove_sink(self, sink: Sink) -> None:
+        """Stop sending events to ``sink`` (it is not closed)."""
+        with self._lock:
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
+            self._listening = bool(self._subscribers or self._sinks)
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        """The sinks currently attached."""
+        return self._sinks
+
+    def flush(self) -> None:
+        """Flush every sink that buffers (waits until their events are stored)."""
+        for sink in self._sinks:
+            fn = getattr(sink, "flush", None)
+            if callable(fn):
+                fn()
 
     # ---------------------------------------------------------------- reading
-    def _copy_state(self) -> tuple[list[tuple[str | None, _CellKey, list[Any]]],
-                                   list[tuple[str | None, str, _tools.ToolAcc]]]:
+    def _copy_state(
+        self,
+    ) -> tuple[
+        list[tuple[str | None, _CellKey, list[Any]]], list[tuple[str | None, str, _tools.ToolAcc]]
+    ]:
         """Copy cells and tool accumulators (caller holds the lock, log folded)."""
         cells = [(s, k, list(row)) for s, b in self._cells.items() for k, row in b.items()]
         tools = [(s, t, acc.copy()) for s, b in self._tools.items() for t, acc in b.items()]
@@ -670,8 +873,10 @@ class Tracker:
             snapshot = Snapshot.model_validate(snapshot)
         if not isinstance(snapshot, Snapshot):
             raise TypeError(f"merge() takes a Snapshot, got {type(snapshot).__name__}")
-        rows = [(c.session_id, (c.model, c.provider, c.agent_id, c.tool), c.usage.to_row())
-                for c in snapshot.cells]
+        rows = [
+            (c.session_id, (c.model, c.provider, c.agent_id, c.tool), c.usage.to_row())
+            for c in snapshot.cells
+        ]
         with self._lock:
             self._fold()
             for session, key, row in rows:
@@ -733,7 +938,10 @@ class Tracker:
             if tool is not None:
                 _acc_row(tool_llm, tool, row)
         accs = dict(tool_accs)
-        tools = {t: _tools.build(t, accs.get(t), tool_llm.get(t)) for t in sorted(set(accs) | set(tool_llm))}
+        tools = {
+            t: _tools.build(t, accs.get(t), tool_llm.get(t))
+            for t in sorted(set(accs) | set(tool_llm))
+        }
         ref = self._session_refs.get(session_id)
         budget = None
         if ref is not None:
@@ -847,8 +1055,9 @@ class Tracker:
             if old is not None:
                 self._store.drop(old.key)
         else:
-            ref = BudgetRef(f"session:{session_id}", f"session {session_id!r}", budget,
-                            budget.limits())
+            ref = BudgetRef(
+                f"session:{session_id}", f"session {session_id!r}", budget, budget.limits()
+            )
             used, _ = self._store.usage(ref.key)
             if used == ZERO and old is None:
                 # Seed with what the session already spent in this process.
@@ -862,9 +1071,18 @@ class Tracker:
                         tot[:] = map(add, tot, r)
                     i = _IDX
                     inp, out = int(tot[i["input_tokens"]]), int(tot[i["output_tokens"]])
-                    self._store.settle(ref.key, None, Spend(
-                        inp + out + int(tot[i["embedding_tokens"]]), inp, out,
-                        int(tot[i["cost_micros"]]), int(tot[i["llm_calls"]]), tool_calls))
+                    self._store.settle(
+                        ref.key,
+                        None,
+                        Spend(
+                            inp + out + int(tot[i["embedding_tokens"]]),
+                            inp,
+                            out,
+                            int(tot[i["cost_micros"]]),
+                            int(tot[i["llm_calls"]]),
+                            tool_calls,
+                        ),
+                    )
             self._session_refs[session_id] = ref
         self._budgets_on = self._default_budget is not None or bool(self._session_refs)
 
@@ -872,15 +1090,20 @@ class Tracker:
         ref = self._session_refs.get(session_id)
         if ref is None and self._default_budget is not None:
             budget = self._default_budget
-            ref = BudgetRef(f"session:{session_id}", f"session {session_id!r}", budget,
-                            budget.limits())
+            ref = BudgetRef(
+                f"session:{session_id}", f"session {session_id!r}", budget, budget.limits()
+            )
             ref = self._session_refs.setdefault(session_id, ref)
         return ref
 
     def _scope_budget_ref(self, scope: Scope) -> BudgetRef:
         assert scope.budget is not None
-        return BudgetRef(f"scope:{self._id_prefix}{scope.uid}", f"scope {'/'.join(scope.path)!r}",
-                         scope.budget, scope.budget.limits())
+        return BudgetRef(
+            f"scope:{self._id_prefix}{scope.uid}",
+            f"scope {'/'.join(scope.path)!r}",
+            scope.budget,
+            scope.budget.limits(),
+        )
 
     def _drop_scope_budget(self, scope: Scope) -> None:
         self._store.drop(f"scope:{self._id_prefix}{scope.uid}")
@@ -957,8 +1180,14 @@ class Tracker:
                     if rates is not None:
                         cost_est = rates.cost_micros(estimated_tokens, 0)
             need = max(estimated_tokens, 1)
-            request = Spend(need, need, 1 if kind == "llm" else 0, max(cost_est, 1),
-                            1 if kind == "llm" else 0, 0)
+            request = Spend(
+                need,
+                need,
+                1 if kind == "llm" else 0,
+                max(cost_est, 1),
+                1 if kind == "llm" else 0,
+                0,
+            )
         rid = str(call_id) if call_id is not None else self.new_call_id()
         done: list[BudgetRef] = []
         try:
@@ -984,9 +1213,14 @@ class Tracker:
             for ref in res.refs:
                 self._store.release(ref.key, res.call_id)
 
-    def _settle(self, scope: Scope | None, session_id: str | None, call_id: object,
-                spend: Spend) -> None:
-        res = self._pending.pop(str(call_id), None) if (call_id is not None and self._pending) else None
+    def _settle(
+        self, scope: Scope | None, session_id: str | None, call_id: object, spend: Spend
+    ) -> None:
+        res = (
+            self._pending.pop(str(call_id), None)
+            if (call_id is not None and self._pending)
+            else None
+        )
         refs = self._refs(scope, session_id)
         if res is not None:
             rid: str | None = res.call_id
@@ -1044,21 +1278,36 @@ def _build_snapshot(
     out_cells = []
     for session, (model, provider, agent, tool), row in cells:
         total[:] = map(add, total, row)
-        for dim, key in (("model", model), ("provider", provider), ("session", session),
-                         ("agent", agent)):
+        for dim, key in (
+            ("model", model),
+            ("provider", provider),
+            ("session", session),
+            ("agent", agent),
+        ):
             if key is not None:
                 _acc_row(by[dim], key, row)
         if tool is not None:
             _acc_row(tool_llm, (session, tool), row)
-        out_cells.append(UsageCell(model=model, provider=provider, session_id=session,
-                                   agent_id=agent, tool=tool, usage=Usage.from_row(row)))
+        out_cells.append(
+            UsageCell(
+                model=model,
+                provider=provider,
+                session_id=session,
+                agent_id=agent,
+                tool=tool,
+                usage=Usage.from_row(row),
+            )
+        )
     accs = {(s, t): a for s, t, a in tools}
     categories = {t: a.category for (_, t), a in accs.items() if a.category}
     per_session_tool: list[tuple[str | None, ToolStats]] = []
     for key in sorted(set(accs) | set(tool_llm), key=lambda k: (k[0] or "", k[1])):
         session, tool = key
         per_session_tool.append(
-            (session, _tools.build(tool, accs.get(key), tool_llm.get(key), categories.get(tool, "")))
+            (
+                session,
+                _tools.build(tool, accs.get(key), tool_llm.get(key), categories.get(tool, "")),
+            )
         )
     grouped_tool: dict[str, list[ToolStats]] = {}
     grouped_cat: dict[str, list[ToolStats]] = {}
@@ -1068,7 +1317,7 @@ def _build_snapshot(
         if session is not None:
             by_session_tool.setdefault(session, {})[st.tool] = st
     by_tool = {t: _merge_stats(t, lst, categories.get(t, "")) for t, lst in grouped_tool.items()}
-    for t, st in by_tool.items():
+    for _t, st in by_tool.items():
         if st.category:
             grouped_cat.setdefault(st.category, []).append(st)
     by_category = {c: _merge_stats(c, lst, c) for c, lst in grouped_cat.items()}
