@@ -12,7 +12,7 @@ import functools
 import inspect
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _validate
 from .budget import Budget
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["make_metered", "make_metered_tool"]
+__all__ = ["metered", "metered_tool"]
 
 
 class _Spec:
@@ -204,7 +204,7 @@ class _ToolCall:
         self.call_id = ambient_call_id() if _PROVIDERS else None
         tracker = spec.tracker
         try:
-            if self.scope.budget_refs or tracker._budgets_on:
+            if self.scope.budget_refs or tracker._budgets.active:
                 if self.call_id is None:
                     self.call_id = tracker.new_call_id()
                 tracker.check_budget(kind="tool", call_id=self.call_id)
@@ -316,87 +316,56 @@ def _check(session_id: object, agent_id: object, budget: object) -> None:
         raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
 
 
-def make_metered(tracker: Tracker) -> Any:
-    """Build the ``metered`` decorator bound to ``tracker``."""
+def metered(
+    tracker: Tracker,
+    func_or_name: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    budget: Budget | None = None,
+) -> Any:
+    """Implementation of :meth:`Tracker.metered <agentmeter.Tracker.metered>`."""
+    _check(session_id, agent_id, budget)
 
-    @overload
-    def metered(func: F, /) -> F: ...
-    @overload
-    def metered(
-        name: str | None = None,
-        /,
-        *,
-        session_id: str | None = None,
-        agent_id: str | None = None,
-        budget: Budget | None = None,
-    ) -> Callable[[F], F]: ...
+    def decorate(func: F) -> F:
+        label = name or (func_or_name if isinstance(func_or_name, str) else None)
+        label = label or getattr(func, "__qualname__", None) or repr(func)
+        spec = _Spec(tracker, label, session_id, agent_id, budget, None, None)
+        return _wrap_scope(func, spec)  # type: ignore[return-value]
 
-    def metered(
-        func_or_name: Any = None,
-        /,
-        *,
-        name: str | None = None,
-        session_id: str | None = None,
-        agent_id: str | None = None,
-        budget: Budget | None = None,
-    ) -> Any:
-        """Meter every call of a function in its own scope.
-
-        ``@metered``, ``@metered("plan", agent_id="planner")``, ``@metered(budget=...)``.
-        Works on sync, async, generator and async-generator functions; exceptions are
-        recorded on the scope and re-raised unchanged.
-        """
-        _check(session_id, agent_id, budget)
-
-        def decorate(func: F) -> F:
-            label = name or (func_or_name if isinstance(func_or_name, str) else None)
-            label = label or getattr(func, "__qualname__", None) or repr(func)
-            spec = _Spec(tracker, label, session_id, agent_id, budget, None, None)
-            return _wrap_scope(func, spec)  # type: ignore[return-value]
-
-        if callable(func_or_name):
-            return decorate(func_or_name)
-        if func_or_name is not None and not isinstance(func_or_name, str):
-            raise TypeError("metered() takes a function or a scope name")
-        return decorate
-
-    return metered
+    if callable(func_or_name):
+        return decorate(func_or_name)
+    if func_or_name is not None and not isinstance(func_or_name, str):
+        raise TypeError("metered() takes a function or a scope name")
+    return decorate
 
 
-def make_metered_tool(tracker: Tracker) -> Any:
-    """Build the ``metered_tool`` decorator bound to ``tracker``."""
+def metered_tool(
+    tracker: Tracker,
+    func_or_name: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    category: str = "",
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    budget: Budget | None = None,
+) -> Any:
+    """Implementation of :meth:`Tracker.metered_tool <agentmeter.Tracker.metered_tool>`."""
+    _check(session_id, agent_id, budget)
+    if type(category) is not str:
+        raise TypeError("category must be a str")
 
-    def metered_tool(
-        func_or_name: Any = None,
-        /,
-        *,
-        name: str | None = None,
-        category: str = "",
-        session_id: str | None = None,
-        agent_id: str | None = None,
-        budget: Budget | None = None,
-    ) -> Any:
-        """Meter a tool function: calls, ok/failed, duration, and the tokens spent inside.
+    def decorate(func: F) -> F:
+        label = name or (func_or_name if isinstance(func_or_name, str) else None)
+        label = label or getattr(func, "__name__", None) or repr(func)
+        spec = _Spec(tracker, label, session_id, agent_id, budget, label, category)
+        return _wrap_tool(func, spec)  # type: ignore[return-value]
 
-        ``@metered_tool``, ``@metered_tool("web_search")``, ``@metered_tool(category="search")``.
-        A failure is an exception raised by the tool (re-raised unchanged). When a
-        budget limits tool calls, a call over the limit raises
-        :class:`~agentmeter.BudgetExceeded` before the tool body runs.
-        """
-        _check(session_id, agent_id, budget)
-        if type(category) is not str:
-            raise TypeError("category must be a str")
-
-        def decorate(func: F) -> F:
-            label = name or (func_or_name if isinstance(func_or_name, str) else None)
-            label = label or getattr(func, "__name__", None) or repr(func)
-            spec = _Spec(tracker, label, session_id, agent_id, budget, label, category)
-            return _wrap_tool(func, spec)  # type: ignore[return-value]
-
-        if callable(func_or_name):
-            return decorate(func_or_name)
-        if func_or_name is not None and not isinstance(func_or_name, str):
-            raise TypeError("metered_tool() takes a function or a tool name")
-        return decorate
-
-    return metered_tool
+    if callable(func_or_name):
+        return decorate(func_or_name)
+    if func_or_name is not None and not isinstance(func_or_name, str):
+        raise TypeError("metered_tool() takes a function or a tool name")
+    return decorate

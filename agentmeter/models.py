@@ -71,7 +71,8 @@ class Usage(BaseModel):
     @classmethod
     def from_row(cls, row: Sequence[int | float]) -> Usage:
         """Build from an internal counter row (see ``_fields.FIELDS``)."""
-        return cls.model_construct(**dict(zip(_fields.FIELDS, row, strict=True)))
+        values: dict[str, Any] = dict(zip(_fields.FIELDS, row, strict=True))
+        return cls.model_construct(**values)
 
     def to_row(self) -> list[int | float]:
         """The internal counter row of this usage."""

@@ -240,7 +240,7 @@ class PriceBook:
         """Override (or add) a model's price, in USD per million tokens."""
         _validate.name("model", model, optional=False)
         _validate.name("provider", provider)
-        values = {}
+        values: dict[str, tuple[tuple[int, int], ...] | None] = {}
         for arg, val in (
             ("input_per_mtok", input_per_mtok),
             ("output_per_mtok", output_per_mtok),
@@ -259,8 +259,8 @@ class PriceBook:
         bare, hint = normalise_model(model)
         prov = _PROVIDER_ALIASES.get(provider.lower(), provider.lower()) if provider else hint
         rates = ModelRates(
-            values["input_per_mtok"],  # type: ignore[arg-type]
-            values["output_per_mtok"],  # type: ignore[arg-type]
+            values["input_per_mtok"] or ((-1, 0),),
+            values["output_per_mtok"] or ((-1, 0),),
             values["cache_read_per_mtok"],
             values["cache_write_per_mtok"],
             0,

@@ -25,36 +25,17 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from operator import add
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, overload
 
-from . import _fields, _tools, _validate
+from . import _fields, _tools, _validate, _views, decorators
 from ._guard import swallow
-from .budget import (
-    ZERO,
-    Budget,
-    BudgetRef,
-    BudgetStore,
-    InMemoryBudgetStore,
-    Reservation,
-    Spend,
-    status,
-)
-from .decorators import make_metered, make_metered_tool
+from ._ledger import BudgetLedger
+from .budget import Budget, BudgetStore, Reservation, Spend
 from .errors import BudgetExceeded
-from .models import (
-    BudgetStatus,
-    RawEvent,
-    SessionUsage,
-    Snapshot,
-    ToolStats,
-    Usage,
-    UsageCell,
-    UsageEvent,
-)
+from .models import BudgetStatus, RawEvent, SessionUsage, Snapshot, ToolStats, Usage, UsageEvent
 from .pricing import PriceBook
 from .scope import STACK, Scope, innermost
 
@@ -66,9 +47,9 @@ _FOLD_AT = 256
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
 _MISSING: Any = object()
 _IDX = _fields.INDEX
-_PENDING_MAX = 65_536  # reservations awaiting settlement, oldest dropped past this
 
 Subscriber = Callable[[UsageEvent], object]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Sink(Protocol):
@@ -76,9 +57,6 @@ class Sink(Protocol):
 
     def submit(self, raw: RawEvent) -> None:
         """Take one event; must be quick (queue it, write it later)."""
-
-
-_CellKey = tuple[str | None, str | None, str | None, str | None]  # model, provider, agent, tool
 
 
 class Tracker:
@@ -103,7 +81,7 @@ class Tracker:
     ) -> None:
         self._lock = threading.Lock()
         self._log: list[tuple[Any, ...]] = []
-        self._cells: dict[str | None, dict[_CellKey, list[Any]]] = {}
+        self._cells: dict[str | None, dict[_views.CellKey, list[Any]]] = {}
         self._tools: dict[str | None, dict[str, _tools.ToolAcc]] = {}
         self._seen: set[object] = set()
         self._seen_order: deque[object] = deque()
@@ -114,13 +92,7 @@ class Tracker:
         self._subscribers: tuple[Subscriber, ...] = ()
         self._sinks: tuple[Sink, ...] = ()
         self._listening = False  # any subscriber or sink: build events only then
-        self._store: BudgetStore = budget_store or InMemoryBudgetStore()
-        self._default_budget = default_session_budget
-        self._session_refs: dict[str, BudgetRef] = {}
-        self._pending: dict[str, Reservation] = {}
-        self._budgets_on = default_session_budget is not None
-        self.metered = make_metered(self)
-        self.metered_tool = make_metered_tool(self)
+        self._budgets = BudgetLedger(budget_store, default_session_budget, self._id_prefix)
 
     # ------------------------------------------------------------------ config
     def configure(
@@ -136,14 +108,14 @@ class Tracker:
                 default_session_budget, Budget
             ):
                 raise TypeError("default_session_budget must be a Budget or None")
-            self._default_budget = default_session_budget
+            self._budgets.default_budget = default_session_budget
         if budget_store is not _MISSING:
             if not isinstance(budget_store, BudgetStore):
                 raise TypeError("budget_store must implement the BudgetStore protocol")
-            self._store = budget_store
+            self._budgets.store = budget_store
         if dedup_window is not _MISSING:
             self._dedup_window = _validate.count("dedup_window", dedup_window)
-        self._budgets_on = self._default_budget is not None or bool(self._session_refs)
+        self._budgets._update_active()
 
     def set_price(
         self,
@@ -440,9 +412,10 @@ class Tracker:
             if len(log) >= _FOLD_AT:
                 self._fold()
         # After the lock: budgets and subscribers, each skipped when there are none.
-        if self._budgets_on or (scope is not None and scope.budget_refs) or self._pending:
+        budgets = self._budgets
+        if budgets.active or budgets.pending or (scope is not None and scope.budget_refs):
             spend = Spend(inp + out, inp, out, cost or 0, 1 if kind != "embedding" else 0, 0)
-            self._settle(scope, session_id, call_id, spend)
+            budgets.settle(scope, session_id, call_id, spend)
         if self._listening:
             self._emit(
                 (
@@ -577,8 +550,9 @@ class Tracker:
             self._log.append(row)
             if len(self._log) >= _FOLD_AT:
                 self._fold()
-        if self._budgets_on or (scope is not None and scope.budget_refs) or self._pending:
-            self._settle(scope, session_id, cid, Spend(0, 0, 0, 0, 0, 1))
+        budgets = self._budgets
+        if budgets.active or budgets.pending or (scope is not None and scope.budget_refs):
+            budgets.settle(scope, session_id, cid, Spend(0, 0, 0, 0, 0, 1))
         if self._listening:
             self._emit(
                 (
@@ -830,11 +804,7 @@ class Tracker:
                 fn()
 
     # ---------------------------------------------------------------- reading
-    def _copy_state(
-        self,
-    ) -> tuple[
-        list[tuple[str | None, _CellKey, list[Any]]], list[tuple[str | None, str, _tools.ToolAcc]]
-    ]:
+    def _copy_state(self) -> tuple[_views.CellRows, _views.ToolRows]:
         """Copy cells and tool accumulators (caller holds the lock, log folded)."""
         cells = [(s, k, list(row)) for s, b in self._cells.items() for k, row in b.items()]
         tools = [(s, t, acc.copy()) for s, b in self._tools.items() for t, acc in b.items()]
@@ -845,7 +815,7 @@ class Tracker:
         with self._lock:
             self._fold()
             cells, tools = self._copy_state()
-        return _build_snapshot(cells, tools)
+        return _views.snapshot(cells, tools)
 
     def snapshot_and_reset(self) -> Snapshot:
         """Atomically take a snapshot and clear the counters (e.g. per reporting period)."""
@@ -853,7 +823,7 @@ class Tracker:
             self._fold()
             cells, tools = self._copy_state()
             self._clear()
-        return _build_snapshot(cells, tools)
+        return _views.snapshot(cells, tools)
 
     def reset(self) -> None:
         """Clear every counter and breakdown (budgets, prices and subscribers stay)."""
@@ -868,7 +838,11 @@ class Tracker:
         self._seen_order = deque()
 
     def merge(self, snapshot: Snapshot) -> None:
-        """Add another tracker's (e.g. another process's) snapshot to this one."""
+        """Add another tracker's (e.g. another process's) snapshot to this one.
+
+        Merging is exact: the snapshot's cells carry the joint breakdown and its tool
+        stats carry counts and duration histograms.
+        """
         if isinstance(snapshot, dict):
             snapshot = Snapshot.model_validate(snapshot)
         if not isinstance(snapshot, Snapshot):
@@ -880,17 +854,12 @@ class Tracker:
         with self._lock:
             self._fold()
             for session, key, row in rows:
-                bucket = self._cells.setdefault(session, {})
-                cell = bucket.get(key)
-                if cell is None:
-                    bucket[key] = row
-                else:
-                    cell[:] = map(add, cell, row)
+                _views.acc_row(self._cells.setdefault(session, {}), key, row)
             for session, stats in snapshot.session_tool_stats:
-                bucket_t = self._tools.setdefault(session, {})
-                acc = bucket_t.get(stats.tool)
+                bucket = self._tools.setdefault(session, {})
+                acc = bucket.get(stats.tool)
                 if acc is None:
-                    acc = bucket_t[stats.tool] = _tools.ToolAcc(stats.category)
+                    acc = bucket[stats.tool] = _tools.ToolAcc(stats.category)
                 acc.absorb(stats)
 
     def session(self, session_id: str) -> SessionUsage:
@@ -904,111 +873,63 @@ class Tracker:
             self._fold()
             cells = self._cells.get(session_id)
             tools = self._tools.get(session_id)
-            known = cells is not None or tools is not None or session_id in self._session_refs
             cell_rows = [(k, list(r)) for k, r in (cells or {}).items()]
             tool_accs = [(t, a.copy()) for t, a in (tools or {}).items()]
-        if not known:
+        budget = self._budgets.session_status(session_id)
+        if cells is None and tools is None and budget is None:
             raise KeyError(f"unknown session {session_id!r}")
-        return self._session_usage(session_id, cell_rows, tool_accs)
+        return _views.session_usage(session_id, cell_rows, tool_accs, budget)
 
     def sessions(self) -> list[str]:
-        """Ids of the sessions currently held."""
+        """Ids of the sessions currently held (closed sessions are not)."""
         with self._lock:
             self._fold()
-            ids = set(self._cells) | set(self._tools)
-        ids.discard(None)
+            ids = (set(self._cells) | set(self._tools)) - {None}
         return sorted(i for i in ids if i is not None)
-
-    def _session_usage(
-        self,
-        session_id: str,
-        cell_rows: list[tuple[_CellKey, list[Any]]],
-        tool_accs: list[tuple[str, _tools.ToolAcc]],
-    ) -> SessionUsage:
-        total = _fields.zeros()
-        by_model: dict[str, list[Any]] = {}
-        by_agent: dict[str, list[Any]] = {}
-        tool_llm: dict[str, list[Any]] = {}
-        for (model, _provider, agent, tool), row in cell_rows:
-            total[:] = map(add, total, row)
-            if model is not None:
-                _acc_row(by_model, model, row)
-            if agent is not None:
-                _acc_row(by_agent, agent, row)
-            if tool is not None:
-                _acc_row(tool_llm, tool, row)
-        accs = dict(tool_accs)
-        tools = {
-            t: _tools.build(t, accs.get(t), tool_llm.get(t))
-            for t in sorted(set(accs) | set(tool_llm))
-        }
-        ref = self._session_refs.get(session_id)
-        budget = None
-        if ref is not None:
-            used, reserved = self._store.usage(ref.key)
-            budget = status(ref.owner, ref.budget, used, reserved)
-        return SessionUsage(
-            session_id=session_id,
-            usage=Usage.from_row(total),
-            by_model={k: Usage.from_row(v) for k, v in by_model.items()},
-            by_agent={k: Usage.from_row(v) for k, v in by_agent.items()},
-            tools=tools,
-            budget=budget,
-        )
 
     def close_session(self, session_id: str) -> SessionUsage:
         """End a session: return its final usage (for billing) and free its memory.
 
-        The session's usage stays in the tracker's totals and its model / agent /
+        The session's usage stays in the tracker's totals and in its model / agent /
         tool breakdowns; only the per-session view and its budget are dropped.
 
         Raises:
             KeyError: if the session is unknown.
         """
         _validate.name("session_id", session_id, optional=False)
+        budget = self._budgets.session_status(session_id)
         with self._lock:
             self._fold()
             cells = self._cells.pop(session_id, None)
             tools = self._tools.pop(session_id, None)
-            known = cells is not None or tools is not None or session_id in self._session_refs
             if cells:
                 rest = self._cells.setdefault(None, {})
                 for key, row in cells.items():
-                    cur = rest.get(key)
-                    if cur is None:
-                        rest[key] = list(row)
-                    else:
-                        cur[:] = map(add, cur, row)
+                    _views.acc_row(rest, key, row)
             if tools:
                 rest_t = self._tools.setdefault(None, {})
                 for name, acc in tools.items():
-                    cur_t = rest_t.get(name)
-                    if cur_t is None:
+                    cur = rest_t.get(name)
+                    if cur is None:
                         rest_t[name] = acc.copy()
                     else:
-                        cur_t.absorb(acc)
-        if not known:
+                        cur.absorb(acc)
+        if cells is None and tools is None and budget is None:
             raise KeyError(f"unknown session {session_id!r}")
-        result = self._session_usage(
-            session_id,
-            [(k, r) for k, r in (cells or {}).items()],
-            list((tools or {}).items()),
+        self._budgets.close_session(session_id)
+        return _views.session_usage(
+            session_id, list((cells or {}).items()), list((tools or {}).items()), budget
         )
-        ref = self._session_refs.pop(session_id, None)
-        if ref is not None:
-            self._store.drop(ref.key)
-        self._budgets_on = self._default_budget is not None or bool(self._session_refs)
-        return result
 
     def tool_stats(self, session_id: str | None = None) -> dict[str, ToolStats]:
         """``{tool: ToolStats}`` over all sessions, or for one session."""
-        if session_id is not None:
-            _validate.name("session_id", session_id)
-            try:
-                return dict(self.session(session_id).tools)
-            except KeyError:
-                return {}
-        return dict(self.snapshot().by_tool)
+        if session_id is None:
+            return dict(self.snapshot().by_tool)
+        _validate.name("session_id", session_id)
+        try:
+            return dict(self.session(session_id).tools)
+        except KeyError:
+            return {}
 
     def _scope_usage(self, scope: Scope) -> Usage:
         with self._lock:
@@ -1021,7 +942,7 @@ class Tracker:
         stack = STACK.get()
         return innermost(self, stack) if stack else None
 
-    # ----------------------------------------------------------------- scopes
+    # ------------------------------------------------------ scopes, decorators
     def meter(
         self,
         name: str = "scope",
@@ -1034,7 +955,8 @@ class Tracker:
         """Open an attribution scope: ``with tracker.meter("turn", session_id="s1") as scope:``.
 
         Works with ``with`` and ``async with``. Records inside are added to the
-        scope and to every enclosing scope; ``scope.usage`` reads the totals.
+        scope and to every enclosing scope; ``scope.usage`` reads the totals. A
+        ``budget`` limits what may be spent inside (see :meth:`check_budget`).
         """
         _validate.name("name", name, optional=False)
         _validate.name("session_id", session_id)
@@ -1044,84 +966,110 @@ class Tracker:
         _validate.metadata(metadata)
         return Scope(self, name, session_id, agent_id, budget, metadata)
 
+    @overload
+    def metered(self, func: F, /) -> F: ...
+    @overload
+    def metered(
+        self,
+        name: str | None = None,
+        /,
+        *,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        budget: Budget | None = None,
+    ) -> Callable[[F], F]: ...
+    def metered(
+        self,
+        func_or_name: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        budget: Budget | None = None,
+    ) -> Any:
+        """Meter every call of a function in its own scope.
+
+        ``@metered``, ``@metered("plan", agent_id="planner")``, ``@metered(budget=...)``.
+        Works on sync, async, generator and async-generator functions; an exception
+        is noted on the scope and re-raised unchanged.
+        """
+        return decorators.metered(
+            self, func_or_name, name=name, session_id=session_id, agent_id=agent_id, budget=budget
+        )
+
+    @overload
+    def metered_tool(self, func: F, /) -> F: ...
+    @overload
+    def metered_tool(
+        self,
+        name: str | None = None,
+        /,
+        *,
+        category: str = "",
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        budget: Budget | None = None,
+    ) -> Callable[[F], F]: ...
+    def metered_tool(
+        self,
+        func_or_name: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        category: str = "",
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        budget: Budget | None = None,
+    ) -> Any:
+        """Meter a tool function: calls, ok/failed, duration and the tokens spent inside.
+
+        ``@metered_tool``, ``@metered_tool("web_search")``, ``@metered_tool(category="search")``.
+        A failure is an exception raised by the tool (re-raised unchanged). When a
+        budget limits tool calls, a call over the limit raises
+        :class:`~agentmeter.BudgetExceeded` before the tool body runs.
+        """
+        return decorators.metered_tool(
+            self,
+            func_or_name,
+            name=name,
+            category=category,
+            session_id=session_id,
+            agent_id=agent_id,
+            budget=budget,
+        )
+
     # ---------------------------------------------------------------- budgets
     def set_budget(self, session_id: str, budget: Budget | None) -> None:
         """Give a session a budget (``None`` removes it). Spend so far counts against it."""
         _validate.name("session_id", session_id, optional=False)
         if budget is not None and not isinstance(budget, Budget):
             raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
-        old = self._session_refs.pop(session_id, None)
-        if budget is None:
-            if old is not None:
-                self._store.drop(old.key)
-        else:
-            ref = BudgetRef(
-                f"session:{session_id}", f"session {session_id!r}", budget, budget.limits()
-            )
-            used, _ = self._store.usage(ref.key)
-            if used == ZERO and old is None:
-                # Seed with what the session already spent in this process.
-                with self._lock:
-                    self._fold()
-                    rows = [list(r) for r in self._cells.get(session_id, {}).values()]
-                    tool_calls = sum(a.calls for a in self._tools.get(session_id, {}).values())
-                if rows or tool_calls:
-                    tot = _fields.zeros()
-                    for r in rows:
-                        tot[:] = map(add, tot, r)
-                    i = _IDX
-                    inp, out = int(tot[i["input_tokens"]]), int(tot[i["output_tokens"]])
-                    self._store.settle(
-                        ref.key,
-                        None,
-                        Spend(
-                            inp + out + int(tot[i["embedding_tokens"]]),
-                            inp,
-                            out,
-                            int(tot[i["cost_micros"]]),
-                            int(tot[i["llm_calls"]]),
-                            tool_calls,
-                        ),
-                    )
-            self._session_refs[session_id] = ref
-        self._budgets_on = self._default_budget is not None or bool(self._session_refs)
 
-    def _session_ref(self, session_id: str) -> BudgetRef | None:
-        ref = self._session_refs.get(session_id)
-        if ref is None and self._default_budget is not None:
-            budget = self._default_budget
-            ref = BudgetRef(
-                f"session:{session_id}", f"session {session_id!r}", budget, budget.limits()
-            )
-            ref = self._session_refs.setdefault(session_id, ref)
-        return ref
+        def spent_so_far() -> Spend:
+            with self._lock:
+                self._fold()
+                rows = [list(r) for r in self._cells.get(session_id, {}).values()]
+                tool_calls = sum(a.calls for a in self._tools.get(session_id, {}).values())
+            return Spend(*_views.spend_of(rows, tool_calls))
 
-    def _scope_budget_ref(self, scope: Scope) -> BudgetRef:
-        assert scope.budget is not None
-        return BudgetRef(
-            f"scope:{self._id_prefix}{scope.uid}",
-            f"scope {'/'.join(scope.path)!r}",
-            scope.budget,
-            scope.budget.limits(),
-        )
+        self._budgets.set_session_budget(session_id, budget, spent_so_far)
+
+    def budget_status(self, session_id: str) -> BudgetStatus | None:
+        """A session's budget against its spend, or ``None`` if it has no budget."""
+        _validate.name("session_id", session_id, optional=False)
+        return self._budgets.session_status(session_id)
+
+    def _scope_budget_ref(self, scope: Scope) -> Any:
+        return self._budgets.scope_ref(scope)
 
     def _drop_scope_budget(self, scope: Scope) -> None:
-        self._store.drop(f"scope:{self._id_prefix}{scope.uid}")
+        self._budgets.drop_scope(scope)
 
     def _scope_budget_status(self, scope: Scope) -> BudgetStatus | None:
         if scope.budget is None or not scope.budget_refs:
             return None
-        ref = scope.budget_refs[-1]
-        used, reserved = self._store.usage(ref.key)
-        return status(ref.owner, ref.budget, used, reserved)
-
-    def _refs(self, scope: Scope | None, session_id: str | None) -> tuple[BudgetRef, ...]:
-        refs = scope.budget_refs if scope is not None else ()
-        if self._budgets_on and session_id is not None:
-            ref = self._session_ref(session_id)
-            if ref is not None:
-                refs = (*refs, ref)
-        return refs
+        return self._budgets.status(scope.budget_refs[-1])
 
     def check_budget(
         self,
@@ -1136,14 +1084,14 @@ class Tracker:
     ) -> Reservation | None:
         """Reserve budget for a call about to be made, or raise :class:`BudgetExceeded`.
 
-        Integrations call this before each LLM / tool call. The reservation is
-        checked against every budget that applies (the enclosing scopes' and the
-        session's) atomically with booking it, so concurrent callers cannot jointly
-        overshoot. Recording the call with the same ``call_id`` settles it; a call
-        that is not made should be released with :meth:`release`.
+        Integrations call this before each LLM / tool call. The request is checked
+        against every budget that applies (the enclosing scopes' and the session's)
+        atomically with booking it, so concurrent callers cannot jointly overshoot.
+        Recording the call with the same ``call_id`` settles the reservation; a call
+        that is not made after all should be given back with :meth:`release`.
 
         Args:
-            estimated_tokens: Prompt tokens the call will send (0 if unknown: a call
+            estimated_tokens: Prompt tokens the call will send (0 if unknown: the call
                 is then refused only when the budget is already spent).
             kind: ``"llm"``, ``"embedding"`` or ``"tool"``.
             model: Model, to estimate the cost of the prompt.
@@ -1167,7 +1115,7 @@ class Tracker:
         scope = innermost(self, stack) if stack else None
         if session_id is None and scope is not None:
             session_id = scope.session_id
-        refs = self._refs(scope, session_id)
+        refs = self._budgets.refs(scope, session_id)
         if not refs:
             return None
         if kind == "tool":
@@ -1179,158 +1127,15 @@ class Tracker:
                     rates = self.prices.rates(model, provider)
                     if rates is not None:
                         cost_est = rates.cost_micros(estimated_tokens, 0)
+            # A call of unknown size still needs one token (and one micro-dollar) left.
             need = max(estimated_tokens, 1)
-            request = Spend(
-                need,
-                need,
-                1 if kind == "llm" else 0,
-                max(cost_est, 1),
-                1 if kind == "llm" else 0,
-                0,
-            )
+            llm = 1 if kind == "llm" else 0
+            request = Spend(need, need, llm, max(cost_est, 1), llm, 0)
         rid = str(call_id) if call_id is not None else self.new_call_id()
-        done: list[BudgetRef] = []
-        try:
-            for ref in refs:
-                self._store.reserve(ref.key, ref.owner, ref.limits, request, rid)
-                done.append(ref)
-        except BaseException:
-            for ref in done:
-                self._store.release(ref.key, rid)
-            raise
-        reservation = Reservation(rid, request, refs, self.release)
-        pending = self._pending
-        pending[rid] = reservation
-        if len(pending) > _PENDING_MAX:
-            pending.pop(next(iter(pending)), None)
-        return reservation
+        return self._budgets.reserve(refs, request, rid, self.release)
 
     def release(self, call_id: object) -> None:
         """Give back the reservation booked for ``call_id`` (the call was not made)."""
         call_id = _validate.call_id(call_id)
-        res = self._pending.pop(str(call_id), None) if call_id is not None else None
-        if res is not None:
-            for ref in res.refs:
-                self._store.release(ref.key, res.call_id)
-
-    def _settle(
-        self, scope: Scope | None, session_id: str | None, call_id: object, spend: Spend
-    ) -> None:
-        res = (
-            self._pending.pop(str(call_id), None)
-            if (call_id is not None and self._pending)
-            else None
-        )
-        refs = self._refs(scope, session_id)
-        if res is not None:
-            rid: str | None = res.call_id
-            keyed = {r.key: r for r in refs}
-            for r in res.refs:
-                keyed.setdefault(r.key, r)
-            refs = tuple(keyed.values())
-            booked = {r.key for r in res.refs}
-        else:
-            rid, booked = None, set()
-        for ref in refs:
-            self._store.settle(ref.key, rid if ref.key in booked else None, spend)
-
-    def budget_status(self, session_id: str) -> BudgetStatus | None:
-        """A session's budget against its spend, or ``None`` if it has no budget."""
-        ref = self._session_refs.get(session_id)
-        if ref is None:
-            return None
-        used, reserved = self._store.usage(ref.key)
-        return status(ref.owner, ref.budget, used, reserved)
-
-
-# --------------------------------------------------------------------- views
-def _acc_row(target: dict[Any, list[Any]], key: Any, row: Iterable[Any]) -> None:
-    cur = target.get(key)
-    if cur is None:
-        target[key] = list(row)
-    else:
-        cur[:] = map(add, cur, row)
-
-
-def _merge_stats(name: str, stats: Iterable[ToolStats], category: str = "") -> ToolStats:
-    acc = _tools.ToolAcc(category)
-    llm = _fields.zeros()
-    i = _IDX
-    for s in stats:
-        acc.absorb(s)
-        llm[i["llm_calls"]] += s.llm_calls
-        llm[i["input_tokens"]] += s.input_tokens
-        llm[i["output_tokens"]] += s.output_tokens
-        llm[i["cache_read_tokens"]] += s.cache_read_tokens
-        llm[i["embedding_tokens"]] += s.embedding_tokens
-        llm[i["cost_micros"]] += s.cost_micros
-        llm[i["unpriced_calls"]] += s.unpriced_calls
-    return _tools.build(name, acc, llm, category)
-
-
-def _build_snapshot(
-    cells: list[tuple[str | None, _CellKey, list[Any]]],
-    tools: list[tuple[str | None, str, _tools.ToolAcc]],
-) -> Snapshot:
-    total = _fields.zeros()
-    by: dict[str, dict[Any, list[Any]]] = {"model": {}, "provider": {}, "session": {}, "agent": {}}
-    tool_llm: dict[tuple[str | None, str], list[Any]] = {}
-    out_cells = []
-    for session, (model, provider, agent, tool), row in cells:
-        total[:] = map(add, total, row)
-        for dim, key in (
-            ("model", model),
-            ("provider", provider),
-            ("session", session),
-            ("agent", agent),
-        ):
-            if key is not None:
-                _acc_row(by[dim], key, row)
-        if tool is not None:
-            _acc_row(tool_llm, (session, tool), row)
-        out_cells.append(
-            UsageCell(
-                model=model,
-                provider=provider,
-                session_id=session,
-                agent_id=agent,
-                tool=tool,
-                usage=Usage.from_row(row),
-            )
-        )
-    accs = {(s, t): a for s, t, a in tools}
-    categories = {t: a.category for (_, t), a in accs.items() if a.category}
-    per_session_tool: list[tuple[str | None, ToolStats]] = []
-    for key in sorted(set(accs) | set(tool_llm), key=lambda k: (k[0] or "", k[1])):
-        session, tool = key
-        per_session_tool.append(
-            (
-                session,
-                _tools.build(tool, accs.get(key), tool_llm.get(key), categories.get(tool, "")),
-            )
-        )
-    grouped_tool: dict[str, list[ToolStats]] = {}
-    grouped_cat: dict[str, list[ToolStats]] = {}
-    by_session_tool: dict[str, dict[str, ToolStats]] = {}
-    for session, st in per_session_tool:
-        grouped_tool.setdefault(st.tool, []).append(st)
-        if session is not None:
-            by_session_tool.setdefault(session, {})[st.tool] = st
-    by_tool = {t: _merge_stats(t, lst, categories.get(t, "")) for t, lst in grouped_tool.items()}
-    for _t, st in by_tool.items():
-        if st.category:
-            grouped_cat.setdefault(st.category, []).append(st)
-    by_category = {c: _merge_stats(c, lst, c) for c, lst in grouped_cat.items()}
-    return Snapshot(
-        taken_at=datetime.now(UTC),
-        totals=Usage.from_row(total),
-        by_model={k: Usage.from_row(v) for k, v in by["model"].items()},
-        by_provider={k: Usage.from_row(v) for k, v in by["provider"].items()},
-        by_session={k: Usage.from_row(v) for k, v in by["session"].items()},
-        by_agent={k: Usage.from_row(v) for k, v in by["agent"].items()},
-        by_tool=by_tool,
-        by_category=by_category,
-        by_session_tool=by_session_tool,
-        cells=tuple(out_cells),
-        session_tool_stats=tuple(per_session_tool),
-    )
+        if call_id is not None:
+            self._budgets.release(str(call_id))
