@@ -7,6 +7,7 @@ of the session), books reservations before calls and settles them after.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from .scope import Scope
 
 _PENDING_MAX = 65_536  # reservations awaiting settlement; the oldest is dropped past this
+
+# The last reservation made without a call id in this thread / task: the next record
+# without a call id settles it (plain ``check_budget(); record_llm(...)`` code).
+_UNNAMED: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
+    "agentmeter_unnamed_reservation", default=None
+)
 
 
 class BudgetLedger:
@@ -116,6 +123,7 @@ class BudgetLedger:
         request: Spend,
         rid: str,
         release: Callable[[object], None],
+        unnamed: bool = False,
     ) -> Reservation:
         """Book ``request`` on every ref, all or nothing; raises BudgetExceeded."""
         done: list[BudgetRef] = []
@@ -132,6 +140,8 @@ class BudgetLedger:
         pending[rid] = reservation
         if len(pending) > _PENDING_MAX:
             pending.pop(next(iter(pending)), None)
+        if unnamed:
+            _UNNAMED.set(reservation)
         return reservation
 
     def release(self, rid: str) -> None:
@@ -146,8 +156,14 @@ class BudgetLedger:
     ) -> None:
         """Count a finished call's spend, replacing its reservation if it had one."""
         res = None
-        if call_id is not None and self.pending:
-            res = self.pending.pop(str(call_id), None)
+        if self.pending:
+            if call_id is None:
+                unnamed = _UNNAMED.get()
+                if unnamed is not None:
+                    _UNNAMED.set(None)
+                    res = self.pending.pop(unnamed.call_id, None)
+            else:
+                res = self.pending.pop(str(call_id), None)
         refs = self.refs(scope, session_id)
         if res is None:
             for ref in refs:

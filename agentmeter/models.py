@@ -27,7 +27,8 @@ __all__ = [
     "UsageEvent",
 ]
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+# "ignore": the JSON of a model includes its computed fields; reading it back drops them.
+_FROZEN = ConfigDict(frozen=True, extra="ignore")
 
 
 def micros_to_usd(micros: int) -> Decimal:

@@ -92,6 +92,7 @@ class Scope:
 
     __slots__ = (
         "__weakref__",
+        "_final_budget",
         "_own_agent",
         "_own_session",
         "_token",
@@ -143,6 +144,7 @@ class Scope:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.error: str | None = None
+        self._final_budget: BudgetStatus | None = None
 
     # -- entering and leaving -------------------------------------------------
     def _enter(self) -> Scope:
@@ -182,6 +184,7 @@ class Scope:
                 # generator finalised elsewhere): remove just this scope.
                 STACK.set(tuple(s for s in STACK.get() if s is not self))
         if self.budget is not None:
+            self._final_budget = self.tracker._scope_budget_status(self)
             self.tracker._drop_scope_budget(self)
 
     def __enter__(self) -> Scope:
@@ -214,7 +217,9 @@ class Scope:
 
     @property
     def budget_status(self) -> BudgetStatus | None:
-        """This scope's own budget against its spend, or ``None`` without a budget."""
+        """This scope's own budget against its spend (final once left), ``None`` without one."""
+        if self._final_budget is not None:
+            return self._final_budget
         return self.tracker._scope_budget_status(self)
 
     @property

@@ -1097,7 +1097,8 @@ class Tracker:
             model: Model, to estimate the cost of the prompt.
             provider: Provider, for the price lookup.
             estimated_cost_usd: An explicit cost estimate.
-            call_id: The id the call will be recorded with.
+            call_id: The id the call will be recorded with. Without one, the next
+                record made without a call id in the same thread or task settles it.
             session_id: Session; defaults to the enclosing scope's.
 
         Returns:
@@ -1132,7 +1133,7 @@ class Tracker:
             llm = 1 if kind == "llm" else 0
             request = Spend(need, need, llm, max(cost_est, 1), llm, 0)
         rid = str(call_id) if call_id is not None else self.new_call_id()
-        return self._budgets.reserve(refs, request, rid, self.release)
+        return self._budgets.reserve(refs, request, rid, self.release, unnamed=call_id is None)
 
     def release(self, call_id: object) -> None:
         """Give back the reservation booked for ``call_id`` (the call was not made)."""
