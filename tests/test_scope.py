@@ -70,7 +70,7 @@ def test_scope_cannot_be_entered_twice(tracker):
 def test_exception_is_noted_and_propagates(tracker):
     with pytest.raises(ZeroDivisionError), tracker.meter("x") as scope:
         _llm(tracker)
-        1 / 0  # noqa: B018
+        1 / 0
     assert scope.error == "ZeroDivisionError" and scope.usage.llm_calls == 1
 
 
