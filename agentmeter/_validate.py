@@ -102,3 +102,24 @@ def metadata(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise TypeError(f"metadata must be a dict, got {type(value).__name__}")
     return value
+
+
+def names(**values: Any) -> None:
+    """Check several optional identifiers at once (``_validate.names(session_id=...)``)."""
+    for arg, value in values.items():
+        name(arg, value)
+
+
+def parts(input_tokens: int, cache_read: int, cache_write: int, output_tokens: int,
+          reasoning: int) -> None:
+    """Cache tokens are part of the input, reasoning tokens part of the output."""
+    if cache_read + cache_write > input_tokens:
+        raise ValueError(
+            "cache_read_tokens + cache_write_tokens must not exceed input_tokens (they are "
+            f"part of it): {cache_read} + {cache_write} > {input_tokens}"
+        )
+    if reasoning > output_tokens:
+        raise ValueError(
+            f"reasoning_tokens ({reasoning}) must not exceed output_tokens ({output_tokens}): "
+            "they are part of it"
+        )

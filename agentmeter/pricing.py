@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -106,7 +106,7 @@ class ModelRates:
     Each field is a tuple of ``(threshold, rate)`` pairs, highest threshold first; the
     first pair whose threshold the call's input tokens exceed applies (genai-prices'
     "cliff" tiers: crossing a threshold prices *all* tokens at the tier's rate). A
-    flat price is ``((-1, rate),)``.
+    flat price is ``((-1, rate),)``. A missing cache rate means the input rate.
     """
 
     input: tuple[tuple[int, int], ...]
@@ -115,34 +115,47 @@ class ModelRates:
     cache_write: tuple[tuple[int, int], ...] | None
     request: int
     source: str
-    flat: bool
+    # Precomputed for the hot path: ((threshold, input, output, cache_read, cache_write), ...)
+    # over the union of all thresholds, highest first, ending with threshold -1.
+    tiers: tuple[tuple[int, int, int, int, int], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        starts = {-1}
+        for t in (self.input, self.output, self.cache_read, self.cache_write):
+            starts.update(start for start, _ in t or ())
+        tiers = []
+        for start in sorted(starts, reverse=True):
+            probe = start + 1  # an input size that selects this tier
+            ri = _pick(self.input, probe)
+            tiers.append((
+                start,
+                ri,
+                _pick(self.output, probe),
+                ri if self.cache_read is None else _pick(self.cache_read, probe),
+                ri if self.cache_write is None else _pick(self.cache_write, probe),
+            ))
+        object.__setattr__(self, "tiers", tuple(tiers))
+
+    @property
+    def flat(self) -> bool:
+        """True when the price does not depend on the prompt size."""
+        return len(self.tiers) == 1
 
     def cost_micros(
         self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0
     ) -> int:
         """The cost of one call in integer micro-USD, rounded half up."""
-        if self.flat:
-            ri = self.input[0][1]
-            cr_rate = ri if self.cache_read is None else self.cache_read[0][1]
-            cw_rate = ri if self.cache_write is None else self.cache_write[0][1]
-            femto = (
-                (input_tokens - cache_read - cache_write) * ri
-                + cache_read * cr_rate
-                + cache_write * cw_rate
-                + output_tokens * self.output[0][1]
-                + self.request
-            )
-        else:
-            ri = _pick(self.input, input_tokens)
-            cr_rate = ri if self.cache_read is None else _pick(self.cache_read, input_tokens)
-            cw_rate = ri if self.cache_write is None else _pick(self.cache_write, input_tokens)
-            femto = (
-                (input_tokens - cache_read - cache_write) * ri
-                + cache_read * cr_rate
-                + cache_write * cw_rate
-                + output_tokens * _pick(self.output, input_tokens)
-                + self.request
-            )
+        for tier in self.tiers:
+            if input_tokens > tier[0]:
+                break
+        _, ri, ro, rcr, rcw = tier
+        femto = (
+            (input_tokens - cache_read - cache_write) * ri
+            + cache_read * rcr
+            + cache_write * rcw
+            + output_tokens * ro
+            + self.request
+        )
         return (femto + _HALF_MICRO) // _FEMTO_PER_MICRO
 
     @property
@@ -188,8 +201,7 @@ def _from_genai(model_price: Any) -> ModelRates | None:
     cw = _tiers(getattr(model_price, "cache_write_mtok", None))
     req = getattr(model_price, "requests_kcount", None)
     request = _femto(req) // 1000 if isinstance(req, Decimal) else 0
-    flat = all(t is None or len(t) == 1 for t in (inp, out, cr, cw))
-    return ModelRates(inp, out, cr, cw, request, "genai-prices", flat)
+    return ModelRates(inp, out, cr, cw, request, "genai-prices")
 
 
 def _genai_lookup(bare: str, hint: str | None) -> ModelRates | None:
@@ -265,7 +277,6 @@ class PriceBook:
             values["cache_write_per_mtok"],
             0,
             "override",
-            True,
         )
         self._overrides[(bare, prov)] = rates
         self._cache.clear()

@@ -93,6 +93,7 @@ class Scope:
     __slots__ = (
         "__weakref__",
         "_final_budget",
+        "_keys",
         "_own_agent",
         "_own_session",
         "_token",
@@ -145,6 +146,8 @@ class Scope:
         self.ended_at: float | None = None
         self.error: str | None = None
         self._final_budget: BudgetStatus | None = None
+        # Row keys of records made in this scope, by model (see Tracker.record_llm).
+        self._keys: dict[str, Any] = {}
 
     # -- entering and leaving -------------------------------------------------
     def _enter(self) -> Scope:

@@ -5,13 +5,14 @@ How a record travels (the hot path, kept to a few microseconds):
 1. arguments are checked (a rejected call changes nothing);
 2. the innermost scope of this tracker supplies the defaults for session,
    agent and tool; the cost comes from the cached per-model rates;
-3. under the lock, a duplicate ``call_id`` is dropped and one flat row is
-   appended to ``_log``;
-4. every ``_FOLD_AT`` rows (and before every read) the log is folded: rows are
-   grouped by key and summed column-wise in C (``zip``/``sum``/``map``) into the
-   per-key cells and into the scopes and their ancestors;
-5. after the lock is released, budgets are settled and subscribers get a
-   :class:`~agentmeter.UsageEvent` -- both only if there are any.
+3. a duplicate ``call_id`` is dropped (an atomic ``dict.setdefault``) and one
+   flat row is appended to ``_log`` (an atomic ``deque.append``): no lock;
+4. every ``_FOLD_AT`` rows (and before every read) the log is folded under the
+   lock: rows are grouped by key and summed column-wise in C
+   (``zip``/``sum``/``map``) into the per-key cells and into the scopes and
+   their ancestors;
+5. budgets are settled and sinks / subscribers get the event -- each only if
+   there are any.
 
 Cells are keyed ``session -> (model, provider, agent, tool)``; every breakdown
 (by model, session, agent, tool, category) is a group-by over them at read time.
@@ -27,7 +28,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from operator import add
+from itertools import groupby
+from operator import add, itemgetter
 from typing import Any, Protocol, TypeVar, overload
 
 from . import _fields, _tools, _validate, _views, decorators
@@ -43,7 +45,24 @@ __all__ = ["Tracker"]
 
 logger = logging.getLogger("agentmeter")
 
-_FOLD_AT = 256
+_FOLD_AT = 512
+_ROW_KEY = itemgetter(0)
+LLM, EMBEDDING, TOOL, CACHE = _fields.LLM, _fields.EMBEDDING, _fields.TOOL, _fields.CACHE
+# A row key: session, model, provider, agent, tool, scope, row kind (see _fields.LAYOUTS).
+_Key = tuple[str | None, str | None, str | None, str | None, str | None, Scope | None, str]
+
+
+def _key(scope: Scope | None, session_id: str | None, model: str | None, provider: str | None,
+         agent_id: str | None, tool: str | None, kind: str) -> _Key:
+    """The row key of a record: explicit attribution first, else the scope's."""
+    if scope is not None:
+        if session_id is None:
+            session_id = scope.session_id
+        if agent_id is None:
+            agent_id = scope.agent_id
+        if tool is None:
+            tool = scope.tool
+    return (session_id, model, provider, agent_id, tool, scope, kind)
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
 _MISSING: Any = object()
 _IDX = _fields.INDEX
@@ -80,10 +99,13 @@ class Tracker:
         dedup_window: int = 10_000,
     ) -> None:
         self._lock = threading.Lock()
-        self._log: list[tuple[Any, ...]] = []
+        # Rows waiting to be folded. Recording threads append without the lock
+        # (deque.append is atomic); folding pops them under the lock.
+        self._log: deque[tuple[Any, ...]] = deque()
         self._cells: dict[str | None, dict[_views.CellKey, list[Any]]] = {}
         self._tools: dict[str | None, dict[str, _tools.ToolAcc]] = {}
-        self._seen: set[object] = set()
+        self._seen: dict[object, object] = {}  # call id -> the row that claimed it
+        self._keys: dict[str, _Key] = {}  # row keys of records made outside any scope
         self._seen_order: deque[object] = deque()
         self._dedup_window = dedup_window
         self._ids = itertools.count(1)
@@ -138,6 +160,7 @@ class Tracker:
         )
 
     # --------------------------------------------------------------- recording
+    # fmt: off
     def record_llm(
         self,
         model: str,
@@ -185,30 +208,24 @@ class Tracker:
         Raises:
             ValueError, TypeError: on bad arguments; nothing is counted then.
         """
-        # Validation: fast type checks inline, the helpers only when one fails.
+        # Validation: one cheap test per argument inline; the helpers (which raise
+        # or normalise) only run when a test fails.
         if type(model) is not str or not model:
             _validate.name("model", model, optional=False)
         if type(input_tokens) is not int or input_tokens < 0:
             input_tokens = _validate.count("input_tokens", input_tokens)
         if type(output_tokens) is not int or output_tokens < 0:
             output_tokens = _validate.count("output_tokens", output_tokens)
-        if cache_read_tokens.__class__ is not int or cache_read_tokens < 0:
+        if type(cache_read_tokens) is not int or cache_read_tokens < 0:
             cache_read_tokens = _validate.count("cache_read_tokens", cache_read_tokens)
-        if cache_write_tokens.__class__ is not int or cache_write_tokens < 0:
+        if type(cache_write_tokens) is not int or cache_write_tokens < 0:
             cache_write_tokens = _validate.count("cache_write_tokens", cache_write_tokens)
-        if reasoning_tokens.__class__ is not int or reasoning_tokens < 0:
+        if type(reasoning_tokens) is not int or reasoning_tokens < 0:
             reasoning_tokens = _validate.count("reasoning_tokens", reasoning_tokens)
-        if cache_read_tokens + cache_write_tokens > input_tokens:
-            raise ValueError(
-                "cache_read_tokens + cache_write_tokens must not exceed input_tokens "
-                f"(they are part of it): {cache_read_tokens} + {cache_write_tokens} "
-                f"> {input_tokens}"
-            )
-        if reasoning_tokens > output_tokens:
-            raise ValueError(
-                f"reasoning_tokens ({reasoning_tokens}) must not exceed output_tokens "
-                f"({output_tokens}): they are part of it"
-            )
+        if (cache_read_tokens + cache_write_tokens > input_tokens
+                or reasoning_tokens > output_tokens):
+            _validate.parts(input_tokens, cache_read_tokens, cache_write_tokens,
+                            output_tokens, reasoning_tokens)
         if kind not in _LLM_KINDS:
             if kind == "embedding":
                 raise ValueError("kind='embedding': use record_embedding()")
@@ -216,14 +233,8 @@ class Tracker:
         if latency_ms is not None:
             latency_ms = _validate.duration("latency_ms", latency_ms)
         cost = None if cost_usd is None else _validate.opt_cost_micros("cost_usd", cost_usd)
-        if provider is not None and type(provider) is not str:
-            _validate.name("provider", provider)
-        if (session_id is not None and type(session_id) is not str) or session_id == "":
-            _validate.name("session_id", session_id)
-        if (agent_id is not None and type(agent_id) is not str) or agent_id == "":
-            _validate.name("agent_id", agent_id)
-        if tool is not None and type(tool) is not str:
-            _validate.name("tool", tool)
+        if not (provider is None and session_id is None and agent_id is None and tool is None):
+            _validate.names(provider=provider, session_id=session_id, agent_id=agent_id, tool=tool)
         if call_id is not None and type(call_id) is not str:
             call_id = _validate.call_id(call_id)
         if estimated is not False and estimated is not True:
@@ -233,26 +244,52 @@ class Tracker:
         if metadata is not None:
             _validate.metadata(metadata)
         try:
-            self._record(
-                kind,
-                model,
-                provider,
-                input_tokens,
-                output_tokens,
-                cache_read_tokens,
-                cache_write_tokens,
-                reasoning_tokens,
-                latency_ms,
-                cost,
-                call_id,
-                estimated,
-                session_id,
-                agent_id,
-                metadata,
-                tool,
-                ok,
-                error,
-            )
+            # The hot path. The row key is cached per scope and model when nothing
+            # overrides the scope's attribution, so folding groups rows by identity.
+            stack = STACK.get()
+            scope = None
+            if stack:
+                scope = stack[-1]
+                if scope.tracker is not self:
+                    scope = innermost(self, stack)
+            if session_id is None and agent_id is None and tool is None and provider is None:
+                keys = scope._keys if scope is not None else self._keys
+                key = keys.get(model)
+                if key is None:
+                    key = keys[model] = _key(scope, None, model, None, None, None, LLM)
+            else:
+                key = _key(scope, session_id, model, provider, agent_id, tool, LLM)
+            if cost is None:
+                prices = self.prices
+                rates = prices._cache.get(model if provider is None else (model, provider),
+                                          _MISSING)
+                if rates is _MISSING:
+                    rates = prices.rates(model, provider)
+                if rates is not None:
+                    cost = rates.cost_micros(input_tokens, output_tokens, cache_read_tokens,
+                                             cache_write_tokens)
+            row = (key, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                   reasoning_tokens, 0 if ok else 1, 1 if estimated else 0, cost or 0,
+                   1 if cost is None else 0, latency_ms or 0.0)
+            if call_id is not None and not self._first_time(call_id, row):
+                return
+            log = self._log
+            log.append(row)  # atomic: no lock on the hot path
+            if len(log) >= _FOLD_AT:
+                self._fold_soon()
+            # Budgets and listeners, each skipped up front when there are none.
+            budgets = self._budgets
+            if budgets.active or budgets.pending or (scope is not None and scope.budget_refs):
+                budgets.settle(scope, key[0], call_id, Spend(
+                    input_tokens + output_tokens, input_tokens, output_tokens, cost or 0, 1, 0))
+            if self._listening:
+                self._emit((
+                    self._event_id(call_id), time.time(), kind, model, provider, input_tokens,
+                    output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost,
+                    latency_ms, key[0], key[3], scope.path if scope is not None else (), key[4],
+                    scope.category if scope is not None and key[4] == scope.tool else None,
+                    "ok" if ok else "error", error, estimated, 0, metadata,
+                ))
         except BudgetExceeded:
             raise
         except Exception as exc:
@@ -280,169 +317,33 @@ class Tracker:
         input_tokens = _validate.count("input_tokens", input_tokens)
         latency_ms = _validate.opt_duration("latency_ms", latency_ms)
         cost = _validate.opt_cost_micros("cost_usd", cost_usd)
-        _validate.name("provider", provider)
-        _validate.name("session_id", session_id)
-        _validate.name("agent_id", agent_id)
-        _validate.name("tool", tool)
+        _validate.names(provider=provider, session_id=session_id, agent_id=agent_id, tool=tool)
         call_id = _validate.call_id(call_id)
         _validate.flag("estimated", estimated)
         _validate.flag("ok", ok)
         _validate.metadata(metadata)
         try:
-            self._record(
-                "embedding",
-                model,
-                provider,
-                input_tokens,
-                0,
-                0,
-                0,
-                0,
-                latency_ms,
-                cost,
-                call_id,
-                estimated,
-                session_id,
-                agent_id,
-                metadata,
-                tool,
-                ok,
-                error,
-            )
+            scope = self.current_scope()
+            key = _key(scope, session_id, model, provider, agent_id, tool, EMBEDDING)
+            if cost is None:
+                rates = self.prices.rates(model, provider)
+                if rates is not None:
+                    cost = rates.cost_micros(input_tokens, 0)
+            row = (key, input_tokens, 1 if estimated else 0, cost or 0, 1 if cost is None else 0)
+            if not self._append(row, call_id):
+                return
+            self._settle(scope, key, call_id, Spend(input_tokens, input_tokens, 0, cost or 0, 0, 0))
+            if self._listening:
+                self._emit((
+                    self._event_id(call_id), time.time(), "embedding", model, provider,
+                    input_tokens, 0, 0, 0, 0, cost, latency_ms, key[0], key[3],
+                    scope.path if scope is not None else (), key[4], None,
+                    "ok" if ok else "error", error, estimated, 0, metadata,
+                ))
         except BudgetExceeded:
             raise
         except Exception as exc:
             swallow(exc, "record_embedding")
-
-    def _record(
-        self,
-        kind: str,
-        model: str,
-        provider: str | None,
-        inp: int,
-        out: int,
-        cr: int,
-        cw: int,
-        rs: int,
-        latency: float | None,
-        cost: int | None,
-        call_id: object,
-        estimated: bool,
-        session_id: str | None,
-        agent_id: str | None,
-        metadata: dict[str, Any] | None,
-        tool: str | None,
-        ok: bool,
-        error: str | None,
-    ) -> None:
-        stack = STACK.get()
-        scope = None
-        if stack:
-            scope = stack[-1]
-            if scope.tracker is not self:
-                scope = innermost(self, stack)
-            if scope is not None:
-                if session_id is None:
-                    session_id = scope.session_id
-                if agent_id is None:
-                    agent_id = scope.agent_id
-                if tool is None:
-                    tool = scope.tool
-        if cost is None:
-            rates = self.prices._cache.get(
-                model if provider is None else (model, provider), _MISSING
-            )
-            if rates is _MISSING:
-                rates = self.prices.rates(model, provider)
-            if rates is not None:
-                cost = rates.cost_micros(inp, out, cr, cw)
-        if kind == "embedding":
-            row = (
-                (session_id, model, provider, agent_id, tool, scope),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                1 if estimated else 0,
-                cost or 0,
-                1 if cost is None else 0,
-                0.0,
-                inp,
-                1,
-                0,
-                0,
-                0.0,
-                0,
-                0,
-                0,
-            )
-        else:
-            row = (
-                (session_id, model, provider, agent_id, tool, scope),
-                inp,
-                out,
-                cr,
-                cw,
-                rs,
-                1,
-                0 if ok else 1,
-                1 if estimated else 0,
-                cost or 0,
-                1 if cost is None else 0,
-                latency or 0.0,
-                0,
-                0,
-                0,
-                0,
-                0.0,
-                0,
-                0,
-                0,
-            )
-        with self._lock:
-            if call_id is not None:
-                if call_id in self._seen:
-                    return
-                self._remember(call_id)
-            log = self._log
-            log.append(row)
-            if len(log) >= _FOLD_AT:
-                self._fold()
-        # After the lock: budgets and subscribers, each skipped when there are none.
-        budgets = self._budgets
-        if budgets.active or budgets.pending or (scope is not None and scope.budget_refs):
-            spend = Spend(inp + out, inp, out, cost or 0, 1 if kind != "embedding" else 0, 0)
-            budgets.settle(scope, session_id, call_id, spend)
-        if self._listening:
-            self._emit(
-                (
-                    self._event_id(call_id),
-                    time.time(),
-                    kind,
-                    model,
-                    provider,
-                    inp,
-                    out,
-                    cr,
-                    cw,
-                    rs,
-                    cost,
-                    latency,
-                    session_id,
-                    agent_id,
-                    scope.path if scope is not None else (),
-                    tool,
-                    scope.category if scope is not None and tool == scope.tool else None,
-                    "ok" if ok else "error",
-                    error,
-                    estimated,
-                    0,
-                    metadata,
-                )
-            )
 
     def record_tool_call(
         self,
@@ -477,109 +378,40 @@ class Tracker:
         if type(category) is not str:
             raise TypeError(f"category must be a str, got {type(category).__name__}")
         call_id = _validate.call_id(call_id)
-        _validate.name("session_id", session_id)
-        _validate.name("agent_id", agent_id)
+        _validate.names(session_id=session_id, agent_id=agent_id)
         _validate.metadata(metadata)
         if error is not None and type(error) is not str:
             raise TypeError("error must be a str")
         try:
-            self._record_tool(
-                tool, ok, duration_ms, category, call_id, session_id, agent_id, metadata, error
-            )
+            scope = self.current_scope()
+            key = _key(scope, session_id, None, None, agent_id, tool, TOOL)
+            cid = str(call_id) if call_id is not None else self.new_call_id()
+            row = (key, 0 if ok else 1, duration_ms)
+            if call_id is not None and not self._first_time(call_id, row):
+                return
+            session = key[0]
+            with self._lock:  # the tool accumulator's fields change together
+                tools = self._tools.get(session)
+                if tools is None:
+                    tools = self._tools[session] = {}
+                acc = tools.get(tool)
+                if acc is None:
+                    acc = tools[tool] = _tools.ToolAcc(category)
+                elif category and acc.category != category:
+                    acc.category = category
+                acc.add(ok, duration_ms, cid)
+            self._append(row, None)
+            self._settle(scope, key, cid, Spend(0, 0, 0, 0, 0, 1))
+            if self._listening:
+                self._emit((
+                    cid, time.time(), "tool", None, None, 0, 0, 0, 0, 0, None, duration_ms,
+                    session, key[3], scope.path if scope is not None else (), tool,
+                    category or None, "ok" if ok else "error", error, False, 0, metadata,
+                ))
         except BudgetExceeded:
             raise
         except Exception as exc:
             swallow(exc, "record_tool_call")
-
-    def _record_tool(
-        self,
-        tool: str,
-        ok: bool,
-        duration: float,
-        category: str,
-        call_id: object,
-        session_id: str | None,
-        agent_id: str | None,
-        metadata: dict[str, Any] | None,
-        error: str | None,
-    ) -> None:
-        stack = STACK.get()
-        scope = innermost(self, stack) if stack else None
-        if scope is not None:
-            if session_id is None:
-                session_id = scope.session_id
-            if agent_id is None:
-                agent_id = scope.agent_id
-        cid = str(call_id) if call_id is not None else f"{self._id_prefix}{next(self._ids)}"
-        row = (
-            (session_id, None, None, agent_id, tool, scope),
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0.0,
-            0,
-            0,
-            1,
-            0 if ok else 1,
-            duration,
-            0,
-            0,
-            0,
-        )
-        with self._lock:
-            if call_id is not None:
-                if call_id in self._seen:
-                    return
-                self._remember(call_id)
-            tools = self._tools.get(session_id)
-            if tools is None:
-                tools = self._tools[session_id] = {}
-            acc = tools.get(tool)
-            if acc is None:
-                acc = tools[tool] = _tools.ToolAcc(category)
-            elif category and acc.category != category:
-                acc.category = category
-            acc.add(ok, duration, cid)
-            self._log.append(row)
-            if len(self._log) >= _FOLD_AT:
-                self._fold()
-        budgets = self._budgets
-        if budgets.active or budgets.pending or (scope is not None and scope.budget_refs):
-            budgets.settle(scope, session_id, cid, Spend(0, 0, 0, 0, 0, 1))
-        if self._listening:
-            self._emit(
-                (
-                    cid,
-                    time.time(),
-                    "tool",
-                    None,
-                    None,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    None,
-                    duration,
-                    session_id,
-                    agent_id,
-                    scope.path if scope is not None else (),
-                    tool,
-                    category or None,
-                    "ok" if ok else "error",
-                    error,
-                    False,
-                    0,
-                    metadata,
-                )
-            )
 
     def record_cache_hit(
         self,
@@ -606,130 +438,110 @@ class Tracker:
         self._record_cache(False, 0, session_id, agent_id, model, metadata)
 
     def _record_cache(
-        self,
-        hit: bool,
-        saved: int,
-        session_id: str | None,
-        agent_id: str | None,
-        model: str | None,
-        metadata: dict[str, Any] | None,
+        self, hit: bool, saved: int, session_id: str | None, agent_id: str | None,
+        model: str | None, metadata: dict[str, Any] | None,
     ) -> None:
-        _validate.name("session_id", session_id)
-        _validate.name("agent_id", agent_id)
-        _validate.name("model", model)
+        _validate.names(session_id=session_id, agent_id=agent_id, model=model)
         _validate.metadata(metadata)
         try:
-            stack = STACK.get()
-            scope = innermost(self, stack) if stack else None
-            tool = None
-            if scope is not None:
-                session_id = session_id if session_id is not None else scope.session_id
-                agent_id = agent_id if agent_id is not None else scope.agent_id
-                tool = scope.tool
-            row = (
-                (session_id, model, None, agent_id, tool, scope),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0.0,
-                0,
-                0,
-                0,
-                0,
-                0.0,
-                1 if hit else 0,
-                0 if hit else 1,
-                saved,
-            )
-            with self._lock:
-                self._log.append(row)
-                if len(self._log) >= _FOLD_AT:
-                    self._fold()
+            scope = self.current_scope()
+            key = _key(scope, session_id, model, None, agent_id, None, CACHE)
+            self._append((key, 1 if hit else 0, 0 if hit else 1, saved), None)
             if self._listening:
-                self._emit(
-                    (
-                        self._event_id(None),
-                        time.time(),
-                        "cache_hit" if hit else "cache_miss",
-                        model,
-                        None,
-                        0,
-                        0,
-                        0,
-                        0,
-                        0,
-                        None,
-                        None,
-                        session_id,
-                        agent_id,
-                        scope.path if scope is not None else (),
-                        tool,
-                        None,
-                        "ok",
-                        None,
-                        False,
-                        saved,
-                        metadata,
-                    )
-                )
+                self._emit((
+                    self.new_call_id(), time.time(), "cache_hit" if hit else "cache_miss",
+                    model, None, 0, 0, 0, 0, 0, None, None, key[0], key[3],
+                    scope.path if scope is not None else (), key[4], None, "ok", None, False,
+                    saved, metadata,
+                ))
         except Exception as exc:
             swallow(exc, "record_cache")
+    # fmt: on
 
     # ------------------------------------------------------------- internals
-    def _remember(self, call_id: object) -> None:
-        """Remember a call id for de-duplication (caller holds the lock)."""
-        self._seen.add(call_id)
+    def _append(self, row: tuple[Any, ...], call_id: object) -> bool:
+        """Queue a row for folding; False if ``call_id`` was already recorded."""
+        if call_id is not None and not self._first_time(call_id, row):
+            return False
+        log = self._log
+        log.append(row)
+        if len(log) >= _FOLD_AT:
+            self._fold_soon()
+        return True
+
+    def _settle(self, scope: Scope | None, key: _Key, call_id: object, spend: Spend) -> None:
+        """Count a recorded call against its budgets, if any apply."""
+        budgets = self._budgets
+        if budgets.active or budgets.pending or (scope is not None and scope.budget_refs):
+            budgets.settle(scope, key[0], call_id, spend)
+
+    def _first_time(self, call_id: object, row: tuple[Any, ...]) -> bool:
+        """Claim ``call_id`` for ``row``; False if it was already recorded (a duplicate).
+
+        ``dict.setdefault`` is atomic, so two threads recording the same id cannot
+        both win, without taking the lock. Memory is bounded by the dedup window.
+        """
+        if self._seen.setdefault(call_id, row) is not row:
+            return False
         order = self._seen_order
         order.append(call_id)
         if len(order) > self._dedup_window:
-            self._seen.discard(order.popleft())
+            try:
+                self._seen.pop(order.popleft(), None)
+            except IndexError:  # another thread evicted concurrently
+                pass
+        return True
 
     def _event_id(self, call_id: object) -> str:
-        return str(call_id) if call_id is not None else f"{self._id_prefix}{next(self._ids)}"
+        return str(call_id) if call_id is not None else self.new_call_id()
 
     def new_call_id(self) -> str:
         """A cheap process-unique call id (for callers that need one before recording)."""
         return f"{self._id_prefix}{next(self._ids)}"
 
+    def _fold_soon(self) -> None:
+        """Fold from a recording thread, unless another thread is folding or reading."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._fold()
+            finally:
+                self._lock.release()
+
     def _fold(self) -> None:
-        """Sum the pending log into the cells and scopes (caller holds the lock)."""
+        """Sum the pending log into the cells and scopes (caller holds the lock).
+
+        Recording threads only ever append to the log, so taking the ``n`` rows
+        present now is safe while they keep appending. Consecutive rows with the
+        same key (the usual case: one context recording many calls; the key object
+        is shared, so comparing is an identity test) are summed column-wise in C.
+        """
         log = self._log
-        if not log:
+        n = len(log)
+        if not n:
             return
-        self._log = []
-        groups: dict[Any, list[tuple[Any, ...]]] = {}
-        for row in log:
-            g = groups.get(row[0])
-            if g is None:
-                groups[row[0]] = [row]
-            else:
-                g.append(row)
+        rows = [log.popleft() for _ in range(n)]
         cells = self._cells
-        for (session, model, provider, agent, tool, scope), rows in groups.items():
-            if len(rows) == 1:
-                sums: Sequence[Any] = rows[0][1:]
+        for key, run in groupby(rows, _ROW_KEY):
+            group = list(run)
+            if len(group) == 1:
+                sums: Sequence[Any] = group[0][1:]
             else:
-                cols = zip(*rows, strict=True)
+                cols = zip(*group, strict=True)  # rows of one key have one layout
                 next(cols)
                 sums = list(map(sum, cols))
+            session, model, provider, agent, tool, scope, kind = key
+            full = _fields.expand(kind, len(group), sums)
             bucket = cells.get(session)
             if bucket is None:
                 bucket = cells[session] = {}
-            key = (model, provider, agent, tool)
-            cell = bucket.get(key)
+            ckey = (model, provider, agent, tool)
+            cell = bucket.get(ckey)
             if cell is None:
-                bucket[key] = list(sums)
+                bucket[ckey] = full
             else:
-                cell[:] = map(add, cell, sums)
+                cell[:] = map(add, cell, full)
             while scope is not None:
-                scope.row[:] = map(add, scope.row, sums)
+                scope.row[:] = map(add, scope.row, full)
                 scope = scope.parent
 
     def _emit(self, raw: RawEvent) -> None:
@@ -832,10 +644,12 @@ class Tracker:
             self._clear()
 
     def _clear(self) -> None:
+        # The log and the dedup memory are cleared in place: recording threads may
+        # hold references to them.
         self._cells = {}
         self._tools = {}
-        self._seen = set()
-        self._seen_order = deque()
+        self._seen.clear()
+        self._seen_order.clear()
 
     def merge(self, snapshot: Snapshot) -> None:
         """Add another tracker's (e.g. another process's) snapshot to this one.

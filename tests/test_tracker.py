@@ -204,10 +204,10 @@ def test_internal_errors_are_swallowed_outside_strict_mode(tracker, monkeypatch,
         raise RuntimeError("internal bug")
 
     monkeypatch.setattr(tracker, "_fold", boom)
-    for _ in range(300):  # crosses the fold threshold
+    for _ in range(600):  # crosses the fold threshold
         tracker.record_llm(model="gpt-4o", input_tokens=1, output_tokens=1)
     assert "internal bug" in caplog.text
     monkeypatch.setenv("AGENTMETER_STRICT", "1")
     with pytest.raises(RuntimeError):
-        for _ in range(300):
+        for _ in range(600):
             tracker.record_llm(model="gpt-4o", input_tokens=1, output_tokens=1)

@@ -1,0 +1,60 @@
+"""Shared timing helpers: best-of-N loops and the locked-counter floor."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable
+
+
+def best_per_op(fn: Callable[[int], object], n: int, repeats: int = 7) -> float:
+    """Seconds per operation: the best of ``repeats`` runs of ``fn(n)`` (n operations each)."""
+    best = float("inf")
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(n)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        if gc_was:
+            gc.enable()
+    return best / n
+
+
+def floor_loop(n: int) -> None:
+    """The floor: a bare ``with lock: a += x; b += y; c += 1``."""
+    lock = threading.Lock()
+    a = b = c = 0
+    x, y = 3, 5
+    for _ in range(n):
+        with lock:
+            a += x
+            b += y
+            c += 1
+
+
+def floor_per_op(n: int = 200_000) -> float:
+    """Seconds per floor operation, measured now."""
+    return best_per_op(floor_loop, n)
+
+
+def us(seconds: float) -> str:
+    """Format seconds as microseconds."""
+    return f"{seconds * 1e6:.2f} us"
+
+
+def row(operation: str, measured: str, anchor: str, target: str, ok: bool) -> dict[str, str]:
+    """One table row in the common format of every benchmark module."""
+    return {"operation": operation, "measured": measured, "anchor": anchor, "target": target,
+            "verdict": "meets target" if ok else "MISSES target"}
+
+
+def table(rows: list[dict[str, str]]) -> str:
+    """Render rows as a markdown table."""
+    keys = ["operation", "measured", "anchor", "target", "verdict"]
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    out += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
+    return "\n".join(out)
