@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import best_per_op, floor_per_op, row, table, us  # noqa: E402
+from _harness import best_per_op, floor_per_op, row, table, us
 
-import agentmeter  # noqa: E402
-from agentmeter import Tracker  # noqa: E402
+import agentmeter
+from agentmeter import Tracker
 
 
 def _seed000() -> Any | None:
