@@ -24,7 +24,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .budget import Budget, BudgetStore, InMemoryBudgetStore, Reservation
-from .errors import AgentMeterError, BudgetExceeded
+from .errors import AgentMeterError, BudgetExceeded, BudgetStoreUnavailable
 from .models import (
     BudgetStatus,
     SessionUsage,
@@ -81,6 +81,7 @@ __all__ = [
     "BudgetExceeded",
     "BudgetStatus",
     "BudgetStore",
+    "BudgetStoreUnavailable",
     "InMemoryBudgetStore",
     "Reservation",
     "Scope",

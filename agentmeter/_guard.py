@@ -3,8 +3,9 @@
 Every entry point that the host program reaches (recording functions, framework
 callbacks, subscribers) runs its body under :func:`guarded`. An unexpected
 error is logged and swallowed in production; under pytest it is re-raised so
-that our own tests see it. :class:`~agentmeter.BudgetExceeded` and argument
-errors (``ValueError`` / ``TypeError`` raised by validation) always propagate.
+that our own tests see it. :class:`~agentmeter.BudgetExceeded` (and
+:class:`~agentmeter.BudgetStoreUnavailable`: an unenforceable budget is not
+passed silently) and argument errors (``ValueError`` / ``TypeError`` raised by validation) always propagate.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def guarded(where: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # BaseException (KeyboardInterrupt, ...) passes through
-        from .errors import BudgetExceeded
+        from .errors import BudgetExceeded, BudgetStoreUnavailable
 
-        if isinstance(exc, BudgetExceeded):
+        if isinstance(exc, BudgetExceeded | BudgetStoreUnavailable):
             raise
         swallow(exc, where)

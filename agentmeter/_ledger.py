@@ -40,6 +40,12 @@ class BudgetLedger:
         self._prefix = key_prefix
         self.active = default_budget is not None  # session budgets may apply
 
+    def _drop(self, key: str) -> None:
+        # A shared store (Redis) holds one budget for every process: one process
+        # closing its session must not reset what the others spend against.
+        if not getattr(self.store, "shared", False):
+            self.store.drop(key)
+
     def _update_active(self) -> None:
         self.active = self.default_budget is not None or bool(self.session_refs)
 
@@ -89,7 +95,7 @@ class BudgetLedger:
         old = self.session_refs.pop(session_id, None)
         if budget is None:
             if old is not None:
-                self.store.drop(old.key)
+                self._drop(old.key)
         else:
             ref = _ref_for(session_id, budget)
             if old is None and self.store.usage(ref.key)[0] == ZERO:
@@ -103,7 +109,7 @@ class BudgetLedger:
         """Drop a closed session's budget."""
         ref = self.session_refs.pop(session_id, None)
         if ref is not None:
-            self.store.drop(ref.key)
+            self._drop(ref.key)
         self._update_active()
 
     def session_status(self, session_id: str) -> BudgetStatus | None:

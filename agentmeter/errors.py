@@ -8,8 +8,9 @@ recording; bad arguments to public functions raise ``ValueError`` /
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
-__all__ = ["AgentMeterError", "BudgetExceeded"]
+__all__ = ["AgentMeterError", "BudgetExceeded", "BudgetStoreUnavailable"]
 
 
 class AgentMeterError(Exception):
@@ -55,3 +56,26 @@ class BudgetExceeded(AgentMeterError):
             type(self),
             (self.owner, self.limit_name, self.limit, self.used, self.reserved, self.requested),
         )
+
+
+class BudgetStoreUnavailable(AgentMeterError):
+    """The shared budget store cannot be reached, so a budget cannot be enforced.
+
+    Attributes:
+        url: The store's address (password masked).
+    """
+
+    def __init__(self, url: str, operation: str, cause: BaseException) -> None:
+        self.url = url
+        self.operation = operation
+        super().__init__(f"agentmeter budget store at {url} is unreachable ({operation}): {cause}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_unavailable, (self.url, self.operation, str(self)))
+
+
+def _rebuild_unavailable(url: str, operation: str, message: str) -> BudgetStoreUnavailable:
+    err = BudgetStoreUnavailable.__new__(BudgetStoreUnavailable)
+    err.url, err.operation = url, operation
+    Exception.__init__(err, message)
+    return err

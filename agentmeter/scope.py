@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _fields
+from ._guard import swallow
 
 if TYPE_CHECKING:
     from .budget import Budget, BudgetRef
@@ -171,6 +172,8 @@ class Scope:
             self.budget_refs = (*self.budget_refs, self.tracker._scope_budget_ref(self))
         self.started_at = time.time()
         self._token = STACK.set((*stack, self))
+        if self.tracker._scope_sinks:
+            self._notify("scope_started")
         return self
 
     def _exit(self, exc: BaseException | None = None) -> None:
@@ -189,6 +192,16 @@ class Scope:
         if self.budget is not None:
             self._final_budget = self.tracker._scope_budget_status(self)
             self.tracker._drop_scope_budget(self)
+        if self.tracker._scope_sinks:
+            self._notify("scope_ended")
+
+    def _notify(self, method: str) -> None:
+        """Tell the sinks that follow scopes (e.g. for spans) that this one started / ended."""
+        for sink in self.tracker._scope_sinks:
+            try:
+                getattr(sink, method)(self)
+            except Exception as exc:
+                swallow(exc, f"sink {sink!r}.{method}")
 
     def __enter__(self) -> Scope:
         return self._enter()

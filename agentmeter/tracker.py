@@ -113,6 +113,9 @@ class Tracker:
         self.prices = PriceBook()
         self._subscribers: tuple[Subscriber, ...] = ()
         self._sinks: tuple[Sink, ...] = ()
+        # Sinks that also want scope boundaries (``scope_started`` / ``scope_ended``,
+        # e.g. the OpenTelemetry sink's spans); empty in the common case.
+        self._scope_sinks: tuple[Any, ...] = ()
         self._listening = False  # any subscriber or sink: build events only then
         self._budgets = BudgetLedger(budget_store, default_session_budget, self._id_prefix)
 
@@ -596,12 +599,19 @@ class Tracker:
             if sink not in self._sinks:
                 self._sinks = (*self._sinks, sink)
             self._listening = True
+            self._update_scope_sinks()
 
     def remove_sink(self, sink: Sink) -> None:
         """Stop sending events to ``sink`` (it is not closed)."""
         with self._lock:
             self._sinks = tuple(s for s in self._sinks if s is not sink)
             self._listening = bool(self._subscribers or self._sinks)
+            self._update_scope_sinks()
+
+    def _update_scope_sinks(self) -> None:
+        self._scope_sinks = tuple(
+            s for s in self._sinks if callable(getattr(s, "scope_started", None))
+        )
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
