@@ -1,0 +1,117 @@
+"""Helpers shared by the storage, server and CLI tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentmeter import Snapshot, Tracker
+from agentmeter.models import EVENT_FIELDS
+
+MODELS = ("m1", "openai/gpt-x", "m2")
+TOOL_CATEGORY = {"search": "web", "calc": "", "fetch": "web"}
+
+
+def raw_event(call_id: str, ts: float, kind: str = "chat", **fields: Any) -> tuple[Any, ...]:
+    """A raw event tuple as the tracker hands it to sinks."""
+    values: dict[str, Any] = {
+        "call_id": call_id,
+        "timestamp": ts,
+        "kind": kind,
+        "model": None,
+        "provider": None,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost_micros": None,
+        "latency_ms": None,
+        "session_id": None,
+        "agent_id": None,
+        "scope_path": (),
+        "tool": None,
+        "category": None,
+        "status": "ok",
+        "error": None,
+        "estimated": False,
+        "tokens_saved": 0,
+        "metadata": None,
+    }
+    unknown = set(fields) - set(values)
+    assert not unknown, unknown
+    values.update(fields)
+    return tuple(values[f] for f in EVENT_FIELDS)
+
+
+def priced_tracker() -> Tracker:
+    t = Tracker()
+    t.set_price("m1", input_per_mtok=1, output_per_mtok=2, cache_read_per_mtok=0.5)
+    t.set_price("openai/gpt-x", input_per_mtok=3, output_per_mtok=12)
+    t.set_price("emb", input_per_mtok=0.02, output_per_mtok=0)
+    return t
+
+
+def workload(t: Tracker, n: int = 60, seed: int = 0) -> None:
+    """A deterministic mixed workload (every kind of call, several keys)."""
+    import random
+
+    rng = random.Random(seed)
+    for i in range(n):
+        session = rng.choice([None, "s1", "s2", "s3"])
+        agent = rng.choice([None, "planner", "coder"])
+        op = rng.random()
+        if op < 0.45:
+            inp = rng.randint(0, 2000)
+            t.record_llm(
+                model=rng.choice(MODELS),
+                input_tokens=inp,
+                output_tokens=rng.randint(0, 500),
+                cache_read_tokens=rng.randint(0, inp // 2),
+                latency_ms=rng.randint(0, 4000) / 4,
+                session_id=session,
+                agent_id=agent,
+                tool=rng.choice([None, None, "search"]),
+                ok=rng.random() > 0.1,
+                kind=rng.choice(["chat", "completion"]),
+                estimated=rng.random() < 0.2,
+            )
+        elif op < 0.55:
+            t.record_embedding(
+                model="emb", input_tokens=rng.randint(1, 900), session_id=session, agent_id=agent
+            )
+        elif op < 0.9:
+            tool = rng.choice(list(TOOL_CATEGORY))
+            t.record_tool_call(
+                tool=tool,
+                ok=rng.random() > 0.2,
+                duration_ms=rng.randint(0, 8000) / 4,
+                category=TOOL_CATEGORY[tool],
+                session_id=session,
+                agent_id=agent,
+                call_id=f"tool-{seed}-{i}",
+            )
+        elif op < 0.95:
+            t.record_cache_hit(tokens_saved=rng.randint(0, 300), session_id=session)
+        else:
+            t.record_cache_miss(session_id=session, agent_id=agent)
+
+
+def _sorted_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(
+        cells,
+        key=lambda c: tuple(
+            (c[k] is None, c[k] or "")
+            for k in ("session_id", "model", "provider", "agent_id", "tool")
+        ),
+    )
+
+
+def comparable(snap: Snapshot) -> dict[str, Any]:
+    """A snapshot as plain data, independent of row order (and of the merge order of
+    recent call ids across sessions, which the tracker does not define)."""
+    d = snap.model_dump(exclude={"taken_at"})
+    d["cells"] = _sorted_cells(list(d["cells"]))
+    for view in ("by_tool", "by_category"):
+        for stats in d[view].values():
+            stats.pop("recent_call_ids")
+    return d
