@@ -1,0 +1,32 @@
+"""agentmeter for LangChain and LangGraph.
+
+Meter chat models, LLMs, streams, tools and LangGraph agents into an agentmeter
+tracker, per session, agent, model and tool, with budgets that stop a call
+before it is sent::
+
+    import agentmeter
+    from agentmeter_langchain import AgentMeterCallbackHandler, instrument
+
+    handler = AgentMeterCallbackHandler()
+    graph.invoke(inputs, config={"callbacks": [handler], "configurable": {"thread_id": "s1"}})
+    agentmeter.get_tracker().session("s1").tools
+
+    instrument()          # or: meter every run, no callbacks to pass
+"""
+
+from __future__ import annotations
+
+from ._context import current_tool_run_id
+from .embeddings import MeteredEmbeddings
+from .handler import AgentMeterCallbackHandler, UnreportedUsageWarning
+from .instrument import instrument, instrumented_handler, uninstrument
+
+__all__ = [
+    "AgentMeterCallbackHandler",
+    "MeteredEmbeddings",
+    "UnreportedUsageWarning",
+    "current_tool_run_id",
+    "instrument",
+    "instrumented_handler",
+    "uninstrument",
+]
