@@ -1,0 +1,165 @@
+"""The legacy ``CallbackManager`` handler: the one place that can refuse an LLM call.
+
+LlamaIndex's instrumentation dispatcher swallows every exception its handlers
+raise, so it cannot stop a call. The ``CallbackManager`` can: an exception from a
+handler's ``on_event_start`` propagates out of ``llm.chat()`` / ``complete()`` /
+the embedding methods *before* the model is called. This handler reserves budget
+there (:meth:`agentmeter.Tracker.check_budget`) and raises
+:class:`agentmeter.BudgetExceeded` when the call would overspend.
+
+Metering itself is done by the instrumentation (creating the handler calls
+:func:`agentmeter_llamaindex.instrument` for its tracker): the reservation is
+booked under the LLM span id, which is also the id the call is recorded with, so
+the recorded usage settles it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.callbacks.schema import CBEventType, EventPayload
+from llama_index.core.instrumentation.span import active_span_id
+
+import agentmeter
+from agentmeter import Tracker
+from agentmeter._guard import swallow
+from agentmeter.errors import BudgetExceeded
+from agentmeter.scope import STACK
+
+from . import _tokens
+from ._instrument import Instrumentor, model_of
+
+__all__ = ["AgentMeterCallbackHandler"]
+
+_WATCHED = (CBEventType.LLM, CBEventType.EMBEDDING)
+_IGNORED = [t for t in CBEventType if t not in _WATCHED]
+
+
+def _budget_may_apply(tracker: Tracker) -> bool:
+    """Cheap "is there any budget to check?" so that no prompt is tokenized for nothing.
+
+    Reads tracker internals with a safe default (``True``: then ``check_budget``
+    decides); a public ``Tracker`` method for this would be better.
+    """
+    ledger = getattr(tracker, "_budgets", None)
+    active = getattr(ledger, "active", None)
+    if active is None:
+        return True
+    if active:
+        return True
+    return any(s.tracker is tracker and s.budget_refs for s in STACK.get())
+
+
+class AgentMeterCallbackHandler(BaseCallbackHandler):
+    """Enforces agentmeter budgets on LlamaIndex LLM and embedding calls.
+
+    Add it to the ``CallbackManager`` of the LLMs and embedding models to guard
+    (``Settings.callback_manager = CallbackManager([handler])`` before building
+    them, or ``llm.callback_manager.add_handler(handler)``: LLMs built before
+    ``Settings.callback_manager`` was set do not pick it up). Before each call it
+    reserves the prompt's estimated tokens (and their cost) against every budget
+    that applies -- the enclosing ``agentmeter.meter(budget=...)`` scopes and the
+    session's -- and raises :class:`agentmeter.BudgetExceeded` instead of making a
+    call that would overspend. An LLM call made by another LLM call (``chat`` over
+    ``complete``) is checked once.
+
+    Args:
+        tracker: Tracker to check and record into (default: the process-wide one).
+        instrument: Also instrument the dispatcher for ``tracker`` (the metering);
+            ``False`` if you call :func:`agentmeter_llamaindex.instrument` yourself.
+    """
+
+    def __init__(self, tracker: Tracker | None = None, *, instrument: bool = True) -> None:
+        super().__init__(event_starts_to_ignore=_IGNORED, event_ends_to_ignore=_IGNORED)
+        self.tracker = tracker if tracker is not None else agentmeter.get_tracker()
+        self._instrumentor: Instrumentor | None = None
+        if instrument:
+            from . import instrument as _instrument
+
+            self._instrumentor = _instrument(self.tracker)
+        self._reserved: dict[str, str] = {}
+
+    def _nested(self, span_id: str | None) -> bool:
+        from . import _active
+
+        inst = _active()
+        return inst is not None and inst.tracker is self.tracker and inst.is_nested_llm(span_id)
+
+    def on_event_start(
+        self,
+        event_type: CBEventType,
+        payload: dict[str, Any] | None = None,
+        event_id: str = "",
+        parent_id: str = "",
+        **kwargs: Any,
+    ) -> str:
+        """Reserve budget for the LLM / embedding call about to be made.
+
+        Raises:
+            agentmeter.BudgetExceeded: the call would exceed a budget; it is not made.
+        """
+        try:
+            if event_type not in _WATCHED or not _budget_may_apply(self.tracker):
+                return event_id
+            span_id = active_span_id.get()
+            llm = event_type is CBEventType.LLM
+            if llm and self._nested(span_id):
+                return event_id  # the outer call already reserved for it
+            payload = payload or {}
+            model_dict = payload.get(EventPayload.SERIALIZED) or {}
+            model, provider, _ = model_of(model_dict)
+            tokens = 0
+            if llm:
+                prompt = payload.get(EventPayload.PROMPT)
+                messages = payload.get(EventPayload.MESSAGES)
+                if isinstance(prompt, str):
+                    tokens = _tokens.count(prompt, model)
+                elif messages:
+                    tokens = _tokens.count_messages(messages, model)
+            # The LLM is recorded under its span id, which settles this reservation;
+            # an embedding batch is recorded under an id not known yet: released at its end.
+            call_id = span_id if llm and span_id is not None else f"li-cb-{event_id}"
+            reservation = self.tracker.check_budget(
+                tokens,
+                kind="llm" if llm else "embedding",
+                model=model,
+                provider=provider,
+                call_id=call_id,
+            )
+            if reservation is not None:
+                self._reserved[event_id] = call_id
+        except BudgetExceeded:
+            raise
+        except Exception as exc:
+            swallow(exc, "AgentMeterCallbackHandler.on_event_start")
+        return event_id
+
+    def on_event_end(
+        self,
+        event_type: CBEventType,
+        payload: dict[str, Any] | None = None,
+        event_id: str = "",
+        **kwargs: Any,
+    ) -> None:
+        """Give the reservation back when the call failed or was not recorded under it."""
+        try:
+            call_id = self._reserved.pop(event_id, None)
+            if call_id is None:
+                return
+            failed = bool(payload) and EventPayload.EXCEPTION in payload  # type: ignore[operator]
+            metered = self._instrumentor is not None and self._instrumentor._attached
+            if failed or event_type is not CBEventType.LLM or not metered:
+                self.tracker.release(call_id)
+        except Exception as exc:
+            swallow(exc, "AgentMeterCallbackHandler.on_event_end")
+
+    def start_trace(self, trace_id: str | None = None) -> None:
+        """Nothing to do at trace start."""
+
+    def end_trace(
+        self,
+        trace_id: str | None = None,
+        trace_map: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Nothing to do at trace end."""
