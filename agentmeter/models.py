@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from . import _fields, _latency
+
+if TYPE_CHECKING:
+    import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
 __all__ = [
     "BudgetStatus",
@@ -104,6 +107,22 @@ class Usage(BaseModel):
         return Usage.from_row([a + b for a, b in zip(self.to_row(), other.to_row(), strict=True)])
 
 
+    def __repr__(self) -> str:
+        from ._display import usage_repr
+
+        return usage_repr(self)
+
+    def __str__(self) -> str:
+        from ._display import usage_text
+
+        return usage_text(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import usage_html
+
+        return usage_html(self)
+
+
 class ToolStats(BaseModel):
     """Statistics of one tool (or one category, or one tool within one session).
 
@@ -177,6 +196,17 @@ class ToolStats(BaseModel):
         return self.ok / self.calls if self.calls else None
 
 
+    def __str__(self) -> str:
+        from ._display import tool_stats_text
+
+        return tool_stats_text({self.tool: self})
+
+    def _repr_html_(self) -> str:
+        from ._display import tool_stats_html
+
+        return tool_stats_html({self.tool: self})
+
+
 class UsageCell(BaseModel):
     """Usage of one (model, provider, session, agent, tool) combination.
 
@@ -221,6 +251,17 @@ class BudgetStatus(BaseModel):
         return any(v <= 0 for v in self.remaining.values())
 
 
+    def __str__(self) -> str:
+        from ._display import budget_text
+
+        return budget_text(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import budget_html
+
+        return budget_html(self)
+
+
 class SessionUsage(BaseModel):
     """One session: its usage, its breakdowns, its tools and its budget."""
 
@@ -232,6 +273,31 @@ class SessionUsage(BaseModel):
     by_agent: dict[str, Usage] = Field(default_factory=dict)
     tools: dict[str, ToolStats] = Field(default_factory=dict)
     budget: BudgetStatus | None = None
+
+
+    def __repr__(self) -> str:
+        from ._display import session_repr
+
+        return session_repr(self)
+
+    def __str__(self) -> str:
+        from ._display import session_text
+
+        return session_text(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import session_html
+
+        return session_html(self)
+
+    def to_dataframe(self, by: str = "tool") -> pd.DataFrame:
+        """One view as a DataFrame: ``"tool"`` (default), ``"model"``, ``"agent"``, ``"totals"``.
+
+        Needs pandas: ``pip install 'agentmeter-core[pandas]'``.
+        """
+        from .frames import session_frame
+
+        return session_frame(self, by)
 
 
 class Snapshot(BaseModel):
@@ -255,6 +321,33 @@ class Snapshot(BaseModel):
     session_tool_stats: tuple[tuple[str | None, ToolStats], ...] = Field(
         (), description="Tool stats per (session or None, tool), the source of the tool views"
     )
+
+
+    def __repr__(self) -> str:
+        from ._display import snapshot_repr
+
+        return snapshot_repr(self)
+
+    def __str__(self) -> str:
+        from ._display import snapshot_text
+
+        return snapshot_text(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import snapshot_html
+
+        return snapshot_html(self)
+
+    def to_dataframe(self, by: str = "cells") -> pd.DataFrame:
+        """One view as a pandas DataFrame (see :func:`agentmeter.frames.snapshot_frame`).
+
+        ``by``: ``"cells"`` (default), ``"totals"``, ``"session"``, ``"model"``,
+        ``"provider"``, ``"agent"``, ``"tool"``, ``"category"`` or ``"session_tool"``.
+        Needs pandas: ``pip install 'agentmeter-core[pandas]'``.
+        """
+        from .frames import snapshot_frame
+
+        return snapshot_frame(self, by)
 
 
 EventKind = Literal["chat", "completion", "embedding", "tool", "cache_hit", "cache_miss"]

@@ -258,6 +258,17 @@ class Scope:
         )
 
 
+    def __str__(self) -> str:
+        from ._display import scope_text
+
+        return scope_text(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import scope_html
+
+        return scope_html(self)
+
+
 def run_in_context(func: Callable[P, R]) -> Callable[P, R]:
     """Bind ``func`` to the caller's current scopes, for use in another thread.
 
