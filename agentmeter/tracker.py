@@ -116,6 +116,7 @@ class Tracker:
         # Sinks that also want scope boundaries (``scope_started`` / ``scope_ended``,
         # e.g. the OpenTelemetry sink's spans); empty in the common case.
         self._scope_sinks: tuple[Any, ...] = ()
+        self._sink_submits: tuple[Callable[[RawEvent], None], ...] = ()
         self._listening = False  # any subscriber or sink: build events only then
         self._budgets = BudgetLedger(budget_store, default_session_budget, self._id_prefix)
 
@@ -236,7 +237,10 @@ class Tracker:
         if latency_ms is not None:
             latency_ms = _validate.duration("latency_ms", latency_ms)
         cost = None if cost_usd is None else _validate.opt_cost_micros("cost_usd", cost_usd)
-        if not (provider is None and session_id is None and agent_id is None and tool is None):
+        if not ((provider is None or provider.__class__ is str)
+                and (session_id is None or (session_id.__class__ is str and session_id))
+                and (agent_id is None or (agent_id.__class__ is str and agent_id))
+                and (tool is None or (tool.__class__ is str and tool))):
             _validate.names(provider=provider, session_id=session_id, agent_id=agent_id, tool=tool)
         if call_id is not None and type(call_id) is not str:
             call_id = _validate.call_id(call_id)
@@ -287,7 +291,8 @@ class Tracker:
                     input_tokens + output_tokens, input_tokens, output_tokens, cost or 0, 1, 0))
             if self._listening:
                 self._emit((
-                    self._event_id(call_id), time.time(), kind, model, provider, input_tokens,
+                    call_id if call_id.__class__ is str else self._event_id(call_id),
+                    time.time(), kind, model, provider, input_tokens,
                     output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost,
                     latency_ms, key[0], key[3], scope.path if scope is not None else (), key[4],
                     scope.category if scope is not None and key[4] == scope.tool else None,
@@ -549,11 +554,11 @@ class Tracker:
 
     def _emit(self, raw: RawEvent) -> None:
         """Hand a recorded call to the sinks (raw) and subscribers (as a UsageEvent)."""
-        for sink in self._sinks:
+        for submit in self._sink_submits:
             try:
-                sink.submit(raw)
+                submit(raw)
             except Exception as exc:
-                swallow(exc, f"sink {sink!r}")
+                swallow(exc, f"sink {submit!r}")
         if self._subscribers:
             event = UsageEvent.from_raw(raw)
             for callback in self._subscribers:
@@ -609,6 +614,7 @@ class Tracker:
             self._update_scope_sinks()
 
     def _update_scope_sinks(self) -> None:
+        self._sink_submits = tuple(s.submit for s in self._sinks)
         self._scope_sinks = tuple(
             s for s in self._sinks if callable(getattr(s, "scope_started", None))
         )
@@ -747,13 +753,15 @@ class Tracker:
 
     def tool_stats(self, session_id: str | None = None) -> dict[str, ToolStats]:
         """``{tool: ToolStats}`` over all sessions, or for one session."""
+        from ._display import ToolTable
+
         if session_id is None:
-            return dict(self.snapshot().by_tool)
+            return ToolTable(self.snapshot().by_tool)
         _validate.name("session_id", session_id)
         try:
-            return dict(self.session(session_id).tools)
+            return ToolTable(self.session(session_id).tools)
         except KeyError:
-            return {}
+            return ToolTable()
 
     def _scope_usage(self, scope: Scope) -> Usage:
         with self._lock:
@@ -883,6 +891,17 @@ class Tracker:
         """A session's budget against its spend, or ``None`` if it has no budget."""
         _validate.name("session_id", session_id, optional=False)
         return self._budgets.session_status(session_id)
+
+    def budget_applies(self, session_id: str | None = None) -> bool:
+        """True when some budget would apply to a call made here (scope, session or default).
+
+        Integrations use it to skip estimating a prompt's size when nothing is limited.
+        """
+        budgets = self._budgets
+        if budgets.active:
+            return True
+        scope = self.current_scope()
+        return scope is not None and bool(scope.budget_refs)
 
     def _scope_budget_ref(self, scope: Scope) -> Any:
         return self._budgets.scope_ref(scope)
