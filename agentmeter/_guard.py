@@ -5,7 +5,8 @@ callbacks, subscribers) runs its body under :func:`guarded`. An unexpected
 error is logged and swallowed in production; under pytest it is re-raised so
 that our own tests see it. :class:`~agentmeter.BudgetExceeded` (and
 :class:`~agentmeter.BudgetStoreUnavailable`: an unenforceable budget is not
-passed silently) and argument errors (``ValueError`` / ``TypeError`` raised by validation) always propagate.
+passed silently) and argument errors (``ValueError`` / ``TypeError`` raised by
+validation) always propagate.
 """
 
 from __future__ import annotations
