@@ -94,9 +94,8 @@ def format_session(s: SessionUsage) -> str:
     return "\n".join(lines)
 
 
-def run_demo(tracker: Tracker | None = None, *, seed: int = 7) -> Tracker:
-    """Run three sessions in threads (one hits its budget) and print the report."""
-    tracker = tracker or Tracker()
+def run_plain(tracker: Tracker, seed: int, say: Callable[[str], None]) -> None:
+    """Three sessions in threads (one stopped by its budget), plain Python decorators."""
     tracker.set_budget("s3", Budget(max_llm_calls=4))
     questions = {"s1": "why is the sky blue", "s2": "fail: divide by zero", "s3": "a long one"}
 
@@ -106,7 +105,7 @@ def run_demo(tracker: Tracker | None = None, *, seed: int = 7) -> Tracker:
             try:
                 agent(sid, q)
             except BudgetExceeded as exc:
-                print(f"[{sid}] stopped by its budget: {exc}")
+                say(f"[{sid}] stopped by its budget: {exc}")
                 return
 
     threads = [
@@ -118,10 +117,58 @@ def run_demo(tracker: Tracker | None = None, *, seed: int = 7) -> Tracker:
     for t in threads:
         t.join()
     for sid in questions:
-        print(format_session(tracker.session(sid)))
+        say(format_session(tracker.session(sid)))
+
+
+def run_demo(
+    tracker: Tracker | None = None,
+    *,
+    seed: int = 7,
+    db: str | None = None,
+    frameworks: bool = True,
+    say: Callable[[str], None] = print,
+) -> Tracker:
+    """Run the demo: plain Python, then LangChain and LlamaIndex when installed.
+
+    With ``db`` every call is also written to that database (a path or SQLAlchemy
+    URL) and the demo ends with ``agentmeter report``'s tables read back from it.
+    """
+    from . import _demo_frameworks as fw
+
+    tracker = tracker or Tracker()
+    sink = None
+    if db is not None:
+        from .storage import SQLSink
+
+        sink = SQLSink(db)
+        tracker.add_sink(sink)
+    try:
+        say("== plain Python: decorated tools, nested scopes, three sessions in threads ==")
+        run_plain(tracker, seed, say)
+        if frameworks:
+            for name, package, part in (
+                ("LangChain / LangGraph", "agentmeter_langchain", fw.run_langchain),
+                ("LlamaIndex", "agentmeter_llamaindex", fw.run_llamaindex),
+            ):
+                say(f"== {name} ==")
+                if fw.available(package):
+                    part(tracker, say)
+                else:
+                    say(f"skipped: {package} is not installed "
+                        f"(pip install -e integrations/{package.split('_')[1]})")
+    finally:
+        if sink is not None:
+            tracker.remove_sink(sink)
+            sink.close()
     snap = tracker.snapshot()
-    print(
+    say(
         f"total: {snap.totals.total_tokens} tokens, ${snap.totals.cost_usd}, "
-        f"{snap.totals.llm_calls} LLM calls, {snap.totals.tool_calls} tool calls"
+        f"{snap.totals.llm_calls} LLM calls, {snap.totals.embedding_calls} embedding calls, "
+        f"{snap.totals.tool_calls} tool calls"
     )
+    if db is not None:
+        from .storage import render
+
+        say(f"== report read back from {db} (agentmeter report --db {db}) ==")
+        say(render(db))
     return tracker

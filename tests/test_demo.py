@@ -6,21 +6,41 @@ import sys
 from agentmeter import Tracker
 from agentmeter.cli import main
 from agentmeter.demo import run_demo
+from agentmeter.storage import UsageStore
 
 
-def test_demo_counts_exactly(capsys):
-    t = run_demo(Tracker(), seed=1)
+def test_plain_demo_counts_exactly(capsys):
+    t = run_demo(Tracker(), seed=1, frameworks=False)
     out = capsys.readouterr().out
     assert "session s1" in out and "stopped by its budget" in out
     snap = t.snapshot()
-    # s3 is capped at 4 LLM calls by its budget
-    assert snap.by_session["s3"].llm_calls == 4
+    assert snap.by_session["s3"].llm_calls == 4  # s3 is capped by its budget
     assert snap.by_session_tool["s2"]["calculator"].failed == 2
     assert snap.totals.llm_calls == sum(u.llm_calls for u in snap.by_session.values())
 
 
-def test_cli_demo_entry_point():
-    assert main(["demo", "--seed", "3"]) == 0
-    proc = subprocess.run([sys.executable, "-m", "agentmeter.cli", "demo"], capture_output=True,
-                          text=True, timeout=60, check=False)
-    assert proc.returncode == 0 and "total:" in proc.stdout
+def test_full_demo_writes_the_database_and_reports_it(tmp_path, capsys):
+    db = tmp_path / "demo.db"
+    t = run_demo(Tracker(), seed=2, db=str(db))
+    out = capsys.readouterr().out
+    snap = t.snapshot()
+    # both frameworks ran, through real objects
+    assert snap.by_session["lc-thread-1"].tool_calls == 2
+    assert snap.by_session_tool["lc-thread-2"]["flaky_database"].failed == 1
+    assert snap.by_session["li-session"].embedding_calls >= 1
+    assert snap.by_model["MockLLM"].cost_usd is not None  # priced by the demo's override
+    # what was stored equals what was counted, and the report shows it
+    stored = UsageStore(str(db)).snapshot()
+    assert stored.totals.total_tokens == snap.totals.total_tokens
+    assert stored.totals.cost_micros == snap.totals.cost_micros
+    assert "by tool:" in out and "flaky_database" in out
+
+
+def test_cli_demo_entry_point(tmp_path):
+    assert main(["demo", "--seed", "3", "--plain", "--no-db"]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentmeter.cli", "demo", "--db", str(tmp_path / "x.db")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "total:" in proc.stdout and "by session:" in proc.stdout

@@ -1,17 +1,28 @@
-"""``agentmeter demo``: an offline agent run that ends with a report."""
+"""``agentmeter demo``: an offline agent run that writes the embedded database and reports."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
 def register(sub: Any) -> None:
     """Add the ``demo`` sub-command."""
     p: argparse.ArgumentParser = sub.add_parser(
-        "demo", help="run an offline agent demo and print its report"
+        "demo",
+        help="run an offline agent demo (plain Python, LangChain, LlamaIndex) and report it",
     )
     p.add_argument("--seed", type=int, default=7, help="random seed of the fake models")
+    p.add_argument(
+        "--db",
+        default=os.environ.get("AGENTMETER_DB", "agentmeter.db"),
+        help="database to write (path or SQLAlchemy URL; default ./agentmeter.db)",
+    )
+    p.add_argument("--no-db", action="store_true", help="keep everything in memory")
+    p.add_argument(
+        "--plain", action="store_true", help="only the plain-Python part (no frameworks)"
+    )
     p.set_defaults(func=run)
 
 
@@ -19,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from ..demo import run_demo
 
-    run_demo(seed=args.seed)
+    run_demo(seed=args.seed, db=None if args.no_db else args.db, frameworks=not args.plain)
     return 0

@@ -1,0 +1,86 @@
+"""The framework half of ``agentmeter demo``: real LangChain / LangGraph and LlamaIndex objects.
+
+Each part runs only when its integration package is installed; nothing here is
+imported by ``import agentmeter``. No network: LangChain gets a fake chat model
+that reports usage like a provider, LlamaIndex its own ``MockLLM`` and
+``MockEmbedding``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import warnings
+from collections.abc import Callable
+
+from .tracker import Tracker
+
+Say = Callable[[str], None]
+
+
+def available(package: str) -> bool:
+    """True when ``package`` can be imported."""
+    return importlib.util.find_spec(package) is not None
+
+
+def run_langchain(tracker: Tracker, say: Say) -> None:
+    """A LangGraph ReAct agent with two tools (one fails), two sessions, one handler."""
+    from agentmeter_langchain import AgentMeterCallbackHandler
+    from agentmeter_langchain.testing import UsageChat
+    from langchain_core.tools import tool
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langgraph.prebuilt import ToolNode, create_react_agent
+
+    @tool
+    def search_docs(query: str) -> str:
+        """Search the documentation."""
+        return f"3 results for {query}"
+
+    @tool
+    def flaky_database(query: str) -> str:
+        """Query the database (it is down today)."""
+        raise ConnectionError("database unavailable")
+
+    model = UsageChat(model_name="gpt-4o-mini", provider="openai",
+                      tool_script=["search_docs", "flaky_database"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The failing tool's error goes back to the model as a ToolMessage(status="error").
+        tools = ToolNode([search_docs, flaky_database], handle_tool_errors=True)
+        agent = create_react_agent(model, tools)
+    handler = AgentMeterCallbackHandler(tracker, agent_id="lc-researcher")
+    for thread in ("lc-thread-1", "lc-thread-2"):
+        agent.invoke(
+            {"messages": [("user", f"research {thread}")]},
+            config={"callbacks": [handler], "configurable": {"thread_id": thread}},
+        )
+    say(f"langchain: LangGraph agent ran 2 threads, {model.requests} model requests")
+
+
+def run_llamaindex(tracker: Tracker, say: Say) -> None:
+    """LlamaIndex: MockLLM completions and chat, and a vector index over MockEmbedding."""
+    import agentmeter_llamaindex
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.base.llms.types import ChatMessage
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.llms import MockLLM
+
+    # Mock models have no public price: give them one (a user override beats genai-prices).
+    tracker.set_price("MockLLM", input_per_mtok=0.5, output_per_mtok=1.5)
+    tracker.set_price("MockEmbedding", input_per_mtok=0.02, output_per_mtok=0)
+    agentmeter_llamaindex.instrument(tracker)
+    try:
+        llm = MockLLM(max_tokens=32)
+        embed = MockEmbedding(embed_dim=8)
+        with tracker.meter("llamaindex-turn", session_id="li-session", agent_id="li-agent"):
+            llm.complete("Summarise agentmeter in one line.")
+            llm.chat([ChatMessage(role="user", content="And what does it cost?")])
+            docs = [Document(text=f"agentmeter note {i}: tokens, cost, tools") for i in range(4)]
+            index = VectorStoreIndex.from_documents(docs, embed_model=embed)
+            engine = index.as_query_engine(llm=llm)
+            asyncio.run(engine.aquery("what does agentmeter meter?"))
+    finally:
+        agentmeter_llamaindex.uninstrument()
+    say("llamaindex: MockLLM complete + chat, VectorStoreIndex over MockEmbedding, one query")
