@@ -30,7 +30,6 @@ from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResu
 import agentmeter
 from agentmeter import BudgetExceeded, Scope
 from agentmeter._guard import swallow
-from agentmeter.scope import STACK
 
 from . import _tokens, _usage
 from ._context import tool_run_ended, tool_run_started
@@ -145,7 +144,6 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         self.unreported_usage_calls = 0
         """Calls whose usage the provider did not report (recorded as estimates)."""
         # The budget ledger's "anything to enforce?" flag, read without a call.
-        self._ledger = getattr(self.tracker, "_budgets", None)
         from ._context import ensure_call_id_provider
 
         ensure_call_id_provider()
@@ -186,12 +184,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
 
     def _budgets_apply(self) -> bool:
         """Whether any budget may apply to a call here (decided without building one)."""
-        ledger = self._ledger
-        return ledger is None or ledger.active or self._scope_budget()
-
-    def _scope_budget(self) -> bool:
-        scope = self.tracker.current_scope()
-        return scope is not None and bool(scope.budget_refs)
+        return self.tracker.budget_applies()
 
     def _track(self, run_id: UUID, run: _Run) -> None:
         runs = self._runs
@@ -294,17 +287,15 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             session, agent = self._who(md)
         else:
             session, agent = self.session_id, self.agent_id
-        if self.enforce_budgets:
-            ledger = self._ledger
-            if ledger is None or ledger.active or (STACK.get() and self._scope_budget()):
-                self.tracker.check_budget(
-                    _tokens.estimate_messages(prompt),
-                    kind="llm",
-                    model=_str_or_none(model),
-                    provider=_str_or_none(provider),
-                    call_id=str(run_id),
-                    session_id=session,
-                )
+        if self.enforce_budgets and self.tracker.budget_applies():
+            self.tracker.check_budget(
+                _tokens.estimate_messages(prompt),
+                kind="llm",
+                model=_str_or_none(model),
+                provider=_str_or_none(provider),
+                call_id=str(run_id),
+                session_id=session,
+            )
         runs = self._runs
         runs[run_id] = (
             tool,

@@ -25,7 +25,6 @@ import agentmeter
 from agentmeter import Tracker
 from agentmeter._guard import swallow
 from agentmeter.errors import BudgetExceeded
-from agentmeter.scope import STACK
 
 from . import _tokens
 from ._instrument import Instrumentor, model_of
@@ -37,18 +36,8 @@ _IGNORED = [t for t in CBEventType if t not in _WATCHED]
 
 
 def _budget_may_apply(tracker: Tracker) -> bool:
-    """Cheap "is there any budget to check?" so that no prompt is tokenized for nothing.
-
-    Reads tracker internals with a safe default (``True``: then ``check_budget``
-    decides); a public ``Tracker`` method for this would be better.
-    """
-    ledger = getattr(tracker, "_budgets", None)
-    active = getattr(ledger, "active", None)
-    if active is None:
-        return True
-    if active:
-        return True
-    return any(s.tracker is tracker and s.budget_refs for s in STACK.get())
+    """Cheap "is there any budget to check?" so that no prompt is tokenized for nothing."""
+    return tracker.budget_applies()
 
 
 class AgentMeterCallbackHandler(BaseCallbackHandler):
