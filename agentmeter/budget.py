@@ -215,15 +215,16 @@ class InMemoryBudgetStore:
                 st = self._keys[key] = _KeyState()
             if st.reservations:
                 self._expire(st, now)
-            i = first_violation(limits, st.used, st.reserved, request)
+            # The same call reserving again (two handlers seeing one run) replaces its
+            # own booking: it is checked against what the *other* calls reserved.
+            old = st.reservations.get(reservation_id)
+            others = st.reserved if old is None else _sub(st.reserved, old[0])
+            i = first_violation(limits, st.used, others, request)
             if i >= 0:
-                used, reserved = st.used, st.reserved
+                used, reserved = st.used, others
             else:
-                old = st.reservations.get(reservation_id)
-                if old is not None:  # the same call reserving twice replaces its booking
-                    st.reserved = _sub(st.reserved, old[0])
                 st.reservations[reservation_id] = (request, now)
-                st.reserved = _add(st.reserved, request)
+                st.reserved = _add(others, request)
                 return
         raise exceeded(owner, i, limits, used, reserved, request)
 

@@ -122,17 +122,26 @@ _RESERVE = (
 local now = now_ms()
 local cur = load()
 local changed = expire(cur, now)
+-- The same call reserving twice (two handlers seeing one run) replaces its booking:
+-- it is checked against what the other calls reserved.
+local prev = {0, 0, 0, 0, 0, 0}
+local booked = redis.call('HGET', R, ARGV[1])
+if booked then
+  local j = 1
+  for x in string.gmatch(booked, '[^,]+') do prev[j] = tonumber(x); j = j + 1 end
+end
 for i = 1, 6 do
   local lim = tonumber(ARGV[2 + i])
   local req = tonumber(ARGV[8 + i])
-  if lim >= 0 and req > 0 and cur[i] + cur[6 + i] + req > lim then
+  if lim >= 0 and req > 0 and cur[i] + cur[6 + i] - prev[i] + req > lim then
     if changed then save(cur) end
     local out = {i - 1}
-    for j = 1, 12 do out[j + 1] = string.format('%.0f', cur[j]) end
+    for j = 1, 6 do out[j + 1] = string.format('%.0f', cur[j]) end
+    for j = 1, 6 do out[j + 7] = string.format('%.0f', cur[6 + j] - prev[j]) end
     return out
   end
 end
-unbook(cur, ARGV[1])  -- the same call reserving twice replaces its booking
+unbook(cur, ARGV[1])
 for i = 1, 6 do cur[6 + i] = cur[6 + i] + tonumber(ARGV[8 + i]) end
 save(cur)
 redis.call('HSET', R, ARGV[1], table.concat(ARGV, ',', 9, 14))

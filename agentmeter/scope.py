@@ -93,12 +93,11 @@ class Scope:
 
     __slots__ = (
         "__weakref__",
+        "_agent_id",
         "_final_budget",
         "_keys",
-        "_own_agent",
-        "_own_session",
+        "_session_id",
         "_token",
-        "agent_id",
         "budget",
         "budget_refs",
         "category",
@@ -109,7 +108,6 @@ class Scope:
         "parent",
         "path",
         "row",
-        "session_id",
         "started_at",
         "tool",
         "tracker",
@@ -129,10 +127,8 @@ class Scope:
     ) -> None:
         self.tracker = tracker
         self.name = name
-        self._own_session = session_id
-        self._own_agent = agent_id
-        self.session_id = session_id
-        self.agent_id = agent_id
+        self._session_id = session_id
+        self._agent_id = agent_id
         self.budget = budget
         self.metadata = metadata
         self.tool = tool
@@ -160,10 +156,10 @@ class Scope:
         if parent is not None:
             self.parent = parent
             self.path = (*parent.path, self.name)
-            if self.session_id is None:
-                self.session_id = parent.session_id
-            if self.agent_id is None:
-                self.agent_id = parent.agent_id
+            if self._session_id is None:
+                self._session_id = parent._session_id
+            if self._agent_id is None:
+                self._agent_id = parent._agent_id
             if self.tool is None:
                 self.tool = parent.tool
                 self.category = parent.category
@@ -224,6 +220,28 @@ class Scope:
         tb: TracebackType | None,
     ) -> None:
         self._exit(exc)
+
+    # -- attribution -------------------------------------------------------------
+    @property
+    def session_id(self) -> str | None:
+        """Effective session: the scope's own, else inherited from the enclosing scope."""
+        return self._session_id
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        # Records made from now on go to the new session: forget the cached row keys.
+        self._session_id = value
+        self._keys.clear()
+
+    @property
+    def agent_id(self) -> str | None:
+        """Effective agent: the scope's own, else inherited (e.g. changed on a hand-off)."""
+        return self._agent_id
+
+    @agent_id.setter
+    def agent_id(self, value: str | None) -> None:
+        self._agent_id = value
+        self._keys.clear()
 
     # -- reading -----------------------------------------------------------------
     @property

@@ -184,3 +184,17 @@ def test_budget_race_16_threads_never_overshoot_beyond_in_flight(tracker, est_ov
     assert all(e.used + e.reserved + e.requested > limit for e in refused)
     status = tracker.budget_status("shared")
     assert status is not None and status.reserved["max_tokens"] == 0
+
+
+def test_same_call_reserving_twice_replaces_its_booking(tracker):
+    """Two handlers seeing one run reserve under the same call id: booked once."""
+    with tracker.meter("x", budget=Budget(max_llm_calls=1)) as scope:
+        tracker.check_budget(10, call_id="run-1")
+        tracker.check_budget(10, call_id="run-1")  # not refused by its own booking
+        assert scope.budget_status.reserved["max_llm_calls"] == 1
+        with pytest.raises(BudgetExceeded) as info:
+            tracker.check_budget(10, call_id="run-2")
+        assert info.value.reserved == 1
+        tracker.record_llm(model="gpt-4o", input_tokens=10, output_tokens=1, call_id="run-1")
+        assert scope.budget_status.reserved["max_llm_calls"] == 0
+        assert scope.budget_status.used["max_llm_calls"] == 1

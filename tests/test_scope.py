@@ -139,3 +139,18 @@ def test_bad_scope_arguments(tracker):
         tracker.meter("")
     with pytest.raises(TypeError, match="budget"):
         tracker.meter("x", budget={"max_tokens": 3})  # type: ignore[arg-type]
+
+
+def test_changing_a_scopes_agent_redirects_later_records(tracker):
+    """A hand-off (the scope's agent changes) bills later calls to the new agent."""
+    with tracker.meter("run", session_id="s", agent_id="researcher") as scope:
+        _llm(tracker, 1)
+        scope.agent_id = "writer"
+        _llm(tracker, 2)
+        scope.session_id = "s2"
+        _llm(tracker, 4)
+    snap = tracker.snapshot()
+    assert snap.by_agent["researcher"].input_tokens == 1
+    assert snap.by_agent["writer"].input_tokens == 6
+    assert snap.by_session["s"].input_tokens == 3 and snap.by_session["s2"].input_tokens == 4
+    assert scope.usage.input_tokens == 7
