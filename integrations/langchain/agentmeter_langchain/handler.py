@@ -162,17 +162,14 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         if md:
             implicit_session = implicit_agent = None
             if session is None:
-                session = md.get("session_id")
+                # "" (or another empty value) means no session, never an invalid one.
+                session = _str_or_none(md.get("session_id"))
                 if session is None:
                     implicit_session = md.get("thread_id")
-                elif session.__class__ is not str:
-                    session = _str_or_none(session)
             if agent is None:
-                agent = md.get("agent_id") or md.get("lc_agent_name")
+                agent = _str_or_none(md.get("agent_id") or md.get("lc_agent_name"))
                 if agent is None:
                     implicit_agent = md.get("langgraph_node")
-                elif agent.__class__ is not str:
-                    agent = _str_or_none(agent)
             if implicit_session is not None or implicit_agent is not None:
                 # The enclosing meter() scope is more explicit than LangGraph's ids.
                 scope = self.tracker.current_scope()

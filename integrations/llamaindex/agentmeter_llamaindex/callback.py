@@ -20,6 +20,7 @@ from typing import Any
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.instrumentation.span import active_span_id
+from llama_index_instrumentation.dispatcher import active_instrument_tags
 
 import agentmeter
 from agentmeter import Tracker
@@ -27,12 +28,18 @@ from agentmeter._guard import swallow
 from agentmeter.errors import BudgetExceeded
 
 from . import _tokens
-from ._instrument import Instrumentor, model_of
+from ._instrument import Instrumentor, _tag, model_of
 
 __all__ = ["AgentMeterCallbackHandler"]
 
 _WATCHED = (CBEventType.LLM, CBEventType.EMBEDDING)
 _IGNORED = [t for t in CBEventType if t not in _WATCHED]
+
+
+# Reservations of calls still in flight that this handler remembers. A stream that is
+# never iterated keeps its reservation until the budget store's reservation TTL, or
+# until this many newer calls pushed it out.
+_MAX_RESERVED = 1_000
 
 
 def _budget_may_apply(tracker: Tracker) -> bool:
@@ -64,9 +71,16 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         self.tracker = tracker if tracker is not None else agentmeter.get_tracker()
         self._instrumentor: Instrumentor | None = None
         if instrument:
+            from . import _active
             from . import instrument as _instrument
 
-            self._instrumentor = _instrument(self.tracker)
+            current = _active()
+            # Reuse the user's instrumentation (and its options) when it meters this
+            # tracker already; instrumenting again with defaults would replace it.
+            if current is not None and current.tracker is self.tracker:
+                self._instrumentor = current
+            else:
+                self._instrumentor = _instrument(self.tracker)
         self._reserved: dict[str, str] = {}
 
     def _nested(self, span_id: str | None) -> bool:
@@ -109,15 +123,24 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             # The LLM is recorded under its span id, which settles this reservation;
             # an embedding batch is recorded under an id not known yet: released at its end.
             call_id = span_id if llm and span_id is not None else f"li-cb-{event_id}"
+            # The session the call will be recorded under: instrument_tags win over
+            # scopes (as in the instrumentation), so the session's budget applies.
+            session = _tag(active_instrument_tags.get() or {}, "session_id")
             reservation = self.tracker.check_budget(
                 tokens,
                 kind="llm" if llm else "embedding",
                 model=model,
                 provider=provider,
                 call_id=call_id,
+                session_id=session,
             )
             if reservation is not None:
-                self._reserved[event_id] = call_id
+                reserved = self._reserved
+                reserved[event_id] = call_id
+                if len(reserved) > _MAX_RESERVED:
+                    # A stream that is never iterated never ends its event: give back
+                    # the oldest such reservation rather than hold it (and memory) forever.
+                    self.tracker.release(reserved.pop(next(iter(reserved))))
         except BudgetExceeded:
             raise
         except Exception as exc:

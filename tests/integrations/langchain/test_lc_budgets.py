@@ -139,3 +139,30 @@ def test_tool_seen_by_two_handlers_counts_once_and_scopes_unwind(
         ping.invoke({"x": "a"}, config=cfg)
     assert lc_tracker.current_scope() is None  # nothing left on the scope stack
     assert lc_tracker.session("two").tools["ping"].calls == 3
+
+
+def test_two_handlers_on_one_tracker_book_the_budget_once() -> None:
+    """instrument() plus an explicit handler both see each run: one reservation."""
+    from agentmeter_langchain import AgentMeterCallbackHandler, instrument, uninstrument
+
+    t = agentmeter.Tracker()
+    instrument(t)
+    try:
+        handler = AgentMeterCallbackHandler(t)
+        model = UsageChat()
+        with t.meter("turn", budget=agentmeter.Budget(max_llm_calls=1)) as scope:
+            model.invoke("hi", config={"callbacks": [handler]})
+            with pytest.raises(agentmeter.BudgetExceeded):
+                model.invoke("again", config={"callbacks": [handler]})
+        assert model.requests == 1 and scope.usage.llm_calls == 1
+    finally:
+        uninstrument()
+
+
+def test_empty_session_metadata_means_no_session() -> None:
+    from agentmeter_langchain import AgentMeterCallbackHandler
+
+    t = agentmeter.Tracker()
+    handler = AgentMeterCallbackHandler(t)
+    UsageChat().invoke("hi", config={"callbacks": [handler], "metadata": {"session_id": ""}})
+    assert t.snapshot().totals.llm_calls == 1 and t.sessions() == []

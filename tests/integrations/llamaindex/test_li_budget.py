@@ -134,3 +134,43 @@ def test_no_budget_no_tokenizing_and_nothing_blocked(
         llm.chat(MSGS)
     assert len(openai_server.requests) == 3
     assert not handler._reserved
+
+
+def test_session_from_instrument_tags_is_budgeted(li_tracker: agentmeter.Tracker) -> None:
+    """The handler checks the session the call will be recorded under (tags win)."""
+    from llama_index.core.instrumentation.dispatcher import instrument_tags
+
+    handler = ami.AgentMeterCallbackHandler(li_tracker)
+    llm = MockLLM(callback_manager=CallbackManager([handler]))
+    li_tracker.set_budget("tagged", agentmeter.Budget(max_llm_calls=1))
+    blocked = 0
+    for i in range(4):
+        try:
+            with instrument_tags({"session_id": "tagged"}):
+                llm.complete(f"hello {i}")
+        except agentmeter.BudgetExceeded:
+            blocked += 1
+    assert blocked == 3 and li_tracker.session("tagged").usage.llm_calls == 1
+
+
+def test_handler_keeps_the_users_instrumentation(li_tracker: agentmeter.Tracker) -> None:
+    mine = ami.instrument(li_tracker, stream_usage=True, session_from_run_id=False)
+    ami.AgentMeterCallbackHandler(li_tracker)
+    assert ami.instrumentor() is mine and mine.stream_usage and not mine.session_from_run_id
+
+
+def test_unread_streams_do_not_hold_reservations_forever(
+    li_tracker: agentmeter.Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentmeter_llamaindex import callback
+
+    monkeypatch.setattr(callback, "_MAX_RESERVED", 2)
+    handler = ami.AgentMeterCallbackHandler(li_tracker)
+    llm = MockLLM(callback_manager=CallbackManager([handler]))
+    with li_tracker.meter("job", budget=agentmeter.Budget(max_llm_calls=3)) as scope:
+        for _ in range(3):
+            llm.stream_complete("never read")  # their end events never fire
+        assert len(handler._reserved) <= 2
+        assert scope.budget_status is not None
+        assert scope.budget_status.reserved["max_llm_calls"] <= 2
+        llm.complete("still allowed")
