@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from .budget import Budget
 from .errors import BudgetExceeded
@@ -136,6 +137,7 @@ def run_demo(
     from . import _demo_frameworks as fw
 
     tracker = tracker or Tracker()
+    started = datetime.now(UTC)  # the report shows this run, not what the file held before
     sink = None
     if db is not None:
         from .storage import SQLSink
@@ -169,6 +171,6 @@ def run_demo(
     if db is not None:
         from .storage import render
 
-        say(f"== report read back from {db} (agentmeter report --db {db}) ==")
-        say(render(db))
+        say(f"== this run, read back from {db} (agentmeter report --db {db}) ==")
+        say(render(db, since=started))
     return tracker

@@ -176,6 +176,8 @@ def test_report_unusable_database_is_one_clear_line(
         ["report", "--format", "xml"],
         ["report", "--by", "colour"],
         ["report", "--limit", "0"],
+        ["report", "--since", "1000000000d"],
+        ["merge", "x.json", "--indent", "-3"],
         ["report", "--unknown"],
         ["serve", "--port", "99999"],
         ["serve", "--port", "http"],

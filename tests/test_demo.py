@@ -44,3 +44,22 @@ def test_cli_demo_entry_point(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "total:" in proc.stdout and "by session:" in proc.stdout
+
+
+def test_demo_refuses_an_unusable_database_cleanly(tmp_path, capsys):
+    bad = tmp_path / "not-a-db.db"
+    bad.write_text("hello, I am a text file" * 100)
+    for target in (str(bad), str(tmp_path), str(tmp_path / "missing" / "x.db")):
+        assert main(["demo", "--plain", "--db", target]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("agentmeter demo: ") and "Traceback" not in err
+
+
+def test_demo_report_shows_this_run_only(tmp_path, capsys):
+    db = str(tmp_path / "twice.db")
+    run_demo(Tracker(), seed=4, db=db, frameworks=False)
+    first = capsys.readouterr().out.split("== this run")[1]
+    run_demo(Tracker(), seed=4, db=db, frameworks=False)
+    second = capsys.readouterr().out.split("== this run")[1]
+    total = [line for line in first.splitlines() if line.startswith("total:")]
+    assert total and total == [line for line in second.splitlines() if line.startswith("total:")]

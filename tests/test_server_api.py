@@ -105,6 +105,7 @@ def test_live_tracker_endpoints(live: agentmeter.Tracker) -> None:
         (f"{API}/sessions", {"limit": 5000}, 422),
         (f"{API}/sessions", {"limit": "ten"}, 422),
         (f"{API}/sessions", {"offset": -1}, 422),
+        (f"{API}/sessions", {"offset": 2**63}, 422),
         (API, {"since": "yesterday-ish"}, 422),
         (API, {"since": "2025-01-01T00:00:00Z"}, 400),  # a live tracker has no time ranges
         (f"{API}/nothing-here", {}, 404),
@@ -280,3 +281,11 @@ def test_real_uvicorn_server_over_http(stored: tuple[str, agentmeter.Tracker]) -
         server.should_exit = True
         thread.join(timeout=20)
     assert not thread.is_alive()
+
+
+def test_live_session_without_tools_has_an_empty_tool_table() -> None:
+    t = agentmeter.Tracker()
+    t.record_llm("gpt-4o", 10, 1, session_id="talker")  # a session that called no tool
+    with TestClient(create_app(tracker=t)) as c:
+        r = c.get(f"{API}/tools", params={"session_id": "talker"})
+        assert r.status_code == 200 and r.json()["tools"] == {}

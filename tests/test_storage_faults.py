@@ -274,3 +274,36 @@ def test_jsonl_sink_round_trip(tmp_path: Path) -> None:
     path.write_text(path.read_text() + "{not json\n")
     with pytest.raises(ValueError, match=r"events.jsonl:53"):
         list(read_jsonl(path))
+
+
+def test_forked_children_store_their_events(tmp_path):
+    """A sink inherited by fork()ed workers gets a writer thread in each child."""
+    import subprocess
+    import sys
+    import textwrap
+
+    db = tmp_path / "fork.db"
+    script = textwrap.dedent(
+        """
+        import multiprocessing as mp, sys
+        import agentmeter
+        from agentmeter.storage import SQLSink, UsageStore
+        t = agentmeter.Tracker()
+        sink = SQLSink(sys.argv[1])
+        t.add_sink(sink)
+        def work(i):
+            for _ in range(50):
+                t.record_llm("gpt-4o", 10, 1, session_id=f"w{i}")
+            t.flush()  # pool workers leave with os._exit: no atexit flush there
+        if __name__ == "__main__":
+            t.record_llm("gpt-4o", 10, 1, session_id="parent")
+            with mp.get_context("fork").Pool(2) as pool:
+                pool.map(work, range(4))
+            sink.close()
+            print(UsageStore(sys.argv[1]).snapshot().totals.llm_calls)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "201"

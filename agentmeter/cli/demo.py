@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 
@@ -30,5 +31,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from ..demo import run_demo
 
-    run_demo(seed=args.seed, db=None if args.no_db else args.db, frameworks=not args.plain)
+    db = None if args.no_db else args.db
+    if db is not None:
+        from ..storage.engine import DatabaseError, check_writable
+
+        try:
+            check_writable(db)
+        except (DatabaseError, ValueError) as exc:
+            print(f"agentmeter demo: {exc} (choose another --db, or --no-db)", file=sys.stderr)
+            return 2
+    run_demo(seed=args.seed, db=db, frameworks=not args.plain)
     return 0

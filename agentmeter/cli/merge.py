@@ -19,6 +19,16 @@ from typing import Any
 EXIT_USAGE = 2
 
 
+def _indent(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 16:
+        raise argparse.ArgumentTypeError("--indent must be between 0 and 16")
+    return value
+
+
 def register(sub: Any) -> None:
     """Add the ``merge`` sub-command."""
     p: argparse.ArgumentParser = sub.add_parser(
@@ -30,7 +40,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-o", "--output", metavar="OUT", help="write the merged snapshot here (default: stdout)"
     )
-    p.add_argument("--indent", type=int, default=None, help="indent the JSON output")
+    p.add_argument("--indent", type=_indent, default=None, help="indent the JSON output")
     p.set_defaults(func=run)
 
 

@@ -21,8 +21,10 @@ def parse_time(text: str) -> datetime:
     value = text.strip()
     m = _RELATIVE.match(value)
     if m:
-        delta = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-        return datetime.now(UTC) - delta
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"{text!r} is too far back") from None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -145,7 +145,7 @@ def create_app(
         since: Since = None,
         until: Until = None,
         limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 100,
-        offset: Annotated[int, Query(ge=0, description="Sessions to skip")] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**31, description="Sessions to skip")] = 0,
     ) -> SessionList:
         """Sessions, largest total tokens first, one page at a time."""
         return call(backend.sessions, *_range(since, until), limit, offset)

@@ -145,7 +145,9 @@ class TrackerBackend:
             return ToolsResponse(tools=s.by_tool, by_category=s.by_category)
         tools = s.by_session_tool.get(session_id)
         if tools is None:
-            raise KeyError(f"unknown session {session_id!r}")
+            if session_id not in s.by_session:
+                raise KeyError(f"unknown session {session_id!r}")
+            tools = {}  # a known session that called no tool
         return ToolsResponse(session_id=session_id, tools=tools)
 
     def reset(self) -> ResetResponse:

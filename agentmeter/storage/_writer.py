@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -88,9 +90,32 @@ class BackgroundWriter:
         self._counters = {"written": 0, "retries": 0, "overflowed": 0, "dropped": 0, "blocked": 0}
         self._last_error: str | None = None
         self._warned_closed = False
+        self._name = name
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         atexit.register(self._atexit)
+        # A forked child (multiprocessing's "fork" start method) inherits this object
+        # but not its writer thread: without a new one its events would never be stored.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def _restart_in_child(self) -> None:
+        """Give a forked child its own empty queue, locks and writer thread."""
+        self._q = deque()  # what the parent had queued is the parent's to write
+        self._wake = threading.Event()
+        self._give_up = threading.Event()
+        self._cond = threading.Condition()
+        self._handled = self._inflight = self._progress = 0
+        self._stalled_at = -1
+        self._counters = dict.fromkeys(self._counters, 0)
+        if self._closed:
+            return
+        self._forked()
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _forked(self) -> None:
+        """Subclass hook: drop resources that must not be shared with the parent."""
 
     # ------------------------------------------------------------ hot path
     def submit(self, raw: RawEvent) -> None:
@@ -317,3 +342,12 @@ class BackgroundWriter:
 
     def _dispose(self) -> None:
         """Release resources after the writer stopped."""
+
+
+def _after_fork(ref: weakref.ReferenceType[BackgroundWriter]) -> None:
+    writer = ref()
+    if writer is not None:
+        try:
+            writer._restart_in_child()
+        except Exception:  # never break the child process
+            logger.exception("agentmeter: could not restart %r after fork", writer)

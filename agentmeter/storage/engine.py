@@ -122,3 +122,28 @@ def open_existing(target: str | os.PathLike[str] | None) -> tuple[str, sa.Engine
             raise DatabaseError(f"cannot read {where}: {detail}") from None
         raise DatabaseError(f"{where} cannot be read as a database ({detail})") from None
     return url, engine
+
+
+def check_writable(target: str | os.PathLike[str] | None) -> str:
+    """Check up front that a sink could write ``target``; its URL, or :class:`DatabaseError`.
+
+    An existing database must be agentmeter's and readable; a new SQLite file needs an
+    existing, writable folder; another database must accept a connection.
+    """
+    url = resolve_url(target)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        folder = path.parent
+        if not folder.is_dir():
+            raise DatabaseError(f"folder not found for the database: {folder}")
+        if not os.access(folder, os.W_OK):
+            raise DatabaseError(f"cannot write a database in {folder}")
+        return url
+    try:
+        _, engine = open_existing(url)
+    except DatabaseError as exc:
+        if "its tables are missing" not in str(exc):
+            raise
+        return url  # a readable database without our tables: the sink creates them
+    engine.dispose()
+    return url

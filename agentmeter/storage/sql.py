@@ -293,6 +293,10 @@ class SQLSink(BackgroundWriter):
                 self._counters["written"] += done
                 logger.warning("agentmeter: replayed %d spilled events into the database", done)
 
+    def _forked(self) -> None:
+        # The parent's pooled connections must not be used by the child.
+        self._engine.dispose(close=False)
+
     def _dispose(self) -> None:
         self._engine.dispose()
 
