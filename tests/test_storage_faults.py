@@ -307,3 +307,30 @@ def test_forked_children_store_their_events(tmp_path):
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "201"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_batch_written_twice_is_stored_once(tmp_path, backend, request):
+    """A retry after a commit whose reply was lost must not duplicate events."""
+    if backend == "sqlite":
+        url = str(tmp_path / "once.db")
+    else:
+        url = request.getfixturevalue("pg").new_database()
+    t = agentmeter.Tracker()
+    seen: list[tuple] = []
+
+    class Tap:
+        def submit(self, raw: tuple) -> None:
+            seen.append(raw)
+
+    t.add_sink(Tap())
+    sink = SQLSink(url)
+    t.add_sink(sink)
+    for i in range(100):
+        t.record_llm("gpt-4o", 10, 1, session_id=f"once-{backend}-{i % 3}")
+    assert sink.flush(timeout=30)
+    sink._write(list(seen))  # the same batch again, as a retry would
+    sink.close()
+    stored = UsageStore(url).snapshot()
+    mine = {k: v for k, v in stored.by_session.items() if k.startswith(f"once-{backend}")}
+    assert sum(u.llm_calls for u in mine.values()) == 100

@@ -71,6 +71,9 @@ EVENTS = sa.Table(
     sa.Index("ix_agentmeter_events_agent", "agent_id"),
     sa.Index("ix_agentmeter_events_model", "model"),
     sa.Index("ix_agentmeter_events_tool", "tool"),
+    # One row per call: a batch retried after a commit whose reply was lost (or a
+    # spill file replayed twice) inserts nothing new (see SQLSink's ON CONFLICT).
+    sa.Index("ux_agentmeter_events_call_id", "call_id", unique=True),
 )
 
 SCHEMA = sa.Table(
@@ -125,6 +128,11 @@ def ensure_schema(conn: sa.Connection) -> None:
     a lost race for the version row is tolerated.
     """
     metadata.create_all(conn, checkfirst=True)
+    # Databases created before the unique call-id index existed get it now.
+    conn.exec_driver_sql(
+        "CREATE UNIQUE INDEX IF NOT EXISTS ux_agentmeter_events_call_id "
+        "ON agentmeter_events (call_id)"
+    )
     version = conn.execute(sa.select(sa.func.max(SCHEMA.c.version))).scalar()
     if version is None:
         conn.execute(SCHEMA.insert().values(version=SCHEMA_VERSION))

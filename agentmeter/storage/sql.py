@@ -143,14 +143,24 @@ class SQLSink(BackgroundWriter):
             marks = [f":{i}" for i in range(1, len(COLUMNS) + 1)]
         else:
             marks = None
+        # A retried batch must not store a call twice: skip rows whose call id is
+        # already there (SQLite and PostgreSQL; other databases rely on the unique
+        # index and the row-by-row fallback).
+        upsert = dialect.name in ("sqlite", "postgresql")
+        conflict = " ON CONFLICT (call_id) DO NOTHING" if upsert else ""
         if marks is None:  # named styles: go through SQLAlchemy Core with dicts
             stmt = EVENTS.insert()
+            if upsert:
+                stmt = sa.text(
+                    f"INSERT INTO {quote(EVENTS.name)} ({cols}) VALUES "
+                    f"({', '.join(':' + c for c in COLUMNS)}){conflict}"
+                )  # type: ignore[assignment]
 
             def core(conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
                 conn.execute(stmt, [dict(zip(COLUMNS, r, strict=True)) for r in rows])
 
             return core
-        sql = f"INSERT INTO {quote(EVENTS.name)} ({cols}) VALUES ({', '.join(marks)})"
+        sql = f"INSERT INTO {quote(EVENTS.name)} ({cols}) VALUES ({', '.join(marks)}){conflict}"
 
         def driver(conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
             conn.exec_driver_sql(sql, list(rows))
