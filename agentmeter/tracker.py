@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -50,6 +51,25 @@ _ROW_KEY = itemgetter(0)
 LLM, EMBEDDING, TOOL, CACHE = _fields.LLM, _fields.EMBEDDING, _fields.TOOL, _fields.CACHE
 # A row key: session, model, provider, agent, tool, scope, row kind (see _fields.LAYOUTS).
 _Key = tuple[str | None, str | None, str | None, str | None, str | None, Scope | None, str]
+
+
+def _id_prefix() -> str:
+    """A random prefix per tracker: its call ids ("am-<48 random bits>-<n>") stay unique
+    across trackers, processes and runs (a database may hold many of them)."""
+    return f"am-{os.urandom(6).hex()}-"
+
+
+# Trackers alive in this process: a child created by fork() inherits the parent's
+# counters, so each tracker gets a new prefix there.
+_LIVE: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for tracker in list(_LIVE):
+        tracker._id_prefix = tracker._budgets._prefix = _id_prefix()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _key(scope: Scope | None, session_id: str | None, model: str | None, provider: str | None,
@@ -109,7 +129,8 @@ class Tracker:
         self._seen_order: deque[object] = deque()
         self._dedup_window = dedup_window
         self._ids = itertools.count(1)
-        self._id_prefix = f"am-{os.getpid():x}-{id(self) & 0xFFFFFF:x}-"
+        self._id_prefix = _id_prefix()
+        _LIVE.add(self)  # a fork()ed child renames its call ids (see _after_fork)
         self.prices = PriceBook()
         self._subscribers: tuple[Subscriber, ...] = ()
         self._sinks: tuple[Sink, ...] = ()

@@ -211,3 +211,23 @@ def test_internal_errors_are_swallowed_outside_strict_mode(tracker, monkeypatch,
     with pytest.raises(RuntimeError):
         for _ in range(600):
             tracker.record_llm(model="gpt-4o", input_tokens=1, output_tokens=1)
+
+
+def test_call_ids_are_unique_across_trackers_and_forks():
+    import os
+
+    a, b = Tracker(), Tracker()
+    assert a.new_call_id() != b.new_call_id()
+    assert a.new_call_id().startswith("am-")
+    if not hasattr(os, "fork"):
+        return
+    parent_next = a.new_call_id()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new prefix, whatever the inherited counter says
+        os.write(w, a.new_call_id().encode())
+        os._exit(0)
+    os.close(w)
+    child_id = os.read(r, 100).decode()
+    os.waitpid(pid, 0)
+    assert child_id.rsplit("-", 1)[0] != parent_next.rsplit("-", 1)[0]
