@@ -1,7 +1,7 @@
 """The "never break the host program" rule, in one place.
 
 Every entry point that the host program reaches (recording functions, framework
-callbacks, subscribers) runs its body under :func:`guarded`. An unexpected
+callbacks, subscribers) catches its own errors and hands them to :func:`swallow`. An unexpected
 error is logged and swallowed in production; under pytest it is re-raised so
 that our own tests see it. :class:`~agentmeter.BudgetExceeded` (and
 :class:`~agentmeter.BudgetStoreUnavailable`: an unenforceable budget is not
@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 logger = logging.getLogger("agentmeter")
 
@@ -33,16 +31,3 @@ def swallow(exc: BaseException, where: str) -> None:
     if strict_mode():
         raise exc
     logger.exception("agentmeter: internal error in %s (ignored): %r", where, exc)
-
-
-@contextmanager
-def guarded(where: str) -> Iterator[None]:
-    """Run a block whose failure must not reach the host program."""
-    try:
-        yield
-    except Exception as exc:  # BaseException (KeyboardInterrupt, ...) passes through
-        from .errors import BudgetExceeded, BudgetStoreUnavailable
-
-        if isinstance(exc, BudgetExceeded | BudgetStoreUnavailable):
-            raise
-        swallow(exc, where)

@@ -8,7 +8,7 @@ and be merged there (:meth:`~agentmeter.Tracker.merge`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -427,11 +427,3 @@ EVENT_FIELDS: tuple[str, ...] = (
     "metadata",
 )
 RawEvent = tuple[Any, ...]
-
-
-def sum_usages(usages: Iterable[Usage]) -> Usage:
-    """Add usages together."""
-    row = _fields.zeros()
-    for u in usages:
-        row = [a + b for a, b in zip(row, u.to_row(), strict=True)]
-    return Usage.from_row(row)
