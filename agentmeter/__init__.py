@@ -24,9 +24,10 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .budget import Budget, BudgetStore, InMemoryBudgetStore, Reservation
-from .errors import AgentMeterError, BudgetExceeded, BudgetStoreUnavailable
+from .errors import AgentMeterError, BudgetExceeded, BudgetStoreUnavailable, NotFoundError
 from .models import (
     BudgetStatus,
+    CustomerUsage,
     SessionUsage,
     Snapshot,
     ToolStats,
@@ -70,6 +71,7 @@ snapshot_and_reset = _default.snapshot_and_reset
 reset = _default.reset
 merge = _default.merge
 session = _default.session
+customer = _default.customer
 close_session = _default.close_session
 tool_stats = _default.tool_stats
 subscribe = _default.subscribe
@@ -82,7 +84,9 @@ __all__ = [
     "BudgetStatus",
     "BudgetStore",
     "BudgetStoreUnavailable",
+    "CustomerUsage",
     "InMemoryBudgetStore",
+    "NotFoundError",
     "Reservation",
     "Scope",
     "SessionUsage",
@@ -98,6 +102,7 @@ __all__ = [
     "close_session",
     "configure",
     "current_scope",
+    "customer",
     "get_tracker",
     "merge",
     "meter",

@@ -625,3 +625,31 @@ def scope_html(scope: Scope) -> str:
     u = scope.usage
     header = _header(f"scope {'/'.join(scope.path)}", f"({_scope_detail(scope)}): {_summary(u)}")
     return _compose_html(header, _scope_tables(scope, u))
+
+
+# ---------------------------------------------------------------------- customers
+def _customer_tables(c: Any) -> list[tuple[str, Table, bool]]:
+    out: list[tuple[str, Table, bool]] = [("total", usage_table({"total": c.usage}), False)]
+    if c.by_session:
+        out.append(("by session", usage_table(c.by_session, "session"), False))
+    if c.by_model:
+        out.append(("by model", usage_table(c.by_model, "model"), False))
+    if c.by_agent:
+        out.append(("by agent", usage_table(c.by_agent, "agent"), False))
+    if c.tools:
+        out.append(("tools", tools_table(c.tools), False))
+    if c.budget is not None:
+        out.append(("budget", budget_table(c.budget), False))
+    return out
+
+
+def customer_text(c: Any) -> str:
+    """A customer (a :class:`~agentmeter.CustomerUsage`): summary, breakdowns, tools, budget."""
+    return _compose_text(f"customer {c.customer_id}: {_summary(c.usage)}", _customer_tables(c))
+
+
+def customer_html(c: Any) -> str:
+    """A customer as HTML tables."""
+    return _compose_html(
+        _header(f"customer {c.customer_id}", _summary(c.usage)), _customer_tables(c)
+    )

@@ -123,3 +123,32 @@ def parts(input_tokens: int, cache_read: int, cache_write: int, output_tokens: i
             f"reasoning_tokens ({reasoning}) must not exceed output_tokens ({output_tokens}): "
             "they are part of it"
         )
+
+
+MAX_TAGS = 32
+MAX_TAG_KEY = 64
+MAX_TAG_VALUE = 256
+
+
+def tags(value: Any) -> dict[str, str] | None:
+    """Free-form ``{str: str}`` labels, bounded: at most ``MAX_TAGS`` pairs, keys of
+    1..``MAX_TAG_KEY`` characters, values of at most ``MAX_TAG_VALUE``.
+
+    Returns a copy (later changes to the caller's dict do not reach stored events).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"tags must be a dict of str to str, got {type(value).__name__}")
+    if len(value) > MAX_TAGS:
+        raise ValueError(f"tags may hold at most {MAX_TAGS} pairs, got {len(value)}")
+    for k, v in value.items():
+        if type(k) is not str:
+            raise TypeError(f"tags keys must be str, got {type(k).__name__}: {k!r}")
+        if not k or len(k) > MAX_TAG_KEY:
+            raise ValueError(f"tags key must be 1..{MAX_TAG_KEY} characters, got {k!r}")
+        if type(v) is not str:
+            raise TypeError(f"tags[{k!r}] must be a str, got {type(v).__name__}: {v!r}")
+        if len(v) > MAX_TAG_VALUE:
+            raise ValueError(f"tags[{k!r}] must be at most {MAX_TAG_VALUE} characters")
+    return dict(value)

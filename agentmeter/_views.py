@@ -12,11 +12,20 @@ from operator import add
 from typing import Any
 
 from . import _fields, _tools
-from .models import BudgetStatus, SessionUsage, Snapshot, ToolStats, Usage, UsageCell
+from .models import (
+    BudgetStatus,
+    CustomerUsage,
+    SessionUsage,
+    Snapshot,
+    ToolStats,
+    Usage,
+    UsageCell,
+)
 
-CellKey = tuple[str | None, str | None, str | None, str | None]  # model, provider, agent, tool
+# model, provider, agent, tool, customer
+CellKey = tuple[str | None, str | None, str | None, str | None, str | None]
 CellRows = list[tuple[str | None, CellKey, list[Any]]]  # (session, key, row)
-ToolRows = list[tuple[str | None, str, _tools.ToolAcc]]  # (session, tool, accumulator)
+ToolRows = list[tuple[str | None, str, _tools.ToolAcc]]  # (session or customer, tool, acc)
 _IDX = _fields.INDEX
 
 
@@ -57,7 +66,7 @@ def session_usage(
     by_model: dict[str, list[Any]] = {}
     by_agent: dict[str, list[Any]] = {}
     tool_llm: dict[str, list[Any]] = {}
-    for (model, _provider, agent, tool), row in cell_rows:
+    for (model, _provider, agent, tool, _customer), row in cell_rows:
         total[:] = map(add, total, row)
         if model is not None:
             acc_row(by_model, model, row)
@@ -77,24 +86,63 @@ def session_usage(
     )
 
 
-def snapshot(cells: CellRows, tools: ToolRows) -> Snapshot:
-    """A full snapshot from copied cells and tool accumulators."""
+def customer_usage(
+    customer_id: str,
+    cell_rows: CellRows,
+    tool_accs: list[tuple[str, _tools.ToolAcc]],
+    budget: BudgetStatus | None,
+) -> CustomerUsage:
+    """One customer's view from its cells (``(session, key, row)``) and tool accumulators."""
     total = _fields.zeros()
-    by: dict[str, dict[Any, list[Any]]] = {"model": {}, "provider": {}, "session": {}, "agent": {}}
+    by: dict[str, dict[str, list[Any]]] = {"model": {}, "agent": {}, "session": {}}
+    tool_llm: dict[str, list[Any]] = {}
+    for session, (model, _provider, agent, tool, _customer), row in cell_rows:
+        total[:] = map(add, total, row)
+        for dim, key in (("model", model), ("agent", agent), ("session", session)):
+            if key is not None:
+                acc_row(by[dim], key, row)
+        if tool is not None:
+            acc_row(tool_llm, tool, row)
+    accs = dict(tool_accs)
+    names = sorted(set(accs) | set(tool_llm))
+    return CustomerUsage(
+        customer_id=customer_id,
+        usage=Usage.from_row(total),
+        by_model={k: Usage.from_row(v) for k, v in by["model"].items()},
+        by_agent={k: Usage.from_row(v) for k, v in by["agent"].items()},
+        by_session={k: Usage.from_row(v) for k, v in by["session"].items()},
+        tools={t: _tools.build(t, accs.get(t), tool_llm.get(t)) for t in names},
+        budget=budget,
+    )
+
+
+def snapshot(
+    cells: CellRows, tools: ToolRows, customer_tools: ToolRows | None = None
+) -> Snapshot:
+    """A full snapshot from copied cells and tool accumulators (per session, and per
+    customer in ``customer_tools``)."""
+    total = _fields.zeros()
+    by: dict[str, dict[Any, list[Any]]] = {
+        "model": {}, "provider": {}, "session": {}, "agent": {}, "customer": {}
+    }
     tool_llm: dict[tuple[str | None, str], list[Any]] = {}
+    ctool_llm: dict[tuple[str, str], list[Any]] = {}
     out_cells = []
-    for session, (model, provider, agent, tool), row in cells:
+    for session, (model, provider, agent, tool, customer), row in cells:
         total[:] = map(add, total, row)
         for dim, key in (
             ("model", model),
             ("provider", provider),
             ("session", session),
             ("agent", agent),
+            ("customer", customer),
         ):
             if key is not None:
                 acc_row(by[dim], key, row)
         if tool is not None:
             acc_row(tool_llm, (session, tool), row)
+            if customer is not None:
+                acc_row(ctool_llm, (customer, tool), row)
         out_cells.append(
             UsageCell(
                 model=model,
@@ -102,6 +150,7 @@ def snapshot(cells: CellRows, tools: ToolRows) -> Snapshot:
                 session_id=session,
                 agent_id=agent,
                 tool=tool,
+                customer_id=customer,
                 usage=Usage.from_row(row),
             )
         )
@@ -120,6 +169,12 @@ def snapshot(cells: CellRows, tools: ToolRows) -> Snapshot:
         if session is not None:
             by_session_tool.setdefault(session, {})[st.tool] = st
     by_tool = {t: merge_stats(t, lst, categories.get(t, "")) for t, lst in grouped_tool.items()}
+    caccs = {(c, t): a for c, t, a in customer_tools or () if c is not None}
+    by_customer_tool: dict[str, dict[str, ToolStats]] = {}
+    for cpair in sorted(set(caccs) | set(ctool_llm)):
+        by_customer_tool.setdefault(cpair[0], {})[cpair[1]] = _tools.build(
+            cpair[1], caccs.get(cpair), ctool_llm.get(cpair), categories.get(cpair[1], "")
+        )
     grouped_cat: dict[str, list[ToolStats]] = {}
     for st in by_tool.values():
         if st.category:
@@ -131,11 +186,13 @@ def snapshot(cells: CellRows, tools: ToolRows) -> Snapshot:
         by_provider={k: Usage.from_row(v) for k, v in by["provider"].items()},
         by_session={k: Usage.from_row(v) for k, v in by["session"].items()},
         by_agent={k: Usage.from_row(v) for k, v in by["agent"].items()},
+        by_customer={k: Usage.from_row(v) for k, v in by["customer"].items()},
         by_tool=by_tool,
         by_category={c: merge_stats(c, lst, c) for c, lst in grouped_cat.items()},
         by_session_tool=by_session_tool,
         cells=tuple(out_cells),
         session_tool_stats=tuple(per_session_tool),
+        by_customer_tool=by_customer_tool,
     )
 
 

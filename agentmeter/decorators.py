@@ -30,7 +30,17 @@ __all__ = ["metered", "metered_tool"]
 class _Spec:
     """What one decoration asked for; builds a fresh scope per call."""
 
-    __slots__ = ("agent_id", "budget", "category", "name", "session_id", "tool", "tracker")
+    __slots__ = (
+        "agent_id",
+        "budget",
+        "category",
+        "customer_id",
+        "name",
+        "session_id",
+        "tags",
+        "tool",
+        "tracker",
+    )
 
     def __init__(
         self,
@@ -41,6 +51,8 @@ class _Spec:
         budget: Budget | None,
         tool: str | None,
         category: str | None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self.tracker = tracker
         self.name = name
@@ -49,6 +61,8 @@ class _Spec:
         self.budget = budget
         self.tool = tool
         self.category = category
+        self.customer_id = customer_id
+        self.tags = tags
 
     def scope(self) -> Scope:
         return Scope(
@@ -60,6 +74,8 @@ class _Spec:
             None,
             self.tool,
             self.category,
+            customer_id=self.customer_id,
+            tags=self.tags,
         )
 
 
@@ -309,11 +325,13 @@ def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
 
 # ------------------------------------------------------------ the factories
-def _check(session_id: object, agent_id: object, budget: object) -> None:
-    _validate.name("session_id", session_id)
-    _validate.name("agent_id", agent_id)
+def _check(
+    session_id: object, agent_id: object, budget: object, customer_id: object, tags: object
+) -> dict[str, str] | None:
+    _validate.names(session_id=session_id, agent_id=agent_id, customer_id=customer_id)
     if budget is not None and not isinstance(budget, Budget):
         raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
+    return _validate.tags(tags)
 
 
 def metered(
@@ -325,14 +343,18 @@ def metered(
     session_id: str | None = None,
     agent_id: str | None = None,
     budget: Budget | None = None,
+    customer_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Any:
     """Implementation of :meth:`Tracker.metered <agentmeter.Tracker.metered>`."""
-    _check(session_id, agent_id, budget)
+    tags = _check(session_id, agent_id, budget, customer_id, tags)
 
     def decorate(func: F) -> F:
         label = name or (func_or_name if isinstance(func_or_name, str) else None)
         label = label or getattr(func, "__qualname__", None) or repr(func)
-        spec = _Spec(tracker, label, session_id, agent_id, budget, None, None)
+        spec = _Spec(
+            tracker, label, session_id, agent_id, budget, None, None, customer_id, tags
+        )
         return _wrap_scope(func, spec)  # type: ignore[return-value]
 
     if callable(func_or_name):
@@ -352,16 +374,20 @@ def metered_tool(
     session_id: str | None = None,
     agent_id: str | None = None,
     budget: Budget | None = None,
+    customer_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Any:
     """Implementation of :meth:`Tracker.metered_tool <agentmeter.Tracker.metered_tool>`."""
-    _check(session_id, agent_id, budget)
+    tags = _check(session_id, agent_id, budget, customer_id, tags)
     if type(category) is not str:
         raise TypeError("category must be a str")
 
     def decorate(func: F) -> F:
         label = name or (func_or_name if isinstance(func_or_name, str) else None)
         label = label or getattr(func, "__name__", None) or repr(func)
-        spec = _Spec(tracker, label, session_id, agent_id, budget, label, category)
+        spec = _Spec(
+            tracker, label, session_id, agent_id, budget, label, category, customer_id, tags
+        )
         return _wrap_tool(func, spec)  # type: ignore[return-value]
 
     if callable(func_or_name):

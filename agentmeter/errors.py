@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["AgentMeterError", "BudgetExceeded", "BudgetStoreUnavailable"]
+__all__ = ["AgentMeterError", "BudgetExceeded", "BudgetStoreUnavailable", "NotFoundError"]
 
 
 class AgentMeterError(Exception):
@@ -79,3 +79,29 @@ def _rebuild_unavailable(url: str, operation: str, message: str) -> BudgetStoreU
     err.url, err.operation = url, operation
     Exception.__init__(err, message)
     return err
+
+
+class NotFoundError(AgentMeterError, LookupError):
+    """A session, customer, agent or model with nothing recorded was read.
+
+    The one rule of every reader (:class:`~agentmeter.Tracker`,
+    :class:`agentmeter.storage.UsageStore`, the REST API's 404): asking for one
+    id's view raises this; listings and breakdowns simply leave unknown ids out.
+    It is a :class:`LookupError`, so ``except LookupError`` catches it.
+
+    Attributes:
+        kind: ``"session"``, ``"customer"``, ``"agent"`` or ``"model"``.
+        key: The id that was asked for.
+    """
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"unknown {kind} {key!r}")
+
+    def __str__(self) -> str:
+        # LookupError subclasses would otherwise print like KeyError does (quoted).
+        return f"unknown {self.kind} {self.key!r}"
+
+    def __reduce__(self) -> tuple[type[NotFoundError], tuple[str, str]]:
+        return (type(self), (self.kind, self.key))

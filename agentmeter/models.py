@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BudgetStatus",
+    "CustomerUsage",
     "SessionUsage",
     "Snapshot",
     "ToolStats",
@@ -208,7 +209,7 @@ class ToolStats(BaseModel):
 
 
 class UsageCell(BaseModel):
-    """Usage of one (model, provider, session, agent, tool) combination.
+    """Usage of one (model, provider, session, agent, tool, customer) combination.
 
     A snapshot carries these so that every breakdown can be rebuilt after merging
     snapshots of several processes.
@@ -221,6 +222,7 @@ class UsageCell(BaseModel):
     session_id: str | None = None
     agent_id: str | None = None
     tool: str | None = None
+    customer_id: str | None = None
     usage: Usage
 
 
@@ -300,6 +302,39 @@ class SessionUsage(BaseModel):
         return session_frame(self, by)
 
 
+class CustomerUsage(BaseModel):
+    """One customer (the party you bill): its usage, breakdowns, sessions and tools.
+
+    Built by :meth:`agentmeter.Tracker.customer` and
+    :meth:`agentmeter.storage.UsageStore.customer`; both raise
+    :class:`~agentmeter.NotFoundError` for a customer with nothing recorded.
+    """
+
+    model_config = _FROZEN
+
+    customer_id: str
+    usage: Usage
+    by_model: dict[str, Usage] = Field(default_factory=dict)
+    by_agent: dict[str, Usage] = Field(default_factory=dict)
+    by_session: dict[str, Usage] = Field(
+        default_factory=dict, description="The customer's usage per session"
+    )
+    tools: dict[str, ToolStats] = Field(
+        default_factory=dict, description="Per-tool stats of the customer's tool calls"
+    )
+    budget: BudgetStatus | None = None
+
+    def __str__(self) -> str:
+        from ._display import customer_text
+
+        return customer_text(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import customer_html
+
+        return customer_html(self)
+
+
 class Snapshot(BaseModel):
     """A frozen, JSON-serialisable picture of a tracker.
 
@@ -314,12 +349,16 @@ class Snapshot(BaseModel):
     by_provider: dict[str, Usage] = Field(default_factory=dict)
     by_session: dict[str, Usage] = Field(default_factory=dict)
     by_agent: dict[str, Usage] = Field(default_factory=dict)
+    by_customer: dict[str, Usage] = Field(default_factory=dict)
     by_tool: dict[str, ToolStats] = Field(default_factory=dict)
     by_category: dict[str, ToolStats] = Field(default_factory=dict)
     by_session_tool: dict[str, dict[str, ToolStats]] = Field(default_factory=dict)
     cells: tuple[UsageCell, ...] = ()
     session_tool_stats: tuple[tuple[str | None, ToolStats], ...] = Field(
         (), description="Tool stats per (session or None, tool), the source of the tool views"
+    )
+    by_customer_tool: dict[str, dict[str, ToolStats]] = Field(
+        default_factory=dict, description="Tool stats per customer, then per tool"
     )
 
 
@@ -380,6 +419,8 @@ class UsageEvent(BaseModel):
     estimated: bool = False
     tokens_saved: int = 0
     metadata: dict[str, Any] | None = None
+    customer_id: str | None = None
+    tags: dict[str, str] | None = None
 
     @classmethod
     def from_raw(cls, raw: RawEvent) -> UsageEvent:
@@ -425,5 +466,7 @@ EVENT_FIELDS: tuple[str, ...] = (
     "estimated",
     "tokens_saved",
     "metadata",
+    "customer_id",
+    "tags",
 )
 RawEvent = tuple[Any, ...]

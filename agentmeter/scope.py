@@ -79,14 +79,16 @@ class Scope:
 
     Create scopes with :func:`agentmeter.meter` (or ``tracker.meter``); use them as
     ``with`` or ``async with`` blocks. Nested scopes inherit ``session_id``,
-    ``agent_id`` (and the tool of an enclosing ``@metered_tool``) unless they set
-    their own. A scope can be entered once.
+    ``agent_id``, ``customer_id``, ``tags`` (merged key by key) and the tool of an
+    enclosing ``@metered_tool`` unless they set their own. A scope can be entered once.
 
     Attributes:
         name: The scope's name.
         path: Names from the outermost enclosing scope of the same tracker to this one.
         session_id: Effective session (own or inherited).
         agent_id: Effective agent (own or inherited).
+        customer_id: Effective customer (own or inherited).
+        tags: Effective tags: the enclosing scopes' merged with this scope's own.
         budget: This scope's own budget, if any.
         error: Name of the exception type that left the scope, if one did.
     """
@@ -94,6 +96,7 @@ class Scope:
     __slots__ = (
         "__weakref__",
         "_agent_id",
+        "_customer_id",
         "_final_budget",
         "_keys",
         "_session_id",
@@ -109,6 +112,7 @@ class Scope:
         "path",
         "row",
         "started_at",
+        "tags",
         "tool",
         "tracker",
         "uid",
@@ -124,11 +128,16 @@ class Scope:
         metadata: dict[str, Any] | None = None,
         tool: str | None = None,
         category: str | None = None,
+        *,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self.tracker = tracker
         self.name = name
         self._session_id = session_id
         self._agent_id = agent_id
+        self._customer_id = customer_id
+        self.tags = tags
         self.budget = budget
         self.metadata = metadata
         self.tool = tool
@@ -160,6 +169,11 @@ class Scope:
                 self._session_id = parent._session_id
             if self._agent_id is None:
                 self._agent_id = parent._agent_id
+            if self._customer_id is None:
+                self._customer_id = parent._customer_id
+            if parent.tags:
+                # A child's own tags win over inherited ones of the same key.
+                self.tags = {**parent.tags, **self.tags} if self.tags else parent.tags
             if self.tool is None:
                 self.tool = parent.tool
                 self.category = parent.category
@@ -243,6 +257,16 @@ class Scope:
         self._agent_id = value
         self._keys.clear()
 
+    @property
+    def customer_id(self) -> str | None:
+        """Effective customer (the party billed): own, else inherited from the enclosing scope."""
+        return self._customer_id
+
+    @customer_id.setter
+    def customer_id(self, value: str | None) -> None:
+        self._customer_id = value
+        self._keys.clear()
+
     # -- reading -----------------------------------------------------------------
     @property
     def usage(self) -> Usage:
@@ -272,7 +296,7 @@ class Scope:
     def __repr__(self) -> str:
         return (
             f"<Scope {'/'.join(self.path)!r} session={self.session_id!r} "
-            f"agent={self.agent_id!r} active={self.active}>"
+            f"agent={self.agent_id!r} customer={self.customer_id!r} active={self.active}>"
         )
 
 

@@ -37,8 +37,17 @@ from . import _fields, _tools, _validate, _views, decorators
 from ._guard import swallow
 from ._ledger import BudgetLedger
 from .budget import Budget, BudgetStore, Reservation, Spend
-from .errors import BudgetExceeded
-from .models import BudgetStatus, RawEvent, SessionUsage, Snapshot, ToolStats, Usage, UsageEvent
+from .errors import BudgetExceeded, NotFoundError
+from .models import (
+    BudgetStatus,
+    CustomerUsage,
+    RawEvent,
+    SessionUsage,
+    Snapshot,
+    ToolStats,
+    Usage,
+    UsageEvent,
+)
 from .pricing import PriceBook
 from .scope import STACK, Scope, innermost
 
@@ -49,8 +58,11 @@ logger = logging.getLogger("agentmeter")
 _FOLD_AT = 512
 _ROW_KEY = itemgetter(0)
 LLM, EMBEDDING, TOOL, CACHE = _fields.LLM, _fields.EMBEDDING, _fields.TOOL, _fields.CACHE
-# A row key: session, model, provider, agent, tool, scope, row kind (see _fields.LAYOUTS).
-_Key = tuple[str | None, str | None, str | None, str | None, str | None, Scope | None, str]
+# A row key: session, model, provider, agent, tool, scope, row kind (see _fields.LAYOUTS),
+# customer.
+_Key = tuple[
+    str | None, str | None, str | None, str | None, str | None, Scope | None, str, str | None
+]
 
 
 def _id_prefix() -> str:
@@ -73,7 +85,8 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 def _key(scope: Scope | None, session_id: str | None, model: str | None, provider: str | None,
-         agent_id: str | None, tool: str | None, kind: str) -> _Key:
+         agent_id: str | None, tool: str | None, kind: str,
+         customer_id: str | None = None) -> _Key:
     """The row key of a record: explicit attribution first, else the scope's."""
     if scope is not None:
         if session_id is None:
@@ -82,7 +95,16 @@ def _key(scope: Scope | None, session_id: str | None, model: str | None, provide
             agent_id = scope.agent_id
         if tool is None:
             tool = scope.tool
-    return (session_id, model, provider, agent_id, tool, scope, kind)
+        if customer_id is None:
+            customer_id = scope.customer_id
+    return (session_id, model, provider, agent_id, tool, scope, kind, customer_id)
+
+
+def _tags(scope: Scope | None, tags: dict[str, str] | None) -> dict[str, str] | None:
+    """The tags of an event: the scope's, overridden key by key by the record's own."""
+    if scope is None or not scope.tags:
+        return tags
+    return {**scope.tags, **tags} if tags else scope.tags
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
 _MISSING: Any = object()
 _IDX = _fields.INDEX
@@ -124,6 +146,8 @@ class Tracker:
         self._log: deque[tuple[Any, ...]] = deque()
         self._cells: dict[str | None, dict[_views.CellKey, list[Any]]] = {}
         self._tools: dict[str | None, dict[str, _tools.ToolAcc]] = {}
+        # Tool stats per customer (only records that have one); sessions above keep theirs.
+        self._ctools: dict[str, dict[str, _tools.ToolAcc]] = {}
         self._seen: dict[object, object] = {}  # call id -> the row that claimed it
         self._keys: dict[str, _Key] = {}  # row keys of records made outside any scope
         self._seen_order: deque[object] = deque()
@@ -207,6 +231,8 @@ class Tracker:
         tool: str | None = None,
         ok: bool = True,
         error: str | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         """Record one LLM call.
 
@@ -229,6 +255,9 @@ class Tracker:
             tool: Tool to credit the usage to; defaults to the enclosing ``@metered_tool``.
             ok: False for a call that failed.
             error: Error description for a failed call.
+            customer_id: Customer to bill; defaults to the enclosing scope's.
+            tags: Free-form ``{str: str}`` labels stored with the event (merged over
+                the enclosing scopes' tags).
 
         Raises:
             ValueError, TypeError: on bad arguments; nothing is counted then.
@@ -261,16 +290,22 @@ class Tracker:
         if not ((provider is None or provider.__class__ is str)
                 and (session_id is None or (session_id.__class__ is str and session_id))
                 and (agent_id is None or (agent_id.__class__ is str and agent_id))
-                and (tool is None or (tool.__class__ is str and tool))):
-            _validate.names(provider=provider, session_id=session_id, agent_id=agent_id, tool=tool)
+                and (tool is None or (tool.__class__ is str and tool))
+                and (customer_id is None or (customer_id.__class__ is str and customer_id))):
+            _validate.names(provider=provider, session_id=session_id, agent_id=agent_id, tool=tool,
+                            customer_id=customer_id)
         if call_id is not None and type(call_id) is not str:
             call_id = _validate.call_id(call_id)
         if estimated is not False and estimated is not True:
             _validate.flag("estimated", estimated)
         if ok is not True and ok is not False:
             _validate.flag("ok", ok)
+        if error is not None and error.__class__ is not str:
+            raise TypeError(f"error must be a str, got {type(error).__name__}")
         if metadata is not None:
             _validate.metadata(metadata)
+        if tags is not None:
+            tags = _validate.tags(tags)
         try:
             # The hot path. The row key is cached per scope and model when nothing
             # overrides the scope's attribution, so folding groups rows by identity.
@@ -280,13 +315,14 @@ class Tracker:
                 scope = stack[-1]
                 if scope.tracker is not self:
                     scope = innermost(self, stack)
-            if session_id is None and agent_id is None and tool is None and provider is None:
+            if (session_id is None and agent_id is None and tool is None and provider is None
+                    and customer_id is None):
                 keys = scope._keys if scope is not None else self._keys
                 key = keys.get(model)
                 if key is None:
                     key = keys[model] = _key(scope, None, model, None, None, None, LLM)
             else:
-                key = _key(scope, session_id, model, provider, agent_id, tool, LLM)
+                key = _key(scope, session_id, model, provider, agent_id, tool, LLM, customer_id)
             if cost is None:
                 prices = self.prices
                 rates = prices._cache.get(model if provider is None else (model, provider),
@@ -311,13 +347,12 @@ class Tracker:
                 budgets.settle(scope, key[0], call_id, Spend(
                     input_tokens + output_tokens, input_tokens, output_tokens, cost or 0, 1, 0))
             if self._listening:
-                self._emit((
-                    call_id if call_id.__class__ is str else self._event_id(call_id),
-                    time.time(), kind, model, provider, input_tokens,
-                    output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost,
-                    latency_ms, key[0], key[3], scope.path if scope is not None else (), key[4],
+                self._emit(self._event(
+                    call_id if call_id.__class__ is str else self._event_id(call_id), kind,
+                    model, provider, input_tokens, output_tokens, cache_read_tokens,
+                    cache_write_tokens, reasoning_tokens, cost, latency_ms, key, scope,
                     scope.category if scope is not None and key[4] == scope.tool else None,
-                    "ok" if ok else "error", error, estimated, 0, metadata,
+                    ok, error, estimated, 0, metadata, tags,
                 ))
         except BudgetExceeded:
             raise
@@ -340,20 +375,26 @@ class Tracker:
         tool: str | None = None,
         ok: bool = True,
         error: str | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         """Record one embedding call of ``input_tokens``; arguments as :meth:`record_llm`."""
         _validate.name("model", model, optional=False)
         input_tokens = _validate.count("input_tokens", input_tokens)
         latency_ms = _validate.opt_duration("latency_ms", latency_ms)
         cost = _validate.opt_cost_micros("cost_usd", cost_usd)
-        _validate.names(provider=provider, session_id=session_id, agent_id=agent_id, tool=tool)
+        _validate.names(provider=provider, session_id=session_id, agent_id=agent_id, tool=tool,
+                        customer_id=customer_id)
         call_id = _validate.call_id(call_id)
         _validate.flag("estimated", estimated)
         _validate.flag("ok", ok)
         _validate.metadata(metadata)
+        tags = _validate.tags(tags)
+        if error is not None and type(error) is not str:
+            raise TypeError(f"error must be a str, got {type(error).__name__}")
         try:
             scope = self.current_scope()
-            key = _key(scope, session_id, model, provider, agent_id, tool, EMBEDDING)
+            key = _key(scope, session_id, model, provider, agent_id, tool, EMBEDDING, customer_id)
             if cost is None:
                 rates = self.prices.rates(model, provider)
                 if rates is not None:
@@ -363,11 +404,10 @@ class Tracker:
                 return
             self._settle(scope, key, call_id, Spend(input_tokens, input_tokens, 0, cost or 0, 0, 0))
             if self._listening:
-                self._emit((
-                    self._event_id(call_id), time.time(), "embedding", model, provider,
-                    input_tokens, 0, 0, 0, 0, cost, latency_ms, key[0], key[3],
-                    scope.path if scope is not None else (), key[4], None,
-                    "ok" if ok else "error", error, estimated, 0, metadata,
+                self._emit(self._event(
+                    self._event_id(call_id), "embedding", model, provider, input_tokens, 0, 0,
+                    0, 0, cost, latency_ms, key, scope, None, ok, error, estimated, 0, metadata,
+                    tags,
                 ))
         except BudgetExceeded:
             raise
@@ -386,6 +426,8 @@ class Tracker:
         metadata: dict[str, Any] | None = None,
         *,
         error: str | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         """Record one tool call.
 
@@ -400,6 +442,8 @@ class Tracker:
             agent_id: Defaults to the enclosing scope's.
             metadata: Free-form data passed to subscribers.
             error: Error description for a failed call.
+            customer_id: Customer to bill; defaults to the enclosing scope's.
+            tags: Free-form ``{str: str}`` labels stored with the event.
         """
         _validate.name("tool", tool, optional=False)
         _validate.flag("ok", ok)
@@ -407,13 +451,14 @@ class Tracker:
         if type(category) is not str:
             raise TypeError(f"category must be a str, got {type(category).__name__}")
         call_id = _validate.call_id(call_id)
-        _validate.names(session_id=session_id, agent_id=agent_id)
+        _validate.names(session_id=session_id, agent_id=agent_id, customer_id=customer_id)
         _validate.metadata(metadata)
+        tags = _validate.tags(tags)
         if error is not None and type(error) is not str:
-            raise TypeError("error must be a str")
+            raise TypeError(f"error must be a str, got {type(error).__name__}")
         try:
             scope = self.current_scope()
-            key = _key(scope, session_id, None, None, agent_id, tool, TOOL)
+            key = _key(scope, session_id, None, None, agent_id, tool, TOOL, customer_id)
             cid = str(call_id) if call_id is not None else self.new_call_id()
             row = (key, 0 if ok else 1, duration_ms)
             if call_id is not None and not self._first_time(call_id, row):
@@ -429,13 +474,23 @@ class Tracker:
                 elif category and acc.category != category:
                     acc.category = category
                 acc.add(ok, duration_ms, cid)
+                customer = key[7]
+                if customer is not None:
+                    ctools = self._ctools.get(customer)
+                    if ctools is None:
+                        ctools = self._ctools[customer] = {}
+                    cacc = ctools.get(tool)
+                    if cacc is None:
+                        cacc = ctools[tool] = _tools.ToolAcc(category)
+                    elif category and cacc.category != category:
+                        cacc.category = category
+                    cacc.add(ok, duration_ms, cid)
             self._append(row, None)
             self._settle(scope, key, cid, Spend(0, 0, 0, 0, 0, 1))
             if self._listening:
-                self._emit((
-                    cid, time.time(), "tool", None, None, 0, 0, 0, 0, 0, None, duration_ms,
-                    session, key[3], scope.path if scope is not None else (), tool,
-                    category or None, "ok" if ok else "error", error, False, 0, metadata,
+                self._emit(self._event(
+                    cid, "tool", None, None, 0, 0, 0, 0, 0, None, duration_ms, key, scope,
+                    category or None, ok, error, False, 0, metadata, tags,
                 ))
         except BudgetExceeded:
             raise
@@ -450,10 +505,13 @@ class Tracker:
         agent_id: str | None = None,
         model: str | None = None,
         metadata: dict[str, Any] | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         """Record a hit of the application's own cache (an LLM call that was not made)."""
         tokens_saved = _validate.count("tokens_saved", tokens_saved)
-        self._record_cache(True, tokens_saved, session_id, agent_id, model, metadata)
+        self._record_cache(True, tokens_saved, session_id, agent_id, model, metadata,
+                           customer_id, tags)
 
     def record_cache_miss(
         self,
@@ -462,26 +520,30 @@ class Tracker:
         agent_id: str | None = None,
         model: str | None = None,
         metadata: dict[str, Any] | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         """Record a miss of the application's own cache."""
-        self._record_cache(False, 0, session_id, agent_id, model, metadata)
+        self._record_cache(False, 0, session_id, agent_id, model, metadata, customer_id, tags)
 
     def _record_cache(
         self, hit: bool, saved: int, session_id: str | None, agent_id: str | None,
-        model: str | None, metadata: dict[str, Any] | None,
+        model: str | None, metadata: dict[str, Any] | None, customer_id: str | None,
+        tags: dict[str, str] | None,
     ) -> None:
-        _validate.names(session_id=session_id, agent_id=agent_id, model=model)
+        _validate.names(session_id=session_id, agent_id=agent_id, model=model,
+                        customer_id=customer_id)
         _validate.metadata(metadata)
+        tags = _validate.tags(tags)
         try:
             scope = self.current_scope()
-            key = _key(scope, session_id, model, None, agent_id, None, CACHE)
+            key = _key(scope, session_id, model, None, agent_id, None, CACHE, customer_id)
             self._append((key, 1 if hit else 0, 0 if hit else 1, saved), None)
             if self._listening:
-                self._emit((
-                    self.new_call_id(), time.time(), "cache_hit" if hit else "cache_miss",
-                    model, None, 0, 0, 0, 0, 0, None, None, key[0], key[3],
-                    scope.path if scope is not None else (), key[4], None, "ok", None, False,
-                    saved, metadata,
+                self._emit(self._event(
+                    self.new_call_id(), "cache_hit" if hit else "cache_miss", model, None, 0,
+                    0, 0, 0, 0, None, None, key, scope, None, True, None, False, saved,
+                    metadata, tags,
                 ))
         except Exception as exc:
             swallow(exc, "record_cache")
@@ -524,6 +586,24 @@ class Tracker:
     def _event_id(self, call_id: object) -> str:
         return str(call_id) if call_id is not None else self.new_call_id()
 
+    @staticmethod
+    def _event(
+        call_id: str, kind: str, model: str | None, provider: str | None, input_tokens: int,
+        output_tokens: int, cache_read: int, cache_write: int, reasoning: int,
+        cost: int | None, latency_ms: float | None, key: _Key, scope: Scope | None,
+        category: str | None, ok: bool, error: str | None, estimated: bool, saved: int,
+        metadata: dict[str, Any] | None, tags: dict[str, str] | None,
+    ) -> RawEvent:
+        """The raw event tuple of a recorded call (``models.EVENT_FIELDS`` order): the one
+        place it is built."""
+        return (
+            call_id, time.time(), kind, model, provider, input_tokens, output_tokens,
+            cache_read, cache_write, reasoning, cost, latency_ms, key[0], key[3],
+            scope.path if scope is not None else (), key[4], category,
+            "ok" if ok else "error", error, estimated, saved, metadata, key[7],
+            _tags(scope, tags),
+        )
+
     def new_call_id(self) -> str:
         """A cheap process-unique call id (for callers that need one before recording)."""
         return f"{self._id_prefix}{next(self._ids)}"
@@ -558,12 +638,12 @@ class Tracker:
                 cols = zip(*group, strict=True)  # rows of one key have one layout
                 next(cols)
                 sums = list(map(sum, cols))
-            session, model, provider, agent, tool, scope, kind = key
+            session, model, provider, agent, tool, scope, kind, customer = key
             full = _fields.expand(kind, len(group), sums)
             bucket = cells.get(session)
             if bucket is None:
                 bucket = cells[session] = {}
-            ckey = (model, provider, agent, tool)
+            ckey = (model, provider, agent, tool, customer)
             cell = bucket.get(ckey)
             if cell is None:
                 bucket[ckey] = full
@@ -653,26 +733,29 @@ class Tracker:
                 fn()
 
     # ---------------------------------------------------------------- reading
-    def _copy_state(self) -> tuple[_views.CellRows, _views.ToolRows]:
+    def _copy_state(self) -> tuple[_views.CellRows, _views.ToolRows, _views.ToolRows]:
         """Copy cells and tool accumulators (caller holds the lock, log folded)."""
         cells = [(s, k, list(row)) for s, b in self._cells.items() for k, row in b.items()]
         tools = [(s, t, acc.copy()) for s, b in self._tools.items() for t, acc in b.items()]
-        return cells, tools
+        ctools: _views.ToolRows = [
+            (c, t, acc.copy()) for c, b in self._ctools.items() for t, acc in b.items()
+        ]
+        return cells, tools, ctools
 
     def snapshot(self) -> Snapshot:
         """A frozen picture of everything counted so far."""
         with self._lock:
             self._fold()
-            cells, tools = self._copy_state()
-        return _views.snapshot(cells, tools)
+            cells, tools, ctools = self._copy_state()
+        return _views.snapshot(cells, tools, ctools)
 
     def snapshot_and_reset(self) -> Snapshot:
         """Atomically take a snapshot and clear the counters (e.g. per reporting period)."""
         with self._lock:
             self._fold()
-            cells, tools = self._copy_state()
+            cells, tools, ctools = self._copy_state()
             self._clear()
-        return _views.snapshot(cells, tools)
+        return _views.snapshot(cells, tools, ctools)
 
     def reset(self) -> None:
         """Clear every counter and breakdown (budgets, prices and subscribers stay)."""
@@ -685,6 +768,7 @@ class Tracker:
         # hold references to them.
         self._cells = {}
         self._tools = {}
+        self._ctools = {}
         self._seen.clear()
         self._seen_order.clear()
 
@@ -699,7 +783,8 @@ class Tracker:
         if not isinstance(snapshot, Snapshot):
             raise TypeError(f"merge() takes a Snapshot, got {type(snapshot).__name__}")
         rows = [
-            (c.session_id, (c.model, c.provider, c.agent_id, c.tool), c.usage.to_row())
+            (c.session_id, (c.model, c.provider, c.agent_id, c.tool, c.customer_id),
+             c.usage.to_row())
             for c in snapshot.cells
         ]
         with self._lock:
@@ -712,12 +797,20 @@ class Tracker:
                 if acc is None:
                     acc = bucket[stats.tool] = _tools.ToolAcc(stats.category)
                 acc.absorb(stats)
+            for customer, by_tool in snapshot.by_customer_tool.items():
+                cbucket = self._ctools.setdefault(customer, {})
+                for name, stats in by_tool.items():
+                    acc = cbucket.get(name)
+                    if acc is None:
+                        acc = cbucket[name] = _tools.ToolAcc(stats.category)
+                    acc.absorb(stats)
 
     def session(self, session_id: str) -> SessionUsage:
         """One session's usage, per-model and per-agent breakdowns, tool stats and budget.
 
         Raises:
-            KeyError: if nothing was recorded for the session and it has no budget.
+            NotFoundError: (a :class:`LookupError`) if nothing was recorded for the
+                session and it has no budget -- the rule of every per-id read.
         """
         _validate.name("session_id", session_id, optional=False)
         with self._lock:
@@ -728,8 +821,39 @@ class Tracker:
             tool_accs = [(t, a.copy()) for t, a in (tools or {}).items()]
         budget = self._budgets.session_status(session_id)
         if cells is None and tools is None and budget is None:
-            raise KeyError(f"unknown session {session_id!r}")
+            raise NotFoundError("session", session_id)
         return _views.session_usage(session_id, cell_rows, tool_accs, budget)
+
+    def customer(self, customer_id: str) -> CustomerUsage:
+        """One customer's usage: per model, agent and session, its tool stats.
+
+        A customer's view survives :meth:`close_session` of its sessions (the
+        closed sessions' usage stays in it, and leaves ``by_session``).
+
+        Raises:
+            NotFoundError: (a :class:`LookupError`) if nothing was recorded for it.
+        """
+        _validate.name("customer_id", customer_id, optional=False)
+        with self._lock:
+            self._fold()
+            cell_rows = [
+                (s, k, list(r))
+                for s, b in self._cells.items()
+                for k, r in b.items()
+                if k[4] == customer_id
+            ]
+            tools = self._ctools.get(customer_id)
+            tool_accs = [(t, a.copy()) for t, a in (tools or {}).items()]
+        if not cell_rows and tools is None:
+            raise NotFoundError("customer", customer_id)
+        return _views.customer_usage(customer_id, cell_rows, tool_accs, None)
+
+    def customers(self) -> list[str]:
+        """Ids of the customers with recorded usage."""
+        with self._lock:
+            self._fold()
+            ids = {k[4] for b in self._cells.values() for k in b} | set(self._ctools)
+        return sorted(i for i in ids if i is not None)
 
     def sessions(self) -> list[str]:
         """Ids of the sessions currently held (closed sessions are not)."""
@@ -745,7 +869,7 @@ class Tracker:
         tool breakdowns; only the per-session view and its budget are dropped.
 
         Raises:
-            KeyError: if the session is unknown.
+            NotFoundError: if the session is unknown.
         """
         _validate.name("session_id", session_id, optional=False)
         budget = self._budgets.session_status(session_id)
@@ -766,7 +890,7 @@ class Tracker:
                     else:
                         cur.absorb(acc)
         if cells is None and tools is None and budget is None:
-            raise KeyError(f"unknown session {session_id!r}")
+            raise NotFoundError("session", session_id)
         self._budgets.close_session(session_id)
         return _views.session_usage(
             session_id, list((cells or {}).items()), list((tools or {}).items()), budget
@@ -781,7 +905,7 @@ class Tracker:
         _validate.name("session_id", session_id)
         try:
             return ToolTable(self.session(session_id).tools)
-        except KeyError:
+        except NotFoundError:
             return ToolTable()
 
     def _scope_usage(self, scope: Scope) -> Usage:
@@ -804,20 +928,28 @@ class Tracker:
         agent_id: str | None = None,
         budget: Budget | None = None,
         metadata: dict[str, Any] | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Scope:
         """Open an attribution scope: ``with tracker.meter("turn", session_id="s1") as scope:``.
 
         Works with ``with`` and ``async with``. Records inside are added to the
         scope and to every enclosing scope; ``scope.usage`` reads the totals. A
         ``budget`` limits what may be spent inside (see :meth:`check_budget`).
+        ``customer_id`` (the party billed), ``session_id`` and ``agent_id`` are
+        inherited by nested scopes unless they set their own; ``tags`` are merged
+        key by key and stored with every event recorded inside.
         """
         _validate.name("name", name, optional=False)
-        _validate.name("session_id", session_id)
-        _validate.name("agent_id", agent_id)
+        _validate.names(session_id=session_id, agent_id=agent_id, customer_id=customer_id)
         if budget is not None and not isinstance(budget, Budget):
             raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
         _validate.metadata(metadata)
-        return Scope(self, name, session_id, agent_id, budget, metadata)
+        tags = _validate.tags(tags)
+        return Scope(
+            self, name, session_id, agent_id, budget, metadata, customer_id=customer_id,
+            tags=tags,
+        )
 
     @overload
     def metered(self, func: F, /) -> F: ...
@@ -830,6 +962,8 @@ class Tracker:
         session_id: str | None = None,
         agent_id: str | None = None,
         budget: Budget | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Callable[[F], F]: ...
     def metered(
         self,
@@ -840,6 +974,8 @@ class Tracker:
         session_id: str | None = None,
         agent_id: str | None = None,
         budget: Budget | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Any:
         """Meter every call of a function in its own scope.
 
@@ -848,7 +984,14 @@ class Tracker:
         is noted on the scope and re-raised unchanged.
         """
         return decorators.metered(
-            self, func_or_name, name=name, session_id=session_id, agent_id=agent_id, budget=budget
+            self,
+            func_or_name,
+            name=name,
+            session_id=session_id,
+            agent_id=agent_id,
+            budget=budget,
+            customer_id=customer_id,
+            tags=tags,
         )
 
     @overload
@@ -863,6 +1006,8 @@ class Tracker:
         session_id: str | None = None,
         agent_id: str | None = None,
         budget: Budget | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Callable[[F], F]: ...
     def metered_tool(
         self,
@@ -874,6 +1019,8 @@ class Tracker:
         session_id: str | None = None,
         agent_id: str | None = None,
         budget: Budget | None = None,
+        customer_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Any:
         """Meter a tool function: calls, ok/failed, duration and the tokens spent inside.
 
@@ -890,6 +1037,8 @@ class Tracker:
             session_id=session_id,
             agent_id=agent_id,
             budget=budget,
+            customer_id=customer_id,
+            tags=tags,
         )
 
     # ---------------------------------------------------------------- budgets

@@ -150,7 +150,7 @@ def test_session_view_and_unknown_session(tracker):
     assert s.by_agent["planner"].llm_calls == 1
     assert s.tools["search"].calls == 1
     assert tracker.sessions() == ["s1"]
-    with pytest.raises(KeyError):
+    with pytest.raises(agentmeter.NotFoundError, match="unknown session"):
         tracker.session("nope")
     assert tracker.tool_stats("nope") == {}
 
@@ -163,7 +163,7 @@ def test_close_session_returns_final_usage_and_frees_it(tracker):
     assert final.usage.total_tokens == 12 and final.tools["search"].calls == 1
     assert final.budget is not None and final.budget.used["max_tokens"] == 12
     assert "s1" not in tracker.sessions()
-    with pytest.raises(KeyError):
+    with pytest.raises(LookupError):
         tracker.session("s1")
     snap = tracker.snapshot()  # totals and tool stats survive the close
     assert snap.totals.total_tokens == 12 and snap.by_tool["search"].calls == 1
