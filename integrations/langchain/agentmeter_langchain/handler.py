@@ -51,8 +51,8 @@ class UnreportedUsageWarning(UserWarning):
 # Per-run state is a plain tuple (cheaper to build than an object, and this is
 # the hot path). Element 0 is the tool a run's children are credited to, element
 # 1 the kind of run; the rest depends on the kind.
-_LLM = 0  # (tool, _LLM, model, provider, session, agent, t0, prompt, kind, serialized)
-_TOOL = 1  # (tool, _TOOL, name, session, agent, category, scope, t0)
+_LLM = 0  # (tool, _LLM, model, provider, session, agent, t0, prompt, kind, serialized, customer)
+_TOOL = 1  # (tool, _TOOL, name, session, agent, category, scope, t0, customer)
 _NESTED = 2  # (tool, _NESTED): a chain / retriever below a tool
 
 _Run = tuple[Any, ...]
@@ -95,7 +95,9 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
       ``thread_id``); agent from ``agent_id`` / ``lc_agent_name`` metadata, else
       the LangGraph node. Explicit values (this handler's arguments, ``session_id``
       / ``agent_id`` metadata) win over the enclosing ``meter()`` scope, which wins
-      over the implicit LangGraph ``thread_id`` / node.
+      over the implicit LangGraph ``thread_id`` / node. The customer (the party
+      billed) from this handler's ``customer_id``, else the run metadata
+      ``customer_id``, else the enclosing scope's.
     - Budgets: before each model and tool call, the budget that applies (scope,
       session) is checked and the estimated prompt reserved; a call that would
       overspend raises :class:`agentmeter.BudgetExceeded` before it is sent.
@@ -104,6 +106,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         tracker: Tracker to record into (default: ``agentmeter.get_tracker()``).
         session_id: Session for every call this handler sees (overrides metadata).
         agent_id: Agent for every call this handler sees (overrides metadata).
+        customer_id: Customer for every call this handler sees (overrides metadata).
         enforce_budgets: Check budgets before calls (raise ``BudgetExceeded``).
         max_runs: Bound on the runs tracked at once (runs that never end are evicted).
     """
@@ -120,12 +123,17 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         *,
         session_id: str | None = None,
         agent_id: str | None = None,
+        customer_id: str | None = None,
         enforce_budgets: bool = True,
         max_runs: int = _DEFAULT_MAX_RUNS,
     ) -> None:
         if tracker is not None and not isinstance(tracker, agentmeter.Tracker):
             raise TypeError(f"tracker must be an agentmeter.Tracker, got {type(tracker).__name__}")
-        for arg, value in (("session_id", session_id), ("agent_id", agent_id)):
+        for arg, value in (
+            ("session_id", session_id),
+            ("agent_id", agent_id),
+            ("customer_id", customer_id),
+        ):
             if value is not None and (type(value) is not str or not value):
                 raise TypeError(f"{arg} must be a non-empty str or None, got {value!r}")
         if type(max_runs) is not int or max_runs < 1:
@@ -133,6 +141,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         self.tracker = tracker if tracker is not None else agentmeter.get_tracker()
         self.session_id = session_id
         self.agent_id = agent_id
+        self.customer_id = customer_id
         self.enforce_budgets = bool(enforce_budgets)
         self.max_runs = max_runs
         self._runs: dict[UUID, _Run] = {}
@@ -178,6 +187,12 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 if implicit_agent is not None and (scope is None or scope.agent_id is None):
                     agent = _str_or_none(implicit_agent)
         return session, agent
+
+    def _customer(self, md: dict[str, Any] | None) -> str | None:
+        """The run's customer: this handler's, else the metadata's (None: the scope's)."""
+        if self.customer_id is not None or not md:
+            return self.customer_id
+        return _str_or_none(md.get("customer_id"))
 
     def _budgets_apply(self) -> bool:
         """Whether any budget may apply to a call here (decided without building one)."""
@@ -305,6 +320,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             prompt,
             kind,
             serialized,
+            self._customer(md),
         )
         if len(runs) > self.max_runs:
             self._evict()
@@ -396,6 +412,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 run[5],
                 None,
                 tool=run[0],
+                customer_id=run[10],
             )
         except Exception as exc:
             swallow(exc, "AgentMeterCallbackHandler.on_llm_end")
@@ -452,6 +469,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 run[5],
                 None,
                 tool=run[0],
+                customer_id=run[10],
             )
         else:  # the start was not seen (handler added mid-run, or evicted)
             self.tracker.record_llm(
@@ -469,6 +487,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 estimated,
                 self.session_id,
                 self.agent_id,
+                customer_id=self.customer_id,
             )
 
     def _estimate(self, run: _Run | None, gen: Any, streamed_chars: int | None) -> tuple[int, int]:
@@ -553,6 +572,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 session_id=run[4],
                 agent_id=run[5],
                 tool=run[0],
+                customer_id=run[10],
                 ok=False,
                 error=type(error).__name__,
             )
@@ -564,6 +584,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 call_id=str(run_id),
                 session_id=self.session_id,
                 agent_id=self.agent_id,
+                customer_id=self.customer_id,
                 ok=False,
                 error=type(error).__name__,
             )
@@ -622,6 +643,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             run[5] if run is not None else self.agent_id,
             {"stream": "abandoned" if abandoned else "failed", "partial": True},
             tool=run[0] if run is not None else None,
+            customer_id=run[10] if run is not None else self.customer_id,
             # The consumer stopping a stream is not a failure of the call.
             ok=abandoned,
             error=note,
@@ -671,6 +693,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 or "tool"
             )
             session, agent = self._who(metadata)
+            customer = self._customer(metadata)
             category = ""
             if metadata:
                 category = metadata.get("tool_category") or ""
@@ -685,10 +708,18 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             scope = None
             if tool_run_started(run_id):
                 scope = Scope(
-                    self.tracker, f"tool:{name}", session, agent, None, None, name, category
+                    self.tracker,
+                    f"tool:{name}",
+                    session,
+                    agent,
+                    None,
+                    None,
+                    name,
+                    category,
+                    customer_id=customer,
                 )
                 scope.__enter__()
-            run = (name, _TOOL, name, session, agent, category, scope, perf_counter())
+            run = (name, _TOOL, name, session, agent, category, scope, perf_counter(), customer)
             self._track(run_id, run)
         except BudgetExceeded:
             raise
@@ -737,7 +768,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
     ) -> None:
         tool_run_ended(run_id)
         if run is not None and run[1] == _TOOL:
-            _, _, tool, session, agent, category, scope, t0 = run
+            _, _, tool, session, agent, category, scope, t0, customer = run
             try:
                 self.tracker.record_tool_call(
                     tool,
@@ -748,6 +779,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                     session,
                     agent,
                     error=error,
+                    customer_id=customer,
                 )
             finally:
                 if scope is not None:
@@ -762,6 +794,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 self.session_id,
                 self.agent_id,
                 error=error,
+                customer_id=self.customer_id,
             )
 
     # ------------------------------------------- runs nested below a tool
