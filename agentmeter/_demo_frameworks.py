@@ -54,7 +54,12 @@ def run_langchain(tracker: Tracker, say: Say) -> None:
     for thread in ("lc-thread-1", "lc-thread-2"):
         agent.invoke(
             {"messages": [("user", f"research {thread}")]},
-            config={"callbacks": [handler], "configurable": {"thread_id": thread}},
+            config={
+                "callbacks": [handler],
+                "configurable": {"thread_id": thread},
+                # The customer billed for this run (the handler reads it from metadata).
+                "metadata": {"customer_id": "initech"},
+            },
         )
     say(f"langchain: LangGraph agent ran 2 threads, {model.requests} model requests")
 
@@ -74,7 +79,9 @@ def run_llamaindex(tracker: Tracker, say: Say) -> None:
     try:
         llm = MockLLM(max_tokens=32)
         embed = MockEmbedding(embed_dim=8)
-        with tracker.meter("llamaindex-turn", session_id="li-session", agent_id="li-agent"):
+        with tracker.meter(
+            "llamaindex-turn", session_id="li-session", agent_id="li-agent", customer_id="globex"
+        ):
             llm.complete("Summarise agentmeter in one line.")
             llm.chat([ChatMessage(role="user", content="And what does it cost?")])
             docs = [Document(text=f"agentmeter note {i}: tokens, cost, tools") for i in range(4)]

@@ -21,6 +21,8 @@ from .scope import run_in_context
 from .tracker import Tracker
 
 MODEL = "gpt-4o-mini"
+# Who each plain-Python session bills (the frameworks' parts bill initech and globex).
+CUSTOMERS = {"s1": "acme", "s2": "acme", "s3": "globex"}
 
 
 def _fake_llm(tracker: Tracker, prompt: str, rng: random.Random) -> str:
@@ -60,7 +62,13 @@ def build_agent(tracker: Tracker, rng: random.Random) -> Callable[[str, str], st
         return ["search", "calc", "search"]
 
     def run(session_id: str, question: str) -> str:
-        with tracker.meter("turn", session_id=session_id, agent_id="researcher"):
+        with tracker.meter(
+            "turn",
+            session_id=session_id,
+            agent_id="researcher",
+            customer_id=CUSTOMERS[session_id],
+            tags={"env": "demo"},
+        ):
             steps = plan(question)
             for step in steps:
                 if step == "search":

@@ -47,6 +47,7 @@ SNAPSHOT_VIEWS = (
     "model",
     "provider",
     "agent",
+    "customer",
     "tool",
     "category",
     "session_tool",
@@ -79,7 +80,7 @@ TOOL_COLUMNS: tuple[str, ...] = (
     "cost_usd",
     "unpriced_calls",
 )
-CELL_KEYS = ("session_id", "agent_id", "model", "provider", "tool")
+CELL_KEYS = ("customer_id", "session_id", "agent_id", "model", "provider", "tool")
 
 
 def _pandas() -> Any:
@@ -202,7 +203,8 @@ def snapshot_frame(snap: Snapshot, by: str = "cells") -> pd.DataFrame:
     Args:
         snap: The snapshot.
         by: ``"cells"`` (tidy joint breakdown, the default), ``"totals"`` (one row),
-            ``"session"``, ``"model"``, ``"provider"``, ``"agent"`` (usage per key),
+            ``"session"``, ``"model"``, ``"provider"``, ``"agent"``, ``"customer"``
+            (usage per key),
             ``"tool"``, ``"category"`` (tool stats) or ``"session_tool"`` (tool stats
             per session and tool).
 
@@ -213,7 +215,7 @@ def snapshot_frame(snap: Snapshot, by: str = "cells") -> pd.DataFrame:
         return cells_frame(snap)
     if by == "totals":
         return usage_frame({"total": snap.totals}, "scope")
-    if by in ("session", "model", "provider", "agent"):
+    if by in ("session", "model", "provider", "agent", "customer"):
         usages: Mapping[str, Usage] = getattr(snap, f"by_{by}")
         return usage_frame(usages, by)
     if by in ("tool", "category"):

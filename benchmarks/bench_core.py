@@ -1,8 +1,9 @@
-"""Core benchmarks: DESIGN.md's performance rows, as ratios to the floor of the same run.
+"""Core benchmarks: the core performance rows, as ratios to the floor of the same run.
 
 Run: ``python benchmarks/bench_core.py [--quick]``.
-The seed_000 anchor is loaded from ``../shared/reference`` when present (it is
-measured, not copied).
+The seed_000 anchor (the thread-safe bucket tracker users had before agentmeter;
+not part of this repository) is measured when ``$AGENTMETER_ANCHORS`` names a
+directory holding ``seed_000_context_buckets_tracker.py``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from agentmeter import Tracker
 
 
 def _seed000() -> Any | None:
-    here = Path(__file__).resolve()
-    for base in (here.parents[1], *here.parents[1].parents):
-        p = base / "shared" / "reference" / "seed_000_context_buckets_tracker.py"
+    anchors = os.environ.get("AGENTMETER_ANCHORS")
+    if anchors:
+        p = Path(anchors) / "seed_000_context_buckets_tracker.py"
         if p.exists():
             spec = importlib.util.spec_from_file_location("seed_000_anchor", p)
             assert spec and spec.loader

@@ -1,6 +1,6 @@
 """Reading token usage out of LangChain results (``usage_metadata``, ``llm_output``).
 
-Conventions are agentmeter's (see DESIGN.md): ``input_tokens`` includes the cached
+Conventions are agentmeter's (see the README's Conventions): ``input_tokens`` includes the cached
 prompt tokens, ``output_tokens`` includes reasoning. A source that reports them
 the other way (Anthropic's raw ``usage``, Gemini's thoughts) is normalised here.
 """
