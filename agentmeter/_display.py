@@ -120,7 +120,8 @@ def _fmt_time(t: datetime) -> str:
 
 
 # ---------------------------------------------------------------------- tables
-_CELL = "padding:2px 8px;white-space:nowrap"
+_CELL = "padding:2px 6px;white-space:nowrap"
+_SCROLL = "overflow-x:auto;max-width:100%"
 
 
 @dataclass
@@ -135,7 +136,11 @@ class Table:
 
     def html(self, notes: bool = True) -> str:
         align = ["right" if n else "left" for n in self.numeric]
-        out = ['<table class="agentmeter-table" style="border-collapse:collapse">']
+        # The wrapper scrolls a table wider than its notebook cell (the page never does).
+        out = [
+            f'<div class="agentmeter-scroll" style="{_SCROLL}">'
+            '<table class="agentmeter-table" style="border-collapse:collapse">'
+        ]
         if self.title:
             out.append(
                 '<caption style="text-align:left;font-weight:bold;padding:4px 0">'
@@ -156,7 +161,7 @@ class Table:
                     style += ";font-style:italic;color:#a15c00"
                 out.append(f'<{tag} style="{style}">{html.escape(cell)}</{tag}>')
             out.append("</tr>")
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
         if notes:
             out.append(_notes_html(self.notes))
         return "".join(out)
@@ -226,30 +231,33 @@ def _tok(value: int, u: Usage) -> str:
     return f"{ESTIMATED_MARK}{text}" if u.estimated_calls and value else text
 
 
+# Most-read columns first (what it cost, how many calls and failures), the detail after:
+# a notebook cell narrower than the table scrolls it sideways, the first columns stay
+# in view (issue: a 1280 px page cut the failures off).
 _USAGE_COLS: tuple[_Col, ...] = (
-    _Col("LLM calls", lambda u: fmt_count(u.llm_calls)),
-    _Col("failed", lambda u: fmt_count(u.failed_llm_calls), lambda u: u.failed_llm_calls > 0),
-    _Col("input", lambda u: _tok(u.input_tokens, u)),
-    _Col("cache read", lambda u: _tok(u.cache_read_tokens, u), lambda u: u.cache_read_tokens > 0),
-    _Col(
-        "cache write", lambda u: _tok(u.cache_write_tokens, u), lambda u: u.cache_write_tokens > 0
-    ),
-    _Col("output", lambda u: _tok(u.output_tokens, u)),
-    _Col("reasoning", lambda u: _tok(u.reasoning_tokens, u), lambda u: u.reasoning_tokens > 0),
-    _Col("embed calls", lambda u: fmt_count(u.embedding_calls), lambda u: u.embedding_calls > 0),
-    _Col("embed tokens", lambda u: _tok(u.embedding_tokens, u), lambda u: u.embedding_calls > 0),
     _Col("total tokens", lambda u: _tok(u.total_tokens, u)),
     _Col("cost", lambda u: fmt_usd(u.cost_usd, u.unpriced_calls)),
-    _Col(
-        "mean LLM latency",
-        lambda u: fmt_ms(u.llm_latency_ms / u.llm_calls if u.llm_calls else None),
-        lambda u: u.llm_latency_ms > 0,
-    ),
+    _Col("LLM calls", lambda u: fmt_count(u.llm_calls)),
+    _Col("LLM failures", lambda u: fmt_count(u.failed_llm_calls), lambda u: u.failed_llm_calls > 0),
     _Col("tool calls", lambda u: fmt_count(u.tool_calls), lambda u: u.tool_calls > 0),
     _Col(
         "tool failures",
         lambda u: fmt_count(u.failed_tool_calls),
         lambda u: u.failed_tool_calls > 0,
+    ),
+    _Col("input", lambda u: _tok(u.input_tokens, u)),
+    _Col("output", lambda u: _tok(u.output_tokens, u)),
+    _Col("cache read", lambda u: _tok(u.cache_read_tokens, u), lambda u: u.cache_read_tokens > 0),
+    _Col(
+        "cache write", lambda u: _tok(u.cache_write_tokens, u), lambda u: u.cache_write_tokens > 0
+    ),
+    _Col("reasoning", lambda u: _tok(u.reasoning_tokens, u), lambda u: u.reasoning_tokens > 0),
+    _Col("embed calls", lambda u: fmt_count(u.embedding_calls), lambda u: u.embedding_calls > 0),
+    _Col("embed tokens", lambda u: _tok(u.embedding_tokens, u), lambda u: u.embedding_calls > 0),
+    _Col(
+        "mean LLM latency",
+        lambda u: fmt_ms(u.llm_latency_ms / u.llm_calls if u.llm_calls else None),
+        lambda u: u.llm_latency_ms > 0,
     ),
     _Col("cache hits", lambda u: fmt_count(u.cache_hits), lambda u: u.cache_hits > 0),
     _Col("cache misses", lambda u: fmt_count(u.cache_misses), lambda u: u.cache_misses > 0),
@@ -282,18 +290,18 @@ def _tool_cost(t: ToolStats) -> str:
 
 
 _TOOL_COLS: tuple[_Col, ...] = (
-    _Col("category", lambda t: t.category, lambda t: bool(t.category)),
     _Col("calls", lambda t: fmt_count(t.calls)),
-    _Col("ok", lambda t: fmt_count(t.ok)),
     _Col("failed", lambda t: fmt_count(t.failed)),
     _Col("success", lambda t: fmt_pct(t.success_rate)),
-    _Col("mean", lambda t: fmt_ms(t.mean_duration_ms)),
     _Col("p50", lambda t: fmt_ms(t.p50_ms)),
     _Col("p95", lambda t: fmt_ms(t.p95_ms)),
-    _Col("max", lambda t: fmt_ms(t.max_duration_ms)),
-    _Col("LLM calls", lambda t: fmt_count(t.llm_calls)),
-    _Col("tokens", lambda t: fmt_count(t.total_tokens)),
     _Col("cost", _tool_cost),
+    _Col("tokens", lambda t: fmt_count(t.total_tokens)),
+    _Col("LLM calls", lambda t: fmt_count(t.llm_calls)),
+    _Col("mean", lambda t: fmt_ms(t.mean_duration_ms)),
+    _Col("max", lambda t: fmt_ms(t.max_duration_ms)),
+    _Col("ok", lambda t: fmt_count(t.ok)),
+    _Col("category", lambda t: t.category, lambda t: bool(t.category)),
 )
 
 
@@ -304,14 +312,18 @@ def _tool_notes(stats: Iterable[ToolStats]) -> list[str]:
     return notes
 
 
+def _text_category(table: Table) -> None:
+    """The category column (the last, when shown) is text: left-aligned like the key."""
+    if table.headers[-1] == "category":
+        table.numeric[-1] = False
+
+
 def tools_table(stats: Mapping[str, ToolStats], title: str = "", key_header: str = "tool") -> Table:
     """A table of tool stats, one row per tool (tokens and cost are those spent inside)."""
     items = list(stats.items())
-    cols = _TOOL_COLS if key_header == "tool" else _TOOL_COLS[1:]
+    cols = _TOOL_COLS if key_header == "tool" else _TOOL_COLS[:-1]
     table = _build(key_header, items, cols, title)
-    # The category column is the first optional one: keep it left-aligned like the key.
-    if table.headers[1:2] == ["category"]:
-        table.numeric[1] = False
+    _text_category(table)
     table.notes = _tool_notes(stats.values())
     return table
 
@@ -319,8 +331,7 @@ def tools_table(stats: Mapping[str, ToolStats], title: str = "", key_header: str
 def _session_tool_table(by_session_tool: Mapping[str, Mapping[str, ToolStats]]) -> Table:
     items = [(f"{s} / {t}", st) for s, tools in by_session_tool.items() for t, st in tools.items()]
     table = _build("session / tool", items, _TOOL_COLS)
-    if table.headers[1:2] == ["category"]:
-        table.numeric[1] = False
+    _text_category(table)
     table.notes = _tool_notes(st for _, st in items)
     return table
 

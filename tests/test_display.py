@@ -46,8 +46,9 @@ def table_rows(soup: BeautifulSoup, caption_or_heading: str | None = None) -> li
     if caption_or_heading is None:
         table = soup.find("table")
     else:
-        heading = soup.find(lambda t: t.name in ("h4", "summary") and t.get_text().startswith(
-            caption_or_heading))
+        heading = soup.find(
+            lambda t: t.name in ("h4", "summary") and t.get_text().startswith(caption_or_heading)
+        )
         assert heading is not None, caption_or_heading
         table = heading.find_next("table")
     return [[c.get_text() for c in tr.find_all(["th", "td"])] for tr in table.find_all("tr")]
@@ -69,7 +70,9 @@ def busy() -> Tracker:
         for sid in ("s1", "s2"):
             with t.meter("turn", session_id=sid, agent_id="planner"):
                 t.record_llm(
-                    model="gpt-4o-mini", input_tokens=12_000, output_tokens=800,
+                    model="gpt-4o-mini",
+                    input_tokens=12_000,
+                    output_tokens=800,
                     cache_read_tokens=1_024,
                 )
                 t.record_llm(model="local-llama", input_tokens=300, output_tokens=50)
@@ -79,8 +82,9 @@ def busy() -> Tracker:
                         tool="web_search", ok=i != 3, duration_ms=10.0 + i, category="search"
                     )
                     t.record_tool_call(tool="calc<&>", ok=True, duration_ms=0.5)
-        t.record_llm(model="gpt-4o-mini", input_tokens=100, output_tokens=10, estimated=True,
-                     session_id="s3")
+        t.record_llm(
+            model="gpt-4o-mini", input_tokens=100, output_tokens=10, estimated=True, session_id="s3"
+        )
     return t
 
 
@@ -105,7 +109,10 @@ def test_fmt_usd_partly_unpriced_and_counts_and_ms() -> None:
     assert fmt_count(1_234_567) == "1,234,567"
     assert fmt_count(Decimal(5)) == "5"
     assert [fmt_ms(None), fmt_ms(0.4219), fmt_ms(12.34), fmt_ms(2_345.0)] == [
-        "—", "0.42 ms", "12.3 ms", "2.35 s"
+        "—",
+        "0.42 ms",
+        "12.3 ms",
+        "2.35 s",
     ]
 
 
@@ -144,8 +151,9 @@ def test_snapshot_html_is_valid_and_holds_the_numbers(busy: Tracker) -> None:
 
 def test_snapshot_html_escapes_names() -> None:
     t = Tracker()
-    t.record_tool_call(tool="<script>alert(1)</script>", ok=True, duration_ms=1.0,
-                       session_id="<b>s</b>")
+    t.record_tool_call(
+        tool="<script>alert(1)</script>", ok=True, duration_ms=1.0, session_id="<b>s</b>"
+    )
     html = snapshot_html(t.snapshot())
     assert "<script>" not in html and "&lt;script&gt;" in html
     strict_parse(html)
@@ -189,8 +197,10 @@ def test_session_html_text_repr(busy: Tracker) -> None:
     assert column(tools, "ok")["web_search"] == "9"
     budget = soup.find("caption", string=lambda c: c and "budget of session 's2'" in c)
     assert budget is not None and "exhausted" in budget.get_text()  # 17,150 tokens > 3,000
-    rows = [[c.get_text() for c in tr.find_all(["th", "td"])]
-            for tr in budget.find_parent("table").find_all("tr")]
+    rows = [
+        [c.get_text() for c in tr.find_all(["th", "td"])]
+        for tr in budget.find_parent("table").find_all("tr")
+    ]
     assert column(rows, "max") == {"tokens": "3,000", "cost": "$0.50"}
     assert column(rows, "used")["tokens"] == f"{s.usage.total_tokens:,}"
     assert "session s2" in session_text(s) and "budget of session 's2'" in session_text(s)
@@ -264,3 +274,160 @@ def test_import_agentmeter_stays_light() -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert agentmeter.__name__ == "agentmeter" and _display.__name__ == "agentmeter._display"
+
+
+# ------------------------------------------------------------------ fitting a notebook page
+MOST_READ_USAGE = [
+    "total tokens",
+    "cost",
+    "LLM calls",
+    "LLM failures",
+    "tool calls",
+    "tool failures",
+]
+MOST_READ_TOOLS = ["calls", "failed", "success", "p50", "p95", "cost"]
+
+
+def _leads_with(headers: list[str], most_read: list[str]) -> bool:
+    """The most-read columns shown (optional ones are left out when zero) come first, in order."""
+    shown = [h for h in most_read if h in headers]
+    return len(shown) >= 3 and headers[1 : 1 + len(shown)] == shown
+
+
+def _tables(fragment: str) -> list[tuple[list[str], object]]:
+    soup = strict_parse(fragment)
+    return [
+        ([th.get_text() for th in t.find("thead").find_all("th")], t)
+        for t in soup.find_all("table", class_="agentmeter-table")
+    ]
+
+
+def test_most_read_columns_come_first(busy: Tracker) -> None:
+    snap = busy.snapshot()
+    tables = _tables(snapshot_html(snap))
+    usage = [h for h, _ in tables if "total tokens" in h]
+    tools = [h for h, _ in tables if "p95" in h]
+    assert len(usage) >= 4 and len(tools) >= 2
+    for headers in usage:  # the totals, by session / model / agent / provider tables
+        assert _leads_with(headers, MOST_READ_USAGE), headers
+    for headers in tools:  # by tool, tools per session, by category
+        assert headers[1:7] == MOST_READ_TOOLS, headers
+    assert "tool failures" in usage[0] and "LLM failures" not in usage[0]  # none failed
+    # by tool category: the key is the category, no category column again
+    by_cat = next(h for h, _ in tables if h[0] == "category")
+    assert "category" not in by_cat[1:]
+    by_tool = next(h for h, _ in tables if h[0] == "tool")
+    assert by_tool[-1] == "category"
+    session_tables = _tables(session_html(busy.session("s2")))
+    assert _leads_with(session_tables[0][0], MOST_READ_USAGE)
+    assert next(h for h, _ in session_tables if h[0] == "tool")[1:7] == MOST_READ_TOOLS
+    # text tables use the same order
+    line = next(x for x in snapshot_text(snap).splitlines() if x.startswith("tool "))
+    assert line.split()[1:4] == ["calls", "failed", "success"]
+
+
+def test_every_table_scrolls_inside_its_own_box(busy: Tracker) -> None:
+    for fragment in (
+        snapshot_html(busy.snapshot()),
+        session_html(busy.session("s1")),
+        tool_stats_html(busy.tool_stats()),
+    ):
+        soup = strict_parse(fragment)
+        tables = soup.find_all("table", class_="agentmeter-table")
+        assert tables
+        for t in tables:
+            box = t.parent
+            assert box.name == "div" and "agentmeter-scroll" in box["class"]
+            style = box["style"].replace(" ", "")
+            assert "overflow-x:auto" in style and "max-width:100%" in style
+
+
+# A Jupyter cell on a 1280 px page: JupyterLab's output area is ~1,100 px wide and
+# clips what does not fit (that is how the failures column got cut off).
+_FIT_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><style>
+body{margin:0;font-family:sans-serif} .cell{width:1100px;margin-left:90px;overflow:hidden}
+</style></head><body><div class="cell" id="cell">%s</div><script>
+const cell = document.getElementById("cell").getBoundingClientRect();
+const out = [];
+document.querySelectorAll("table.agentmeter-table").forEach(function (t, i) {
+  const box = t.closest(".agentmeter-scroll");
+  const b = (box || t).getBoundingClientRect();
+  const heads = Array.from(t.querySelectorAll("thead th")).slice(0, 7);
+  const visible = heads.filter(function (h) {
+    const r = h.getBoundingClientRect(); return r.right <= Math.min(b.right, cell.right) + 0.5;
+  }).length;
+  out.push([i, box ? 1 : 0, Math.round(b.right - cell.right), visible, heads.length,
+            box ? box.scrollWidth - box.clientWidth : 0, t.offsetWidth]);
+});
+document.body.setAttribute("data-fit", JSON.stringify(out));
+document.body.setAttribute("data-page-overflow",
+  String(document.documentElement.scrollWidth - window.innerWidth));
+</script></body></html>"""
+
+
+def test_tables_fit_a_1280px_notebook_page_in_chromium(busy: Tracker, tmp_path) -> None:
+    """Laid out by a real browser: each table's box stays inside the cell, its first
+    columns are visible without scrolling, and the wider ones scroll inside their box."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    browser = next(
+        (
+            shutil.which(b)
+            for b in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+            if shutil.which(b)
+        ),
+        None,
+    )
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    # a wide snapshot: every optional column is shown
+    t = busy
+    t.record_llm(
+        model="gpt-4o-mini",
+        input_tokens=5_000,
+        output_tokens=900,
+        cache_read_tokens=100,
+        cache_write_tokens=50,
+        reasoning_tokens=300,
+        session_id="a-rather-long-session-identifier-0001",
+        agent_id="researcher",
+    )
+    t.record_cache_hit(tokens_saved=200, session_id="s1")
+    t.record_cache_miss(session_id="s1")
+    fragment = snapshot_html(t.snapshot()) + session_html(t.session("s2"))
+    page = tmp_path / "fit.html"
+    page.write_text(_FIT_PAGE % fragment, encoding="utf-8")
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,4000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    fit = json.loads(html_unescape(re.search(r'data-fit="([^"]*)"', dom).group(1)))
+    overflow = int(re.search(r'data-page-overflow="(-?\d+)"', dom).group(1))
+    assert overflow <= 0, "the page itself scrolls sideways"
+    assert len(fit) >= 8
+    widest = max(row[6] for row in fit)
+    assert widest > 1100, "the test needs a table wider than the cell"
+    for _i, boxed, past_cell, visible, heads, _scroll, _width in fit:
+        assert boxed == 1
+        assert past_cell <= 0, "a table box sticks out of the cell (clipped there)"
+        assert visible == heads, "a most-read column is not in view without scrolling"
+    assert any(row[5] > 0 for row in fit), "the wide table should scroll inside its box"
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
