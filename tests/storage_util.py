@@ -36,6 +36,8 @@ def raw_event(call_id: str, ts: float, kind: str = "chat", **fields: Any) -> tup
         "estimated": False,
         "tokens_saved": 0,
         "metadata": None,
+        "customer_id": None,
+        "tags": None,
     }
     unknown = set(fields) - set(values)
     assert not unknown, unknown
@@ -101,7 +103,7 @@ def _sorted_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cells,
         key=lambda c: tuple(
             (c[k] is None, c[k] or "")
-            for k in ("session_id", "model", "provider", "agent_id", "tool")
+            for k in ("session_id", "model", "provider", "agent_id", "tool", "customer_id")
         ),
     )
 
@@ -115,3 +117,99 @@ def comparable(snap: Snapshot) -> dict[str, Any]:
         for stats in d[view].values():
             stats.pop("recent_call_ids")
     return d
+
+
+CUSTOMERS = (None, "acme", "beta", "org/with/slash")
+TAG_CHOICES = (
+    None,
+    {"team": "search"},
+    {"team": "ads", "env": "prod"},
+    {"env": "prod"},
+    {"team": "search", "env": "dev", "q": 'a "quoted", value}'},
+)
+
+
+def billing_workload(t: Tracker, n: int = 200, seed: int = 0, ts: float | None = None) -> None:
+    """The mixed workload with customers and tags on every kind of call."""
+    import random
+
+    rng = random.Random(seed)
+    for i in range(n):
+        kw: dict[str, Any] = {
+            "session_id": rng.choice([None, "s1", "s2", "s3"]),
+            "agent_id": rng.choice([None, "planner", "coder"]),
+            "customer_id": rng.choice(CUSTOMERS),
+            "tags": rng.choice(TAG_CHOICES),
+        }
+        op = rng.random()
+        if op < 0.45:
+            inp = rng.randint(0, 2000)
+            out = rng.randint(0, 500)
+            t.record_llm(
+                model=rng.choice(MODELS),
+                input_tokens=inp,
+                output_tokens=out,
+                cache_read_tokens=rng.randint(0, inp // 2),
+                cache_write_tokens=rng.randint(0, inp // 4),
+                reasoning_tokens=rng.randint(0, out // 3),
+                latency_ms=rng.randint(0, 4000) / 4,
+                tool=rng.choice([None, None, "search"]),
+                ok=rng.random() > 0.1,
+                kind=rng.choice(["chat", "completion"]),
+                estimated=rng.random() < 0.2,
+                **kw,
+            )
+        elif op < 0.55:
+            t.record_embedding(model="emb", input_tokens=rng.randint(1, 900), **kw)
+        elif op < 0.9:
+            tool = rng.choice(list(TOOL_CATEGORY))
+            t.record_tool_call(
+                tool=tool,
+                ok=rng.random() > 0.2,
+                duration_ms=rng.randint(0, 8000) / 4,
+                category=TOOL_CATEGORY[tool],
+                call_id=f"btool-{seed}-{i}",
+                **kw,
+            )
+        elif op < 0.95:
+            t.record_cache_hit(tokens_saved=rng.randint(0, 300), **kw)
+        else:
+            t.record_cache_miss(**kw)
+
+
+LLM = {"chat", "completion", "image", "audio", "other"}
+
+
+def expected_usage(events: list[Any]) -> Any:
+    """The Usage of a list of UsageEvents, computed independently of the store."""
+    from agentmeter import Usage
+
+    u: dict[str, Any] = dict.fromkeys(Usage.model_fields, 0)
+    u["llm_latency_ms"] = u["tool_duration_ms"] = 0.0
+    for e in events:
+        if e.kind in LLM:
+            u["input_tokens"] += e.input_tokens
+            u["output_tokens"] += e.output_tokens
+            u["cache_read_tokens"] += e.cache_read_tokens
+            u["cache_write_tokens"] += e.cache_write_tokens
+            u["reasoning_tokens"] += e.reasoning_tokens
+            u["llm_calls"] += 1
+            u["failed_llm_calls"] += e.status == "error"
+            u["llm_latency_ms"] += e.latency_ms or 0.0
+        elif e.kind == "embedding":
+            u["embedding_tokens"] += e.input_tokens
+            u["embedding_calls"] += 1
+        elif e.kind == "tool":
+            u["tool_calls"] += 1
+            u["failed_tool_calls"] += e.status == "error"
+            u["tool_duration_ms"] += e.latency_ms or 0.0
+        elif e.kind == "cache_hit":
+            u["cache_hits"] += 1
+        elif e.kind == "cache_miss":
+            u["cache_misses"] += 1
+        if e.kind in LLM or e.kind == "embedding":
+            u["estimated_calls"] += bool(e.estimated)
+            u["cost_micros"] += e.cost_micros or 0
+            u["unpriced_calls"] += e.cost_micros is None
+        u["tokens_saved"] += e.tokens_saved
+    return Usage(**u)

@@ -88,7 +88,7 @@ def test_sql_aggregates_equal_snapshot_property(db_url: str, ops: list[tuple]) -
     sink = SQLSink(db_url, flush_interval=0.05)
     try:
         with _store(db_url) as store:
-            store.reset()
+            store.reset(since=0)
         t.add_sink(sink)
         for op in ops:
             if op[0] == "llm":
@@ -161,7 +161,7 @@ def test_time_ranges(db_url: str) -> None:
         }
         assert set(store.by("session", until=since)) == {"s0", "s1"}
         assert store.totals(datetime(2030, 1, 1)) == agentmeter.Usage()
-        with pytest.raises(KeyError):
+        with pytest.raises(agentmeter.NotFoundError, match="unknown session 's0'"):
             store.session("s0", since=datetime(2030, 1, 1))
         lo, hi = store.time_range()
         assert lo is not None and hi is not None and lo.timestamp() == base
@@ -199,9 +199,9 @@ def test_schema_version_and_indexes(tmp_path: Path) -> None:
         assert {
             "ix_agentmeter_events_ts",
             "ix_agentmeter_events_session",
-            "ix_agentmeter_events_agent",
-            "ix_agentmeter_events_model",
-            "ix_agentmeter_events_tool",
+            "ix_agentmeter_events_tool_session",
+            "ix_agentmeter_events_customer",
+            "ux_agentmeter_events_call_id",
         } <= idx
         assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
         con.execute("update agentmeter_schema set version = ?", (SCHEMA_VERSION + 1,))

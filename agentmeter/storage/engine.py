@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ._deps import sqlalchemy as sa
-from .schema import SchemaError, check_schema
+from .migrations import check as check_schema
+from .schema import SchemaError
 
 __all__ = [
     "DEFAULT_DB",

@@ -1,82 +1,88 @@
-"""Reading a stored database back: the tracker's aggregates, computed by SQL.
+"""Reading a stored database back: the tracker's aggregates, from the hourly rollups.
 
 :class:`UsageStore` answers the same questions as a live tracker -- ``snapshot()``,
-``session(id)``, ``tool_stats()`` -- with ``GROUP BY`` queries over the events
-table, optionally restricted to a time range (``since`` inclusive, ``until``
-exclusive), and returns the same pydantic models (:class:`~agentmeter.Snapshot`,
-:class:`~agentmeter.SessionUsage`, :class:`~agentmeter.ToolStats`,
-:class:`~agentmeter.Usage`).
+``session(id)``, ``customer(id)``, ``tool_stats()`` -- plus breakdowns by any
+dimension (``by("customer")``, ``by("tag:team")``), time series and counts, and
+returns the same pydantic models (:class:`~agentmeter.Snapshot`,
+:class:`~agentmeter.SessionUsage`, :class:`~agentmeter.CustomerUsage`,
+:class:`~agentmeter.ToolStats`, :class:`~agentmeter.Usage`).
 
-Tool latency percentiles: every stored tool event carries the bucket of the
-tracker's log-scale latency histogram (``agentmeter._latency``, 16 buckets per
-doubling); ``GROUP BY session, tool, bucket`` rebuilds the exact histogram the
-live tracker keeps, so ``p50_ms`` / ``p95_ms`` read back from a database are
-identical to the live ones (within ~2.2% of the exact percentile, clamped to the
-exact min/max, which SQL computes exactly).
+Every read method takes the same filters, all optional and combined with AND:
+``since`` (inclusive) and ``until`` (exclusive) as datetimes (naive = UTC) or
+epoch seconds; ``customer``, ``session``, ``agent``, ``model``, ``provider``,
+``tool`` (exact ids); ``tags`` (a ``{key: value}`` dict, every pair must match).
+
+Where the numbers come from (see :mod:`.schema`):
+
+- **Whole hours** are read from the rollup tables, which the SQL sink keeps in
+  the same transaction as the raw events: a read costs the number of rollup rows
+  in the range (hours x distinct customer/session/agent/model/provider/tool/kind
+  combinations), not the number of events stored.
+- **Partial hours** -- a ``since`` / ``until`` that is not on an hour boundary --
+  are read from the raw events of those (at most two) hours, through the time
+  index, and added to the rollup rows.
+- **Tags**: ``by("tag:KEY")`` and a filter of one tag pair read the tag rollup.
+  A filter of several tag pairs (or one pair of another key than the ``by``
+  dimension's) cannot be answered from one-pair-per-row rollups and reads the raw
+  events (exact, but proportional to the events in the range). Tool statistics
+  under a tag filter (their latency histograms are not kept per tag) also read
+  the raw tool events.
+- **Recent call ids** of a tool: one indexed ``LIMIT`` query per (session, tool)
+  or (customer, tool), a few hundred per statement.
+
+Tool latency percentiles: the latency rollup holds the tracker's log-scale
+histogram (``agentmeter._latency``, 16 buckets per doubling) per hour, session,
+customer, agent and tool, so ``p50_ms`` / ``p95_ms`` read back from a database
+are identical to the live ones.
+
+Unknown ids: :meth:`UsageStore.session` and :meth:`UsageStore.customer` raise
+:class:`agentmeter.NotFoundError` (a ``LookupError``) when nothing matching was
+stored -- the same rule as the tracker; breakdowns simply leave keys out.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from .. import _fields, _tools, _views
-from ..models import SessionUsage, Snapshot, ToolStats, Usage
+from ..errors import NotFoundError
+from ..models import CustomerUsage, SessionUsage, Snapshot, ToolStats, Usage
 from ._deps import sqlalchemy as sa
 from .engine import open_existing
-from .schema import EVENTS, LLM_KINDS
+from .schema import (
+    COUNTERS,
+    DIMS,
+    EVENTS,
+    HOUR,
+    LLM_KINDS,
+    ROLLUP,
+    ROLLUP_LATENCY,
+    ROLLUP_TAGS,
+    tag_patterns,
+)
 
-__all__ = ["UsageStore", "to_epoch"]
+__all__ = ["DIMENSIONS", "TIME_BUCKETS", "UsageStore", "to_epoch"]
 
 _E = EVENTS.c
-_IS_LLM = _E.kind.in_(LLM_KINDS)
-_PRICED_KIND = _E.kind.in_((*LLM_KINDS, "embedding"))
-
-
-def _sum(expr: Any) -> Any:
-    return sa.func.coalesce(sa.func.sum(expr), 0)
-
-
-def _count_if(cond: Any) -> Any:
-    return _sum(sa.case((cond, 1), else_=0))
-
-
-# One SQL aggregate per counter of the tracker's row (``_fields.FIELDS``), mirroring
-# how Tracker._record builds rows from each kind of call.
-_USAGE: dict[str, Any] = {
-    "input_tokens": _sum(sa.case((_IS_LLM, _E.input_tokens), else_=0)),
-    "output_tokens": _sum(_E.output_tokens),
-    "cache_read_tokens": _sum(_E.cache_read_tokens),
-    "cache_write_tokens": _sum(_E.cache_write_tokens),
-    "reasoning_tokens": _sum(_E.reasoning_tokens),
-    "llm_calls": _count_if(_IS_LLM),
-    "failed_llm_calls": _count_if(sa.and_(_IS_LLM, _E.status == "error")),
-    "estimated_calls": _sum(_E.estimated),
-    "cost_micros": _sum(sa.func.coalesce(_E.cost_micros, 0)),
-    "unpriced_calls": _count_if(sa.and_(_PRICED_KIND, _E.cost_micros.is_(None))),
-    "llm_latency_ms": _sum(sa.case((_IS_LLM, sa.func.coalesce(_E.latency_ms, 0.0)), else_=0.0)),
-    "embedding_tokens": _sum(sa.case((_E.kind == "embedding", _E.input_tokens), else_=0)),
-    "embedding_calls": _count_if(_E.kind == "embedding"),
-    "tool_calls": _count_if(_E.kind == "tool"),
-    "failed_tool_calls": _count_if(sa.and_(_E.kind == "tool", _E.status == "error")),
-    "tool_duration_ms": _sum(sa.case((_E.kind == "tool", _E.latency_ms), else_=0.0)),
-    "cache_hits": _count_if(_E.kind == "cache_hit"),
-    "cache_misses": _count_if(_E.kind == "cache_miss"),
-    "tokens_saved": _sum(_E.tokens_saved),
+# Public dimension names -> rollup / event column.
+DIMENSIONS: dict[str, str] = {
+    "customer": "customer_id",
+    "session": "session_id",
+    "agent": "agent_id",
+    "model": "model",
+    "provider": "provider",
+    "tool": "tool",
 }
-assert tuple(_USAGE) == _fields.FIELDS
-_USAGE_COLS = [expr.label(f"u_{name}") for name, expr in _USAGE.items()]
+TIME_BUCKETS = ("hour", "day")
+_SERIES_BY = ("model", "customer", "agent", "tool", "session", "provider")
 _CASTS = [float if name in _fields.FLOAT_FIELDS else int for name in _fields.FIELDS]
-_TOTAL_TOKENS = _sum(_E.input_tokens + _E.output_tokens)
-_DIMENSIONS = {
-    "session": _E.session_id,
-    "model": _E.model,
-    "provider": _E.provider,
-    "agent": _E.agent_id,
-    "tool": _E.tool,
-}
+_TAG_PREFIX = "tag:"
+_RECENT_PER_STATEMENT = 200  # SQLite allows 500 terms in a compound SELECT
 
 
 def to_epoch(value: datetime | float | int | None) -> float | None:
@@ -87,6 +93,8 @@ def to_epoch(value: datetime | float | int | None) -> float | None:
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a time bound must be a datetime or epoch seconds, got {value!r}")
     return float(value)
 
 
@@ -95,8 +103,78 @@ def _row(values: Sequence[Any]) -> list[Any]:
     return [cast(v or 0) for cast, v in zip(_CASTS, values, strict=True)]
 
 
+def _none(value: Any) -> str | None:
+    """A rollup key ('' = none) as the tracker's key (``None`` = none)."""
+    return None if value is None or value == "" else str(value)
+
+
+def _sum(expr: Any) -> Any:
+    return sa.func.coalesce(sa.func.sum(expr), 0)
+
+
+@dataclass(frozen=True)
+class _Filter:
+    lo: float | None
+    hi: float | None
+    eq: tuple[tuple[str, str], ...]  # (column, value)
+    tags: tuple[tuple[str, str], ...]
+
+    def value(self, column: str) -> str | None:
+        for col, v in self.eq:
+            if col == column:
+                return v
+        return None
+
+
+def _filter(
+    since: datetime | float | None,
+    until: datetime | float | None,
+    *,
+    customer: str | None = None,
+    session: str | None = None,
+    agent: str | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    tool: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> _Filter:
+    eq: list[tuple[str, str]] = []
+    for name, value in (
+        ("customer", customer),
+        ("session", session),
+        ("agent", agent),
+        ("model", model),
+        ("provider", provider),
+        ("tool", tool),
+    ):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        if not value:
+            raise ValueError(f"{name} must not be empty")
+        eq.append((DIMENSIONS[name], value))
+    pairs: list[tuple[str, str]] = []
+    if tags is not None:
+        if not isinstance(tags, Mapping):
+            raise TypeError("tags must be a dict of str to str")
+        for k, v in tags.items():
+            if not isinstance(k, str) or not isinstance(v, str) or not k:
+                raise TypeError("tags must be a dict of non-empty str keys to str values")
+            pairs.append((k, v))
+    return _Filter(to_epoch(since), to_epoch(until), tuple(eq), tuple(sorted(pairs)))
+
+
+class _Src:
+    """A source of rollup-shaped rows: ``hour``, the dimensions, ``[tag_value]``, counters."""
+
+    def __init__(self, sel: Any) -> None:
+        self.sel = sel
+        self.c = sel.c
+
+
 class UsageStore:
-    """Read-only aggregate queries over an agentmeter database.
+    """Aggregate queries over an agentmeter database (read-only, but for :meth:`reset`).
 
     Args:
         db: A path (SQLite) or SQLAlchemy URL; default ``$AGENTMETER_DB`` or
@@ -106,6 +184,8 @@ class UsageStore:
     Raises:
         agentmeter.storage.DatabaseError: missing, corrupt or foreign database.
     """
+
+    DIMENSIONS = tuple(DIMENSIONS)
 
     def __init__(
         self, db: str | os.PathLike[str] | None = None, *, engine: sa.Engine | None = None
@@ -117,6 +197,8 @@ class UsageStore:
         else:
             self.url, self._engine = open_existing(db)
             self._owns_engine = True
+        self._dialect = self._engine.dialect.name
+        self._rollups = False
 
     def close(self) -> None:
         """Release the connections (when this store opened them)."""
@@ -129,25 +211,263 @@ class UsageStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------- helpers
-    @staticmethod
-    def _where(
-        since: datetime | float | None, until: datetime | float | None, **eq: str | None
+    # ------------------------------------------------------------ sources
+    def _hour_expr(self, ts: Any) -> Any:
+        """``floor(ts / 3600) * 3600`` as an integer, as :func:`.schema.hour_of` computes it."""
+        q = ts / HOUR
+        if self._dialect == "postgresql":
+            return sa.cast(sa.func.floor(q), sa.BigInteger) * HOUR
+        t = sa.cast(q, sa.Integer)  # truncates: one less for negative non-integers
+        return (t - sa.case((q < t, 1), else_=0)) * HOUR
+
+    def _contains(self, col: Any, text: str) -> Any:
+        if self._dialect == "postgresql":
+            return sa.func.strpos(col, text) > 0
+        return sa.func.instr(col, text) > 0
+
+    def _tag_pairs(self) -> Any:
+        """A table-valued function over the events' tag pairs (columns key, value)."""
+        if self._dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            fn = sa.func.jsonb_each_text(sa.cast(_E.tags, JSONB))
+        else:
+            fn = sa.func.json_each(_E.tags)
+        return fn.table_valued("key", "value").alias("tag_pair")
+
+    def _raw_conds(self, f: _Filter) -> list[Any]:
+        """Conditions on the events table for every filter but time."""
+        conds: list[Any] = [_E[col] == value for col, value in f.eq]
+        for k, v in f.tags:
+            with_comma, at_end = tag_patterns(k, v)
+            conds.append(
+                sa.or_(self._contains(_E.tags, with_comma), self._contains(_E.tags, at_end))
+            )
+        return conds
+
+    def _time_conds(
+        self, lo: float | None, hi: float | None, hour_lo: int | None, hour_hi: int | None
     ) -> list[Any]:
+        """Events with ``lo <= ts < hi`` whose hour is in ``[hour_lo, hour_hi)``.
+
+        The hour bounds use the writer's own hour arithmetic, so an event is never
+        counted both in a rollup hour and in a partial hour read from the events.
+        """
         conds: list[Any] = []
-        lo, hi = to_epoch(since), to_epoch(until)
         if lo is not None:
             conds.append(_E.ts >= lo)
         if hi is not None:
             conds.append(_E.ts < hi)
-        for dim, value in eq.items():
-            if value is not None:
-                conds.append(_DIMENSIONS[dim] == value)
+        if hour_lo is not None:
+            conds += [_E.ts >= hour_lo - 1, self._hour_expr(_E.ts) >= hour_lo]
+        if hour_hi is not None:
+            conds += [_E.ts < hour_hi + 1, self._hour_expr(_E.ts) < hour_hi]
         return conds
 
-    def _fetch(self, stmt: Any) -> list[Sequence[Any]]:
-        with self._engine.connect() as conn:
+    def _raw_part(
+        self,
+        f: _Filter,
+        tag_key: str | None,
+        hour_lo: int | None = None,
+        hour_hi: int | None = None,
+    ) -> Any:
+        """Raw events in the shape of rollup rows (one row per event, or per event and
+        tag pair when ``tag_key`` is given)."""
+        cols: list[Any] = [self._hour_expr(_E.ts).label("hour")]
+        cols += [(_E.kind if d == "kind" else sa.func.coalesce(_E[d], "")).label(d) for d in DIMS]
+        is_err = sa.case((_E.status == "error", 1), else_=0)
+        cat = sa.func.coalesce(_E.category, "")
+        counters = {
+            "events": sa.literal(1, sa.BigInteger),
+            "input_tokens": _E.input_tokens,
+            "output_tokens": _E.output_tokens,
+            "cache_read_tokens": _E.cache_read_tokens,
+            "cache_write_tokens": _E.cache_write_tokens,
+            "reasoning_tokens": _E.reasoning_tokens,
+            "failed": is_err,
+            "estimated": _E.estimated,
+            "cost_micros": sa.func.coalesce(_E.cost_micros, 0),
+            "unpriced": sa.case((_E.cost_micros.is_(None), 1), else_=0),
+            "latency_ms": sa.func.coalesce(_E.latency_ms, 0.0),
+            "latency_min": _E.latency_ms,
+            "latency_max": _E.latency_ms,
+            "tokens_saved": _E.tokens_saved,
+            "category": cat,
+            "category_seq": sa.case((cat != "", _E.id), else_=sa.null()),
+        }
+        cols += [counters[name].label(name) for name in COUNTERS]
+        conds = self._raw_conds(f) + self._time_conds(f.lo, f.hi, hour_lo, hour_hi)
+        if tag_key is None:
+            return sa.select(*cols).where(*conds)
+        tv = self._tag_pairs()
+        cols.append(tv.c.value.label("tag_value"))
+        return (
+            sa.select(*cols)
+            .select_from(EVENTS.join(tv, sa.true()))
+            .where(*conds, tv.c.key == tag_key)
+        )
+
+    def _rollup_part(
+        self,
+        f: _Filter,
+        tag: tuple[str, str | None] | None,
+        hour_lo: int | None,
+        hour_hi: int | None,
+    ) -> Any:
+        table = ROLLUP if tag is None else ROLLUP_TAGS
+        t = table.c
+        cols = [t.hour, *(t[d] for d in DIMS), *(t[c] for c in COUNTERS)]
+        conds: list[Any] = [t[col] == value for col, value in f.eq]
+        if hour_lo is not None:
+            conds.append(t.hour >= hour_lo)
+        if hour_hi is not None:
+            conds.append(t.hour < hour_hi)
+        if tag is not None:
+            conds.append(t.tag_key == tag[0])
+            if tag[1] is not None:
+                conds.append(t.tag_value == tag[1])
+            cols.append(t.tag_value)
+        return sa.select(*cols).where(*conds)
+
+    def _split(self, f: _Filter) -> tuple[bool, int | None, int | None]:
+        """Whether whole hours can come from rollups, and the hours ``[lo, hi)`` they cover."""
+        if not self._rollups:
+            return False, None, None
+        h_lo = None if f.lo is None else math.ceil(f.lo / HOUR) * HOUR
+        h_hi = None if f.hi is None else math.floor(f.hi / HOUR) * HOUR
+        if h_lo is not None and h_hi is not None and h_lo >= h_hi:
+            return False, None, None
+        return True, h_lo, h_hi
+
+    def _source(self, f: _Filter, tag_key: str | None = None) -> _Src:
+        """Rows shaped like rollup rows covering exactly the events matching ``f``."""
+        # Which rollup answers: the main one without tags; the tag rollup for one pair
+        # (the filter's, or the by-dimension's key); none for several pairs.
+        keys = {k for k, _ in f.tags}
+        tag: tuple[str, str | None] | None = None
+        usable = True
+        if tag_key is not None:
+            if keys - {tag_key}:
+                usable = False
+            else:
+                tag = (tag_key, f.tags[0][1] if f.tags else None)
+        elif len(f.tags) == 1:
+            tag = f.tags[0]
+        elif f.tags:
+            usable = False
+        rollups, h_lo, h_hi = self._split(f) if usable else (False, None, None)
+        if not rollups:
+            part = self._raw_part(f, tag_key)
+            return _Src(part.subquery("src"))
+        parts: list[Any] = [self._rollup_part(f, tag, h_lo, h_hi)]
+        if f.lo is not None and h_lo is not None and f.lo < h_lo:
+            parts.append(self._raw_part(f, tag_key, hour_hi=h_lo))
+        if f.hi is not None and h_hi is not None and h_hi < f.hi:
+            parts.append(self._raw_part(f, tag_key, hour_lo=h_hi))
+        sel: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+        return _Src(sel.subquery("src"))
+
+    def _latency_source(self, f: _Filter) -> _Src | None:
+        """Tool calls per hour / customer / session / agent / tool / latency bucket."""
+        if f.value("model") is not None or f.value("provider") is not None:
+            return None  # tool calls have neither
+        raw_cols = [
+            self._hour_expr(_E.ts).label("hour"),
+            *(
+                sa.func.coalesce(_E[d], "").label(d)
+                for d in ("customer_id", "session_id", "agent_id", "tool")
+            ),
+            _E.latency_bucket.label("bucket"),
+            sa.literal(1, sa.BigInteger).label("calls"),
+        ]
+        base = [*self._raw_conds(f), _E.kind == "tool", _E.latency_bucket.is_not(None)]
+
+        def raw(h_lo: int | None = None, h_hi: int | None = None) -> Any:
+            return sa.select(*raw_cols).where(*base, *self._time_conds(f.lo, f.hi, h_lo, h_hi))
+
+        rollups, h_lo, h_hi = self._split(f) if not f.tags else (False, None, None)
+        if not rollups:
+            return _Src(raw().subquery("lat"))
+        t = ROLLUP_LATENCY.c
+        conds: list[Any] = [t[col] == value for col, value in f.eq]
+        if h_lo is not None:
+            conds.append(t.hour >= h_lo)
+        if h_hi is not None:
+            conds.append(t.hour < h_hi)
+        parts = [
+            sa.select(
+                t.hour, t.customer_id, t.session_id, t.agent_id, t.tool, t.bucket, t.calls
+            ).where(*conds)
+        ]
+        if f.lo is not None and h_lo is not None and f.lo < h_lo:
+            parts.append(raw(h_hi=h_lo))
+        if f.hi is not None and h_hi is not None and h_hi < f.hi:
+            parts.append(raw(h_lo=h_hi))
+        sel: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+        return _Src(sel.subquery("lat"))
+
+    # ---------------------------------------------------------- aggregates
+    @staticmethod
+    def _usage_cols(s: _Src) -> list[Any]:
+        """One aggregate per counter of the tracker's row (``_fields.FIELDS``), mirroring
+        how ``Tracker`` builds rows from each kind of call."""
+        c = s.c
+        llm = c.kind.in_(LLM_KINDS)
+        emb = c.kind == "embedding"
+        tool = c.kind == "tool"
+
+        def when(cond: Any, col: Any, zero: Any = 0) -> Any:
+            return _sum(sa.case((cond, col), else_=zero))
+
+        exprs: dict[str, Any] = {
+            "input_tokens": when(llm, c.input_tokens),
+            "output_tokens": _sum(c.output_tokens),
+            "cache_read_tokens": _sum(c.cache_read_tokens),
+            "cache_write_tokens": _sum(c.cache_write_tokens),
+            "reasoning_tokens": _sum(c.reasoning_tokens),
+            "llm_calls": when(llm, c.events),
+            "failed_llm_calls": when(llm, c.failed),
+            "estimated_calls": _sum(c.estimated),
+            "cost_micros": _sum(c.cost_micros),
+            "unpriced_calls": when(sa.or_(llm, emb), c.unpriced),
+            "llm_latency_ms": when(llm, c.latency_ms, 0.0),
+            "embedding_tokens": when(emb, c.input_tokens),
+            "embedding_calls": when(emb, c.events),
+            "tool_calls": when(tool, c.events),
+            "failed_tool_calls": when(tool, c.failed),
+            "tool_duration_ms": when(tool, c.latency_ms, 0.0),
+            "cache_hits": when(c.kind == "cache_hit", c.events),
+            "cache_misses": when(c.kind == "cache_miss", c.events),
+            "tokens_saved": _sum(c.tokens_saved),
+        }
+        assert tuple(exprs) == _fields.FIELDS
+        return [expr.label(f"u_{name}") for name, expr in exprs.items()]
+
+    def _fetch(self, stmt: Any, conn: sa.Connection | None = None) -> list[Sequence[Any]]:
+        if conn is not None:
             return [tuple(r) for r in conn.execute(stmt)]
+        with self._engine.connect() as c:
+            return [tuple(r) for r in c.execute(stmt)]
+
+    def _dim_col(self, s: _Src, dimension: str) -> tuple[Any, str]:
+        """The source column of a ``by`` dimension (and the tag key, if any)."""
+        if dimension.startswith(_TAG_PREFIX):
+            key = dimension[len(_TAG_PREFIX) :]
+            if not key:
+                raise ValueError("tag dimension needs a key: 'tag:KEY'")
+            return s.c.tag_value, key
+        col = DIMENSIONS.get(dimension)
+        if col is None:
+            raise ValueError(
+                f"dimension must be one of {sorted(DIMENSIONS)} or 'tag:KEY', got {dimension!r}"
+            )
+        return s.c[col], ""
+
+    @staticmethod
+    def _tag_key(dimension: str) -> str | None:
+        if dimension.startswith(_TAG_PREFIX):
+            return dimension[len(_TAG_PREFIX) :] or None
+        return None
 
     # -------------------------------------------------------------- counts
     def count(
@@ -155,15 +475,21 @@ class UsageStore:
         since: datetime | float | None = None,
         until: datetime | float | None = None,
         *,
+        customer: str | None = None,
         session: str | None = None,
-        model: str | None = None,
         agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
         tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> int:
-        """Number of stored events in the range (optionally of one session / model / ...)."""
-        conds = self._where(since, until, session=session, model=model, agent=agent, tool=tool)
-        stmt = sa.select(sa.func.count()).select_from(EVENTS).where(*conds)
-        return int(self._fetch(stmt)[0][0])
+        """Number of stored events matching the filters."""
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        s = self._source(f)
+        return int(self._fetch(sa.select(_sum(s.c.events)))[0][0] or 0)
 
     def time_range(self) -> tuple[datetime | None, datetime | None]:
         """Timestamps of the first and the last stored event."""
@@ -179,15 +505,24 @@ class UsageStore:
         since: datetime | float | None = None,
         until: datetime | float | None = None,
         *,
+        customer: str | None = None,
         session: str | None = None,
-        model: str | None = None,
         agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
         tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Usage:
-        """Usage summed over the range (optionally of one session / model / agent / tool)."""
-        conds = self._where(since, until, session=session, model=model, agent=agent, tool=tool)
-        stmt = sa.select(*_USAGE_COLS).where(*conds)
-        return Usage.from_row(_row(self._fetch(stmt)[0]))
+        """Usage summed over everything matching the filters."""
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        return self._totals(f)
+
+    def _totals(self, f: _Filter, conn: sa.Connection | None = None) -> Usage:
+        s = self._source(f)
+        return Usage.from_row(_row(self._fetch(sa.select(*self._usage_cols(s)), conn)[0]))
 
     def by(
         self,
@@ -195,176 +530,441 @@ class UsageStore:
         since: datetime | float | None = None,
         until: datetime | float | None = None,
         *,
+        customer: str | None = None,
         session: str | None = None,
-        model: str | None = None,
         agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> dict[str, Usage]:
-        """``{key: Usage}`` grouped by ``"session"``, ``"model"``, ``"provider"``,
-        ``"agent"`` or ``"tool"`` (events without that key are left out), largest
-        total tokens first."""
-        col = _DIMENSIONS.get(dimension)
-        if col is None:
-            raise ValueError(f"dimension must be one of {sorted(_DIMENSIONS)}, got {dimension!r}")
-        conds = self._where(since, until, session=session, model=model, agent=agent)
+        """``{key: Usage}`` grouped by ``"customer"``, ``"session"``, ``"agent"``,
+        ``"model"``, ``"provider"``, ``"tool"`` or ``"tag:KEY"`` (events without that
+        key are left out), largest total tokens first, then by key."""
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        if (limit is not None and limit < 0) or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        tag_key = self._tag_key(dimension)
+        self._check_dimension(dimension)
+        s = self._source(f, tag_key)
+        col, _ = self._dim_col(s, dimension)
+        total = _sum(s.c.input_tokens + s.c.output_tokens)
         stmt = (
-            sa.select(col, *_USAGE_COLS)
-            .where(col.is_not(None), *conds)
+            sa.select(col, *self._usage_cols(s))
+            .where(col != "")
             .group_by(col)
-            .order_by(_TOTAL_TOKENS.desc(), col)
+            .order_by(total.desc(), col)
             .offset(offset)
         )
         if limit is not None:
             stmt = stmt.limit(limit)
         return {str(r[0]): Usage.from_row(_row(r[1:])) for r in self._fetch(stmt)}
 
+    def _check_dimension(self, dimension: str) -> None:
+        if not isinstance(dimension, str):
+            raise TypeError("dimension must be a str")
+        if dimension.startswith(_TAG_PREFIX):
+            if not dimension[len(_TAG_PREFIX) :]:
+                raise ValueError("tag dimension needs a key: 'tag:KEY'")
+            return
+        if dimension not in DIMENSIONS:
+            raise ValueError(
+                f"dimension must be one of {sorted(DIMENSIONS)} or 'tag:KEY', got {dimension!r}"
+            )
+
     def count_keys(
         self,
         dimension: str,
         since: datetime | float | None = None,
         until: datetime | float | None = None,
+        *,
+        customer: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> int:
-        """How many distinct sessions / models / agents / tools have events in the range."""
-        col = _DIMENSIONS[dimension]
-        stmt = sa.select(sa.func.count(sa.distinct(col))).where(
-            col.is_not(None), *self._where(since, until)
-        )
+        """How many distinct keys of ``dimension`` (as for :meth:`by`) match the filters."""
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        self._check_dimension(dimension)
+        s = self._source(f, self._tag_key(dimension))
+        col, _ = self._dim_col(s, dimension)
+        stmt = sa.select(sa.func.count(sa.distinct(col))).where(col != "")
         return int(self._fetch(stmt)[0][0])
+
+    def timeseries(
+        self,
+        bucket: str = "hour",
+        by: str | None = None,
+        *,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        customer: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[tuple[datetime, str | None, Usage]]:
+        """Usage per UTC hour or day (``bucket``), optionally per ``by`` key.
+
+        Returns ``[(bucket start, key, usage)]`` ordered by time, then key; only
+        buckets with events appear. With ``by``, events without that key are one
+        group of key ``None`` (so a bucket's groups add up to its total).
+        """
+        if bucket not in TIME_BUCKETS:
+            raise ValueError(f"bucket must be one of {list(TIME_BUCKETS)}, got {bucket!r}")
+        if by is not None and by not in _SERIES_BY:
+            raise ValueError(f"by must be None or one of {list(_SERIES_BY)}, got {by!r}")
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        s = self._source(f)
+        when = s.c.hour if bucket == "hour" else s.c.hour - s.c.hour % 86400
+        when = when.label("t")
+        keys: list[Any] = [when]
+        if by is not None:
+            keys.append(s.c[DIMENSIONS[by]].label("k"))
+        stmt = sa.select(*keys, *self._usage_cols(s)).group_by(*keys).order_by(*keys)
+        out: list[tuple[datetime, str | None, Usage]] = []
+        for r in self._fetch(stmt):
+            t = datetime.fromtimestamp(int(r[0]), UTC)
+            key = _none(r[1]) if by is not None else None
+            out.append((t, key, Usage.from_row(_row(r[len(keys) :]))))
+        return out
 
     def session_times(self, session_ids: Iterable[str]) -> dict[str, tuple[datetime, datetime]]:
         """First and last event time of each session."""
         ids = list(session_ids)
         if not ids:
             return {}
-        stmt = (
-            sa.select(_E.session_id, sa.func.min(_E.ts), sa.func.max(_E.ts))
-            .where(_E.session_id.in_(ids))
-            .group_by(_E.session_id)
-        )
-        return {
-            str(s): (
-                datetime.fromtimestamp(float(lo), UTC),
-                datetime.fromtimestamp(float(hi), UTC),
+        out: dict[str, tuple[datetime, datetime]] = {}
+        for i in range(0, len(ids), 500):
+            stmt = (
+                sa.select(_E.session_id, sa.func.min(_E.ts), sa.func.max(_E.ts))
+                .where(_E.session_id.in_(ids[i : i + 500]))
+                .group_by(_E.session_id)
             )
-            for s, lo, hi in self._fetch(stmt)
-        }
+            for s, lo, hi in self._fetch(stmt):
+                out[str(s)] = (
+                    datetime.fromtimestamp(float(lo), UTC),
+                    datetime.fromtimestamp(float(hi), UTC),
+                )
+        return out
 
     # ------------------------------------------------ cells and tool stats
-    def _cells(self, conds: list[Any]) -> _views.CellRows:
-        keys = (_E.session_id, _E.model, _E.provider, _E.agent_id, _E.tool)
-        stmt = sa.select(*keys, *_USAGE_COLS).where(*conds).group_by(*keys)
-        return [(r[0], (r[1], r[2], r[3], r[4]), _row(r[5:])) for r in self._fetch(stmt)]
+    def _cells(self, f: _Filter, *, tools_only: bool = False) -> _views.CellRows:
+        s = self._source(f)
+        keys = [
+            s.c[d] for d in ("session_id", "model", "provider", "agent_id", "tool", "customer_id")
+        ]
+        stmt = sa.select(*keys, *self._usage_cols(s)).group_by(*keys)
+        if tools_only:
+            stmt = stmt.where(s.c.tool != "")
+        return [
+            (
+                _none(r[0]),
+                (_none(r[1]), _none(r[2]), _none(r[3]), _none(r[4]), _none(r[5])),
+                _row(r[6:]),
+            )
+            for r in self._fetch(stmt)
+        ]
 
-    def _tool_accs(self, conds: list[Any]) -> _views.ToolRows:
-        """Per-(session, tool) call statistics of the stored tool events."""
-        conds = [_E.kind == "tool", _E.tool.is_not(None), *conds]
-        keys = (_E.session_id, _E.tool)
-        base = sa.select(
-            *keys,
-            sa.func.count(),
-            _count_if(_E.status != "error"),
-            _sum(_E.latency_ms),
-            sa.func.min(_E.latency_ms),
-            sa.func.max(_E.latency_ms),
-        )
-        accs: dict[tuple[str | None, str], _tools.ToolAcc] = {}
-        for s, t, calls, ok, total, lo, hi in self._fetch(base.where(*conds).group_by(*keys)):
-            acc = _tools.ToolAcc()
-            acc.calls, acc.ok, acc.failed = int(calls), int(ok), int(calls) - int(ok)
-            acc.total = float(total)
-            acc.min = None if lo is None else float(lo)
-            acc.max = None if hi is None else float(hi)
-            accs[(s, t)] = acc
-        if not accs:
-            return []
-        hist = sa.select(*keys, _E.latency_bucket, sa.func.count()).where(
-            *conds, _E.latency_bucket.is_not(None)
-        )
-        for s, t, b, n in self._fetch(hist.group_by(*keys, _E.latency_bucket)):
-            accs[(s, t)].hist[int(b)] = int(n)
-        # The category of the last call that named one (as the live accumulator keeps it).
-        last = (
-            sa.select(sa.func.max(_E.id).label("id"))
-            .where(*conds, _E.category.is_not(None), _E.category != "")
+    def _tool_accs(
+        self, f: _Filter, *, sessions: bool = True, customers: bool = True
+    ) -> tuple[_views.ToolRows, _views.ToolRows]:
+        """Tool call statistics per (session, tool) and per (customer, tool)."""
+        if f.value("model") is not None or f.value("provider") is not None:
+            return [], []  # tool calls have neither
+        s = self._source(f)
+        c = s.c
+        keys = [c.session_id, c.customer_id, c.tool]
+        is_tool = [c.kind == "tool", c.tool != ""]
+        stmt = (
+            sa.select(
+                *keys,
+                _sum(c.events),
+                _sum(c.failed),
+                _sum(c.latency_ms),
+                sa.func.min(c.latency_min),
+                sa.func.max(c.latency_max),
+            )
+            .where(*is_tool)
             .group_by(*keys)
-            .subquery()
         )
-        cat = sa.select(_E.session_id, _E.tool, _E.category).join(last, _E.id == last.c.id)
-        for s, t, c in self._fetch(cat):
-            accs[(s, t)].category = str(c)
-        # The last few call ids per (session, tool), oldest first.
-        rn = (
-            sa.func.row_number()
-            .over(partition_by=[_E.session_id, _E.tool], order_by=_E.id.desc())
-            .label("rn")
+        by_session: dict[tuple[str | None, str], _tools.ToolAcc] = {}
+        by_customer: dict[tuple[str, str], _tools.ToolAcc] = {}
+        rows = self._fetch(stmt)
+        if not rows:
+            return [], []
+
+        def merge(
+            acc: _tools.ToolAcc, calls: int, failed: int, total: float, lo: Any, hi: Any
+        ) -> None:
+            acc.calls += calls
+            acc.failed += failed
+            acc.ok += calls - failed
+            acc.total += total
+            if lo is not None and (acc.min is None or float(lo) < acc.min):
+                acc.min = float(lo)
+            if hi is not None and (acc.max is None or float(hi) > acc.max):
+                acc.max = float(hi)
+
+        for sess, cust, tool, calls, failed, total, lo, hi in rows:
+            n, nf, tot = int(calls), int(failed), float(total)
+            if sessions:
+                acc = by_session.setdefault((_none(sess), str(tool)), _tools.ToolAcc())
+                merge(acc, n, nf, tot, lo, hi)
+            if customers and cust != "":
+                cacc = by_customer.setdefault((str(cust), str(tool)), _tools.ToolAcc())
+                merge(cacc, n, nf, tot, lo, hi)
+        # The category of the last call that named one (as the live accumulators keep it).
+        cat = (
+            sa.select(*keys, c.category, sa.func.max(c.category_seq))
+            .where(*is_tool, c.category != "", c.category_seq.is_not(None))
+            .group_by(*keys, c.category)
         )
-        ranked = sa.select(_E.session_id, _E.tool, _E.call_id, _E.id, rn).where(*conds).subquery()
-        recent = (
-            sa.select(ranked.c.session_id, ranked.c.tool, ranked.c.call_id)
-            .where(ranked.c.rn <= _tools.RECENT_IDS)
-            .order_by(ranked.c.id)
+        best_s: dict[tuple[str | None, str], tuple[int, str]] = {}
+        best_c: dict[tuple[str, str], tuple[int, str]] = {}
+        for sess, cust, tool, category, seq in self._fetch(cat):
+            pick = (int(seq), str(category))
+            skey = (_none(sess), str(tool))
+            if sessions and pick > best_s.get(skey, (-1, "")):
+                best_s[skey] = pick
+            ckey = (str(cust), str(tool))
+            if customers and cust != "" and pick > best_c.get(ckey, (-1, "")):
+                best_c[ckey] = pick
+        for skey, (_, category) in best_s.items():
+            by_session[skey].category = category
+        for ckey, (_, category) in best_c.items():
+            by_customer[ckey].category = category
+        # Latency histograms.
+        lat = self._latency_source(f)
+        if lat is not None:
+            lk = [lat.c.session_id, lat.c.customer_id, lat.c.tool, lat.c.bucket]
+            hist = sa.select(*lk, _sum(lat.c.calls)).where(lat.c.tool != "").group_by(*lk)
+            for sess, cust, tool, b, n in self._fetch(hist):
+                if sessions:
+                    sacc = by_session.get((_none(sess), str(tool)))
+                    if sacc is not None:
+                        sacc.hist[int(b)] = sacc.hist.get(int(b), 0) + int(n)
+                if customers and cust != "":
+                    cacc2 = by_customer.get((str(cust), str(tool)))
+                    if cacc2 is not None:
+                        cacc2.hist[int(b)] = cacc2.hist.get(int(b), 0) + int(n)
+        if sessions:
+            self._recent(f, "session_id", by_session)
+        if customers:
+            self._recent(f, "customer_id", by_customer)  # type: ignore[arg-type]
+        return (
+            [(sess, tool, a) for (sess, tool), a in by_session.items()],
+            [(cust, tool, a) for (cust, tool), a in by_customer.items()],
         )
-        for s, t, cid in self._fetch(recent):
-            accs[(s, t)].recent.append(str(cid))
-        return [(s, t, a) for (s, t), a in accs.items()]
+
+    def _recent(
+        self, f: _Filter, owner_col: str, accs: Mapping[tuple[str | None, str], _tools.ToolAcc]
+    ) -> None:
+        """Fill the last few call ids of each (owner, tool): one indexed LIMIT query each."""
+        if not accs:
+            return
+        base = [_E.kind == "tool", *self._raw_conds(f), *self._time_conds(f.lo, f.hi, None, None)]
+        pairs = list(accs)
+        for i in range(0, len(pairs), _RECENT_PER_STATEMENT):
+            subs = []
+            for n, (owner, tool) in enumerate(pairs[i : i + _RECENT_PER_STATEMENT]):
+                owner_cond = _E[owner_col].is_(None) if owner is None else _E[owner_col] == owner
+                inner = (
+                    sa.select(sa.literal(n).label("n"), _E.id, _E.call_id)
+                    .where(*base, _E.tool == tool, owner_cond)
+                    .order_by(_E.id.desc())
+                    .limit(_tools.RECENT_IDS)
+                    .subquery()
+                )
+                subs.append(sa.select(inner.c.n, inner.c.id, inner.c.call_id))
+            stmt: Any = subs[0] if len(subs) == 1 else sa.union_all(*subs)
+            found: dict[int, list[tuple[int, str]]] = {}
+            for n, ident, cid in self._fetch(stmt):
+                found.setdefault(int(n), []).append((int(ident), str(cid)))
+            for n, ids in found.items():
+                acc = accs[pairs[i + n]]
+                acc.recent.extend(cid for _, cid in sorted(ids))
 
     # ------------------------------------------------------- tracker views
     def snapshot(
-        self, since: datetime | float | None = None, until: datetime | float | None = None
+        self,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        *,
+        customer: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Snapshot:
-        """The same :class:`~agentmeter.Snapshot` a tracker that saw these events would give."""
-        conds = self._where(since, until)
-        return _views.snapshot(self._cells(conds), self._tool_accs(conds))
+        """The same :class:`~agentmeter.Snapshot` a tracker that saw these events would
+        give (``by_customer`` and ``by_customer_tool`` included)."""
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        tools, ctools = self._tool_accs(f)
+        return _views.snapshot(self._cells(f), tools, ctools)
+
+    def tools_snapshot(
+        self,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        *,
+        customer: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Snapshot:
+        """A snapshot of the tool-attributed usage only (its ``by_tool``, ``by_category``,
+        ``by_session_tool`` and ``by_customer_tool`` equal the full snapshot's, at a
+        fraction of the cost)."""
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        tools, ctools = self._tool_accs(f)
+        return _views.snapshot(self._cells(f, tools_only=True), tools, ctools)
 
     def session(
         self,
         session_id: str,
         since: datetime | float | None = None,
         until: datetime | float | None = None,
+        *,
+        customer: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> SessionUsage:
         """One session's usage, breakdowns and tool stats (``budget`` is ``None``: budgets
         live in the tracker, not in the database).
 
         Raises:
-            KeyError: if the session has no events in the range.
+            agentmeter.NotFoundError: if nothing of the session matches the filters.
         """
-        conds = self._where(since, until, session=session_id)
-        cells = self._cells(conds)
-        tools = self._tool_accs(conds)
+        f = _filter(
+            since, until, customer=customer, session=session_id, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        cells = self._cells(f)
+        tools, _ = self._tool_accs(f, customers=False)
         if not cells and not tools:
-            raise KeyError(f"unknown session {session_id!r}")
+            raise NotFoundError("session", session_id)
         return _views.session_usage(
             session_id, [(k, r) for _, k, r in cells], [(t, a) for _, t, a in tools], None
         )
+
+    def customer(
+        self,
+        customer_id: str,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        *,
+        session: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> CustomerUsage:
+        """One customer's usage per model, agent and session, and its tool stats.
+
+        Raises:
+            agentmeter.NotFoundError: if nothing of the customer matches the filters.
+        """
+        f = _filter(
+            since, until, customer=customer_id, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        cells = self._cells(f)
+        _, ctools = self._tool_accs(f, sessions=False)
+        if not cells and not ctools:
+            raise NotFoundError("customer", customer_id)
+        return _views.customer_usage(customer_id, cells, [(t, a) for _, t, a in ctools], None)
 
     def tool_stats(
         self,
         session_id: str | None = None,
         since: datetime | float | None = None,
         until: datetime | float | None = None,
+        *,
+        customer: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> dict[str, ToolStats]:
-        """``{tool: ToolStats}`` over all sessions, or for one session."""
-        if session_id is not None:
-            try:
-                return dict(self.session(session_id, since, until).tools)
-            except KeyError:
-                return {}
-        return dict(self.tools_snapshot(since, until).by_tool)
+        """``{tool: ToolStats}`` over everything, of one session, or of one customer
+        (empty when the session / customer has nothing, as the tracker's)."""
+        kw: dict[str, Any] = {
+            "agent": agent, "model": model, "provider": provider, "tool": tool, "tags": tags,
+        }  # fmt: skip
+        try:
+            if session_id is not None:
+                return dict(self.session(session_id, since, until, customer=customer, **kw).tools)
+            if customer is not None:
+                return dict(self.customer(customer, since, until, **kw).tools)
+        except NotFoundError:
+            return {}
+        return dict(self.tools_snapshot(since, until, **kw).by_tool)
 
-    def tools_snapshot(
-        self, since: datetime | float | None = None, until: datetime | float | None = None
-    ) -> Snapshot:
-        """A snapshot of the tool-attributed usage only (its ``by_tool``, ``by_category``
-        and ``by_session_tool`` equal the full snapshot's, at a fraction of the cost)."""
-        conds = self._where(since, until)
-        cells = self._cells([*conds, _E.tool.is_not(None)])
-        return _views.snapshot(cells, self._tool_accs(conds))
-
+    # -------------------------------------------------------------- reset
     def reset(
-        self, since: datetime | float | None = None, until: datetime | float | None = None
-    ) -> int:
-        """Delete the stored events in the range (all by default); returns how many."""
+        self,
+        *,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        session: str | None = None,
+        customer: str | None = None,
+    ) -> dict[str, int]:
+        """Delete the stored events matching the bounds, with their rollup contribution.
+
+        At least one bound is required: deleting billing data is never the default.
+
+        Returns:
+            What was removed: ``events``, ``llm_calls``, ``embedding_calls``,
+            ``tool_calls``, ``total_tokens``, ``cost_micros``.
+
+        Raises:
+            ValueError: when no bound is given.
+        """
+        if since is None and until is None and session is None and customer is None:
+            raise ValueError("name what to delete: since/until, session or customer")
+        f = _filter(since, until, session=session, customer=customer)
         with self._engine.begin() as conn:
-            result = conn.execute(EVENTS.delete().where(*self._where(since, until)))
-            return int(result.rowcount or 0)
+            gone = self._totals(f, conn)
+            conds = self._raw_conds(f) + self._time_conds(f.lo, f.hi, None, None)
+            n = conn.execute(EVENTS.delete().where(*conds)).rowcount or 0
+        return {
+            "events": int(n),
+            "llm_calls": gone.llm_calls,
+            "embedding_calls": gone.embedding_calls,
+            "tool_calls": gone.tool_calls,
+            "total_tokens": gone.total_tokens,
+            "cost_micros": gone.cost_micros,
+        }

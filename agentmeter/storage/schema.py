@@ -1,21 +1,44 @@
-"""The database schema: one row per metered call, plus a schema-version table.
+"""The database schema (version 2): raw events, hourly rollups, and a schema-version table.
 
 Tables (SQLAlchemy Core, portable across SQLite and PostgreSQL):
 
 - ``agentmeter_events``: one row per recorded call (LLM, embedding, tool, cache
   hit/miss) with the fields of :class:`~agentmeter.UsageEvent`; ``ts`` is the
   time in epoch seconds, ``cost_micros`` integer micro-USD (``NULL`` = unpriced),
-  ``latency_bucket`` the bucket of ``agentmeter._latency`` for tool durations so
-  that percentiles can be read back with a ``GROUP BY`` (see :mod:`.query`).
-  Indexed on time, (session, time), agent, model and tool -- no more: every
-  index costs the writer about a sixth of its per-row time.
-- ``agentmeter_schema``: a single row with the schema version. A database written
-  by a newer agentmeter is refused with a clear error instead of being misread.
+  ``latency_bucket`` the bucket of ``agentmeter._latency`` for tool durations,
+  ``tags`` the event's tags as canonical JSON (sorted keys, no spaces). The raw
+  rows are kept for audit and export; reads come from the rollups. Indexed on
+  time, (session, time), (tool, session, id) and (customer, tool, id) -- the
+  last two serve the "recent call ids" of a tool with one ``LIMIT`` query each
+  -- and a unique index on the call id. No more: every index costs the writer
+  about a sixth of its per-row time.
+- ``agentmeter_rollup``: one row per hour x customer x session x agent x model x
+  provider x tool x kind, with every counter the read models need (events,
+  tokens of each kind, failed, estimated, cost, unpriced, latency sum / min /
+  max, tokens saved, and the last non-empty category with the id of the event
+  that set it). ``hour`` is the integer epoch of the hour's start. Absent
+  dimensions are stored as ``''`` (``NOT NULL``), so the primary key is a plain
+  unique key on both databases.
+- ``agentmeter_rollup_latency``: tool calls per hour x customer x session x agent
+  x tool x latency bucket (the histogram of ``agentmeter._latency``), from which
+  p50 / p95 are read exactly as the live tracker computes them.
+- ``agentmeter_rollup_tags``: the rollup again, one row per tag pair of the
+  events (``tag_key``, ``tag_value`` + the rollup key), for tag dimensions and
+  tag filters.
+- ``agentmeter_schema``: a single row with the schema version. A database
+  written by a newer agentmeter is refused with :class:`SchemaError` instead of
+  being misread. (Alembic's own revision is kept in
+  ``agentmeter_alembic_version``; see :mod:`agentmeter.storage.migrate`.)
+
+The SQL sink writes the rollup rows of a batch in the same transaction as its
+raw events (see :mod:`agentmeter.storage.sql`), so the rollups always equal a
+``GROUP BY`` over the raw events.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from .._latency import bucket
@@ -23,26 +46,38 @@ from ._deps import sqlalchemy as sa
 
 __all__ = [
     "COLUMNS",
+    "COUNTERS",
+    "DIMS",
     "EVENTS",
+    "HOUR",
+    "LATENCY_DIMS",
     "LLM_KINDS",
+    "ROLLUP",
+    "ROLLUP_LATENCY",
+    "ROLLUP_TAGS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "SchemaError",
-    "check_schema",
-    "ensure_schema",
+    "check_version",
+    "hour_of",
     "metadata",
+    "tag_patterns",
+    "tags_json",
     "to_row",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+HOUR = 3600
 LLM_KINDS: tuple[str, ...] = ("chat", "completion", "image", "audio", "other")
 
 metadata = sa.MetaData()
 
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 EVENTS = sa.Table(
     "agentmeter_events",
     metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("id", _ID, primary_key=True),
     sa.Column("call_id", sa.Text, nullable=False),
     sa.Column("ts", sa.Float(precision=53), nullable=False),
     sa.Column("kind", sa.Text, nullable=False),
@@ -66,14 +101,109 @@ EVENTS = sa.Table(
     sa.Column("tokens_saved", sa.BigInteger, nullable=False, default=0),
     sa.Column("metadata", sa.Text),
     sa.Column("latency_bucket", sa.Integer),
+    # Version 2: appended, so an upgraded version-1 table has the same column order.
+    sa.Column("customer_id", sa.Text),
+    sa.Column("tags", sa.Text),
     sa.Index("ix_agentmeter_events_ts", "ts"),
     sa.Index("ix_agentmeter_events_session", "session_id", "ts"),
-    sa.Index("ix_agentmeter_events_agent", "agent_id"),
-    sa.Index("ix_agentmeter_events_model", "model"),
-    sa.Index("ix_agentmeter_events_tool", "tool"),
+    sa.Index("ix_agentmeter_events_tool_session", "tool", "session_id", "id"),
+    sa.Index("ix_agentmeter_events_customer", "customer_id", "tool", "id"),
     # One row per call: a batch retried after a commit whose reply was lost (or a
-    # spill file replayed twice) inserts nothing new (see SQLSink's ON CONFLICT).
+    # spill file replayed twice) inserts nothing new, and adds nothing to the rollups.
     sa.Index("ux_agentmeter_events_call_id", "call_id", unique=True),
+)
+
+# The rollup key (after ``hour``); '' stands for "none".
+DIMS: tuple[str, ...] = (
+    "customer_id",
+    "session_id",
+    "agent_id",
+    "model",
+    "provider",
+    "tool",
+    "kind",
+)
+LATENCY_DIMS: tuple[str, ...] = ("customer_id", "session_id", "agent_id", "tool")
+# Counters of a rollup row, in the order the writer builds them.
+COUNTERS: tuple[str, ...] = (
+    "events",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "failed",
+    "estimated",
+    "cost_micros",
+    "unpriced",
+    "latency_ms",
+    "latency_min",
+    "latency_max",
+    "tokens_saved",
+    "category",
+    "category_seq",
+)
+_FLOAT_COUNTERS = frozenset({"latency_ms"})
+_NULLABLE_FLOATS = frozenset({"latency_min", "latency_max"})
+
+
+def _dim_columns(names: tuple[str, ...]) -> list[sa.Column[Any]]:
+    return [sa.Column(n, sa.Text, nullable=False, server_default="") for n in names]
+
+
+def _counter_columns() -> list[sa.Column[Any]]:
+    cols: list[sa.Column[Any]] = []
+    for name in COUNTERS:
+        if name in _FLOAT_COUNTERS:
+            cols.append(sa.Column(name, sa.Float(precision=53), nullable=False, server_default="0"))
+        elif name in _NULLABLE_FLOATS:
+            cols.append(sa.Column(name, sa.Float(precision=53)))
+        elif name == "category":
+            cols.append(sa.Column(name, sa.Text, nullable=False, server_default=""))
+        elif name == "category_seq":
+            cols.append(sa.Column(name, sa.BigInteger))
+        else:
+            cols.append(sa.Column(name, sa.BigInteger, nullable=False, server_default="0"))
+    return cols
+
+
+ROLLUP = sa.Table(
+    "agentmeter_rollup",
+    metadata,
+    sa.Column("hour", sa.BigInteger, nullable=False),
+    *_dim_columns(DIMS),
+    *_counter_columns(),
+    sa.PrimaryKeyConstraint("hour", *DIMS, name="pk_agentmeter_rollup"),
+    sa.Index("ix_agentmeter_rollup_session", "session_id", "hour"),
+    sa.Index("ix_agentmeter_rollup_customer", "customer_id", "hour"),
+    sqlite_with_rowid=False,
+)
+
+ROLLUP_LATENCY = sa.Table(
+    "agentmeter_rollup_latency",
+    metadata,
+    sa.Column("hour", sa.BigInteger, nullable=False),
+    *_dim_columns(LATENCY_DIMS),
+    sa.Column("bucket", sa.Integer, nullable=False),
+    sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
+    sa.PrimaryKeyConstraint("hour", *LATENCY_DIMS, "bucket", name="pk_agentmeter_rollup_latency"),
+    sa.Index("ix_agentmeter_rollup_latency_session", "session_id", "hour"),
+    sa.Index("ix_agentmeter_rollup_latency_customer", "customer_id", "hour"),
+    sqlite_with_rowid=False,
+)
+
+ROLLUP_TAGS = sa.Table(
+    "agentmeter_rollup_tags",
+    metadata,
+    sa.Column("tag_key", sa.Text, nullable=False),
+    sa.Column("tag_value", sa.Text, nullable=False),
+    sa.Column("hour", sa.BigInteger, nullable=False),
+    *_dim_columns(DIMS),
+    *_counter_columns(),
+    sa.PrimaryKeyConstraint(
+        "tag_key", "tag_value", "hour", *DIMS, name="pk_agentmeter_rollup_tags"
+    ),
+    sqlite_with_rowid=False,
 )
 
 SCHEMA = sa.Table(
@@ -90,6 +220,20 @@ class SchemaError(RuntimeError):
     """The database is not an agentmeter database, or one of an unknown version."""
 
 
+def newer_schema(version: int) -> SchemaError:
+    """The error for a database written by a newer agentmeter."""
+    return SchemaError(
+        f"the database has agentmeter schema version {version}, newer than this "
+        f"agentmeter's ({SCHEMA_VERSION}): upgrade agentmeter-core"
+    )
+
+
+def hour_of(ts: float) -> int:
+    """The start (epoch seconds) of the hour of ``ts`` -- the same arithmetic as the
+    SQL expression of :mod:`.query`, so an event falls in the same hour everywhere."""
+    return math.floor(ts / HOUR) * HOUR
+
+
 def _json(value: Any) -> str | None:
     if value is None:
         return None
@@ -97,6 +241,23 @@ def _json(value: Any) -> str | None:
         return json.dumps(value, default=str, separators=(",", ":"))
     except (TypeError, ValueError):  # circular structures: keep something readable
         return json.dumps(repr(value))
+
+
+def tags_json(tags: Any) -> str | None:
+    """Tags as canonical JSON (sorted keys, no spaces); ``None`` for no tags."""
+    if not tags:
+        return None
+    return json.dumps(
+        {str(k): str(v) for k, v in tags.items()}, sort_keys=True, separators=(",", ":")
+    )
+
+
+def tag_patterns(key: str, value: str) -> tuple[str, str]:
+    """The two substrings one of which the canonical JSON of tags holding ``key=value``
+    contains (the pair followed by ``,`` or by ``}``). JSON escapes every quote inside
+    a string, so neither can match across a key or a value."""
+    pair = json.dumps(key) + ":" + json.dumps(value)
+    return pair + ",", pair + "}"
 
 
 def to_row(raw: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -109,6 +270,7 @@ def to_row(raw: tuple[Any, ...]) -> tuple[Any, ...]:
     error = raw[18]
     meta = raw[21]
     latency = raw[11]
+    n = len(raw)
     return (
         *raw[:14],
         _json(list(scope_path)) if scope_path else None,
@@ -118,46 +280,22 @@ def to_row(raw: tuple[Any, ...]) -> tuple[Any, ...]:
         raw[20],
         None if meta is None else _json(meta),
         bucket(latency) if raw[2] == "tool" and latency is not None else None,
+        raw[22] if n > 22 else None,
+        tags_json(raw[23]) if n > 23 else None,
     )
 
 
-def ensure_schema(conn: sa.Connection) -> None:
-    """Create the tables and indexes if missing; refuse a newer schema version.
-
-    Safe to call concurrently from several processes: creation is idempotent and
-    a lost race for the version row is tolerated.
-    """
-    metadata.create_all(conn, checkfirst=True)
-    # Databases created before the unique call-id index existed get it now.
-    conn.exec_driver_sql(
-        "CREATE UNIQUE INDEX IF NOT EXISTS ux_agentmeter_events_call_id "
-        "ON agentmeter_events (call_id)"
-    )
-    version = conn.execute(sa.select(sa.func.max(SCHEMA.c.version))).scalar()
-    if version is None:
-        conn.execute(SCHEMA.insert().values(version=SCHEMA_VERSION))
-    elif version > SCHEMA_VERSION:
-        raise SchemaError(
-            f"the database has agentmeter schema version {version}, newer than this "
-            f"agentmeter's ({SCHEMA_VERSION}): upgrade agentmeter-core"
-        )
-
-
-def check_schema(conn: sa.Connection) -> int:
-    """The schema version of an existing database (for readers; creates nothing).
+def check_version(conn: sa.Connection) -> int | None:
+    """The version in ``agentmeter_schema`` (``None`` when the table or row is missing).
 
     Raises:
-        SchemaError: if the agentmeter tables are missing or the version is newer.
+        SchemaError: if the version is newer than this agentmeter's.
     """
-    names = set(sa.inspect(conn).get_table_names())
-    if EVENTS.name not in names or SCHEMA.name not in names:
-        raise SchemaError("not an agentmeter database (its tables are missing)")
+    if not sa.inspect(conn).has_table(SCHEMA.name):
+        return None
     version = conn.execute(sa.select(sa.func.max(SCHEMA.c.version))).scalar()
     if version is None:
-        raise SchemaError("not an agentmeter database (no schema version)")
-    if version > SCHEMA_VERSION:
-        raise SchemaError(
-            f"the database has agentmeter schema version {version}, newer than this "
-            f"agentmeter's ({SCHEMA_VERSION}): upgrade agentmeter-core"
-        )
+        return None
+    if int(version) > SCHEMA_VERSION:
+        raise newer_schema(int(version))
     return int(version)

@@ -24,7 +24,8 @@ from ._deps import sqlalchemy as sa
 from ._writer import BackgroundWriter
 from .engine import make_engine, redact, resolve_url, sqlite_path
 from .jsonl import append_lines, raw_from_json
-from .schema import COLUMNS, EVENTS, ensure_schema, to_row
+from .migrations import upgrade as ensure_schema
+from .schema import COLUMNS, EVENTS, to_row
 
 __all__ = ["SQLSink"]
 

@@ -1,0 +1,310 @@
+"""UsageStore's read API: customers, tags, filters, time series, partial hours, reset."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import storage_pg
+from storage_util import (
+    CUSTOMERS,
+    TAG_CHOICES,
+    TOOL_CATEGORY,
+    billing_workload,
+    comparable,
+    expected_usage,
+    priced_tracker,
+    raw_event,
+)
+
+import agentmeter
+from agentmeter import NotFoundError, UsageEvent
+from agentmeter.storage import SQLSink, UsageStore
+
+db_url = storage_pg.db_url
+pg = storage_pg.pg
+
+pytestmark = pytest.mark.filterwarnings("ignore::agentmeter.UnpricedModelWarning")
+
+BASE = datetime(2025, 3, 1, tzinfo=UTC).timestamp()
+
+
+def random_raws(n: int, seed: int, base: float = BASE, hours: float = 6) -> list[tuple[Any, ...]]:
+    """Raw events spread over ``hours``, submitted out of time order, every kind."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ts = base + rng.random() * hours * 3600
+        kind = rng.choice(
+            ["chat", "completion", "embedding", "tool", "tool", "cache_hit", "cache_miss"]
+        )
+        f: dict[str, Any] = {
+            "session_id": rng.choice([None, "s1", "s2", "s3"]),
+            "agent_id": rng.choice([None, "planner"]),
+            "customer_id": rng.choice(CUSTOMERS),
+            "tags": rng.choice(TAG_CHOICES),
+        }
+        if kind in ("chat", "completion"):
+            inp = rng.randint(0, 3000)
+            out_t = rng.randint(0, 400)
+            f.update(
+                model=rng.choice(["m1", "openai/gpt-x"]),
+                provider=rng.choice([None, "openai"]),
+                input_tokens=inp,
+                output_tokens=out_t,
+                cache_read_tokens=rng.randint(0, inp // 2),
+                cache_write_tokens=rng.randint(0, inp // 4),
+                reasoning_tokens=rng.randint(0, out_t // 2),
+                cost_micros=rng.choice([None, rng.randint(0, 5000)]),
+                latency_ms=rng.choice([None, rng.randint(0, 4000) / 4]),
+                tool=rng.choice([None, None, "search"]),
+                status=rng.choice(["ok", "ok", "error"]),
+                estimated=rng.random() < 0.2,
+            )
+        elif kind == "embedding":
+            f.update(
+                model="emb",
+                input_tokens=rng.randint(1, 900),
+                cost_micros=rng.choice([None, rng.randint(0, 50)]),
+                estimated=rng.random() < 0.2,
+            )
+        elif kind == "tool":
+            tool = rng.choice(sorted(TOOL_CATEGORY))
+            f.update(
+                tool=tool,
+                latency_ms=rng.randint(0, 8000) / 4,
+                category=TOOL_CATEGORY[tool] or None,
+                status=rng.choice(["ok", "ok", "error"]),
+            )
+        elif kind == "cache_hit":
+            f.update(tokens_saved=rng.randint(0, 300), model=rng.choice([None, "m1"]))
+        out.append(raw_event(f"r{seed}-{i}", ts, kind, **f))
+    return out
+
+
+def replay(events: list[UsageEvent]) -> agentmeter.Tracker:
+    """A live tracker that recorded exactly these events (in this order)."""
+    t = agentmeter.Tracker()
+    for e in events:
+        common: dict[str, Any] = {
+            "session_id": e.session_id,
+            "agent_id": e.agent_id,
+            "customer_id": e.customer_id,
+            "tags": e.tags,
+        }
+        cost = None if e.cost_micros is None else Decimal(e.cost_micros).scaleb(-6)
+        if e.kind == "embedding":
+            t.record_embedding(
+                model=e.model or "", input_tokens=e.input_tokens, cost_usd=cost,
+                call_id=e.call_id, estimated=e.estimated, **common,
+            )  # fmt: skip
+        elif e.kind == "tool":
+            t.record_tool_call(
+                tool=e.tool or "", ok=e.status == "ok", duration_ms=e.latency_ms or 0.0,
+                category=e.category or "", call_id=e.call_id, **common,
+            )  # fmt: skip
+        elif e.kind == "cache_hit":
+            t.record_cache_hit(tokens_saved=e.tokens_saved, model=e.model, **common)
+        elif e.kind == "cache_miss":
+            t.record_cache_miss(model=e.model, **common)
+        else:
+            t.record_llm(
+                model=e.model or "", input_tokens=e.input_tokens, output_tokens=e.output_tokens,
+                cache_read_tokens=e.cache_read_tokens, cache_write_tokens=e.cache_write_tokens,
+                reasoning_tokens=e.reasoning_tokens, provider=e.provider,
+                latency_ms=e.latency_ms, cost_usd=cost, call_id=e.call_id, kind=e.kind,
+                estimated=e.estimated, tool=e.tool, ok=e.status == "ok", **common,
+            )  # fmt: skip
+    return t
+
+
+def _matches(e: UsageEvent, tags: dict[str, str] | None = None, **eq: Any) -> bool:
+    if tags and any((e.tags or {}).get(k) != v for k, v in tags.items()):
+        return False
+    return all(getattr(e, k) == v for k, v in eq.items())
+
+
+def _in(e: UsageEvent, lo: float | None, hi: float | None) -> bool:
+    ts = e.timestamp.timestamp()
+    return (lo is None or ts >= lo) and (hi is None or ts < hi)
+
+
+def _store_raws(url: str, raws: list[tuple[Any, ...]]) -> None:
+    with SQLSink(url) as sink:
+        for r in raws:
+            sink.submit(r)
+        assert sink.flush(30)
+        assert sink.stats["written"] == len(raws)
+
+
+def test_store_matches_tracker_with_customers_and_tags(db_url: str) -> None:
+    t = priced_tracker()
+    events: list[UsageEvent] = []
+    t.subscribe(events.append)
+    with SQLSink(db_url) as sink:
+        t.add_sink(sink)
+        billing_workload(t, 300, seed=5)
+        assert sink.flush(10)
+    live = t.snapshot()
+    with UsageStore(db_url) as store:
+        assert comparable(store.snapshot()) == comparable(live)
+        assert live.by_customer and store.snapshot().by_customer_tool == live.by_customer_tool
+        for c in t.customers():
+            assert store.customer(c) == t.customer(c)
+            assert store.tool_stats(customer=c) == dict(t.customer(c).tools)
+        for s in t.sessions():
+            assert store.session(s) == t.session(s)
+        by_customer = store.by("customer")
+        assert by_customer == live.by_customer
+        totals = [u.total_tokens for u in by_customer.values()]
+        assert totals == sorted(totals, reverse=True)
+        assert store.count_keys("customer") == len(live.by_customer)
+        assert "org/with/slash" in by_customer
+        for key in ("team", "env", "q"):
+            groups: dict[str, list[UsageEvent]] = {}
+            for e in events:
+                if e.tags and key in e.tags:
+                    groups.setdefault(e.tags[key], []).append(e)
+            assert store.by(f"tag:{key}") == {v: expected_usage(es) for v, es in groups.items()}
+            assert store.count_keys(f"tag:{key}") == len(groups)
+        for tags, eq in (
+            ({"team": "search"}, {}),
+            ({"team": "search", "env": "dev"}, {}),
+            ({"q": 'a "quoted", value}'}, {}),
+            ({"env": "prod"}, {"customer_id": "acme"}),
+            ({"team": "ads"}, {"model": "m1"}),
+        ):
+            sel = [e for e in events if _matches(e, tags, **eq)]
+            kw = {"customer": eq.get("customer_id"), "model": eq.get("model")}
+            assert store.totals(tags=tags, **kw) == expected_usage(sel)
+            assert store.count(tags=tags, **kw) == len(sel)
+            assert comparable(store.snapshot(tags=tags, **kw)) == comparable(replay(sel).snapshot())
+        team = store.by("tag:team", tags={"env": "prod"})
+        prod = [e for e in events if _matches(e, {"env": "prod"}) and "team" in (e.tags or {})]
+        assert team == {"ads": expected_usage([e for e in prod if e.tags["team"] == "ads"])}  # type: ignore[index]
+        with pytest.raises(NotFoundError, match="unknown customer 'nobody'"):
+            store.customer("nobody")
+        with pytest.raises(LookupError, match="unknown session 'nope'"):
+            store.session("nope")
+        assert store.tool_stats(customer="nobody") == {}
+        with pytest.raises(ValueError, match="dimension"):
+            store.by("tag:")
+        with pytest.raises(ValueError, match="must not be empty"):
+            store.totals(customer="")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_partial_hours_equal_the_events(db_url: str, seed: int) -> None:
+    raws = random_raws(600, seed)
+    _store_raws(db_url, raws)
+    events = [UsageEvent.from_raw(r) for r in raws]
+    h = 3600
+    bounds = [
+        (None, None),
+        (BASE + h, BASE + 3 * h),  # whole hours
+        (BASE + 1800.25, BASE + 3 * h + 10),  # partial at both ends
+        (BASE + 100, BASE + 200),  # inside one hour
+        (BASE + 2 * h - 0.5, BASE + 2 * h + 0.5),  # across one boundary
+        (None, BASE + 5000),
+        (BASE + 4000.5, None),
+        (BASE + 10 * h, None),  # nothing
+    ]
+    with UsageStore(db_url) as store:
+        for lo, hi in bounds:
+            sel = [e for e in events if _in(e, lo, hi)]
+            assert store.totals(lo, hi) == expected_usage(sel), (lo, hi)
+            assert store.count(lo, hi) == len(sel)
+            assert comparable(store.snapshot(lo, hi)) == comparable(replay(sel).snapshot()), (
+                lo,
+                hi,
+            )
+            acme = [e for e in sel if e.customer_id == "acme"]
+            if acme:
+                assert store.customer("acme", lo, hi) == replay(acme).customer("acme")
+            s1 = [e for e in sel if e.session_id == "s1"]
+            if s1:
+                assert store.session("s1", lo, hi) == replay(s1).session("s1")
+            tagged = [e for e in sel if _matches(e, {"team": "search"})]
+            assert store.totals(lo, hi, tags={"team": "search"}) == expected_usage(tagged)
+            by_team: dict[str, list[UsageEvent]] = {}
+            for e in sel:
+                if e.tags and "team" in e.tags:
+                    by_team.setdefault(e.tags["team"], []).append(e)
+            assert store.by("tag:team", lo, hi) == {
+                k: expected_usage(v) for k, v in by_team.items()
+            }
+
+
+def test_timeseries(db_url: str) -> None:
+    raws = random_raws(400, 7, hours=30)
+    _store_raws(db_url, raws)
+    events = [UsageEvent.from_raw(r) for r in raws]
+    with UsageStore(db_url) as store:
+        hourly = store.timeseries("hour")
+        expect: dict[float, list[UsageEvent]] = {}
+        for e in events:
+            ts = e.timestamp.timestamp()
+            expect.setdefault(ts - ts % 3600, []).append(e)
+        assert [(t.timestamp(), k, u) for t, k, u in hourly] == [
+            (h, None, expected_usage(expect[h])) for h in sorted(expect)
+        ]
+        assert all(t.tzinfo is UTC for t, _, _ in hourly)
+        daily = store.timeseries("day", by="customer")
+        groups: dict[tuple[float, str], list[UsageEvent]] = {}
+        for e in events:
+            ts = e.timestamp.timestamp()
+            groups.setdefault((ts - ts % 86400, e.customer_id or ""), []).append(e)
+        assert [(t.timestamp(), k or "", u) for t, k, u in daily] == [
+            (d, c, expected_usage(groups[(d, c)])) for d, c in sorted(groups)
+        ]
+        since = BASE + 5 * 3600 + 900
+        part = store.timeseries("hour", by="model", since=since, until=since + 7200, session="s1")
+        sel = [e for e in events if _in(e, since, since + 7200) and e.session_id == "s1"]
+        assert sum((u for _, _, u in part), agentmeter.Usage()) == expected_usage(sel)
+        with pytest.raises(ValueError, match="bucket"):
+            store.timeseries("week")
+        with pytest.raises(ValueError, match="by"):
+            store.timeseries("hour", by="colour")
+
+
+def test_reset_needs_a_bound_and_removes_exactly_what_it_names(db_url: str) -> None:
+    raws = random_raws(500, 11)
+    _store_raws(db_url, raws)
+    events = [UsageEvent.from_raw(r) for r in raws]
+    with UsageStore(db_url) as store:
+        with pytest.raises(ValueError, match="name what to delete"):
+            store.reset()
+        assert store.count() == 500
+        steps: list[dict[str, Any]] = [
+            {"customer": "acme"},
+            {"since": BASE + 1800.5, "until": BASE + 2 * 3600 + 7},
+            {"session": "s1", "since": BASE + 4 * 3600 + 60},
+            {"until": BASE + 600},
+        ]
+        for kw in steps:
+            lo, hi = kw.get("since"), kw.get("until")
+            gone = [
+                e for e in events
+                if _in(e, lo, hi)
+                and _matches(e, customer_id=kw.get("customer", e.customer_id),
+                             session_id=kw.get("session", e.session_id))
+            ]  # fmt: skip
+            events = [e for e in events if e not in gone]
+            removed = store.reset(**kw)
+            u = expected_usage(gone)
+            assert removed == {
+                "events": len(gone),
+                "llm_calls": u.llm_calls,
+                "embedding_calls": u.embedding_calls,
+                "tool_calls": u.tool_calls,
+                "total_tokens": u.total_tokens,
+                "cost_micros": u.cost_micros,
+            }, kw
+            assert store.count() == len(events)
+            assert comparable(store.snapshot()) == comparable(replay(events).snapshot()), kw
+            mid = BASE + 3 * 3600 + 1234.5
+            rest = [e for e in events if _in(e, mid, None)]
+            assert store.totals(mid) == expected_usage(rest)
