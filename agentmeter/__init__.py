@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _default_tracker
 from .budget import Budget, BudgetStore, InMemoryBudgetStore, Reservation
 from .errors import AgentMeterError, BudgetExceeded, BudgetStoreUnavailable, NotFoundError
 from .models import (
@@ -39,12 +40,16 @@ from .pricing import UnpricedModelWarning, normalise_model
 from .scope import Scope, register_call_id_provider, run_in_context
 from .tracker import Tracker
 
+# The renderers register themselves for the value objects' display hooks (_render).
+from . import _display, frames  # noqa: E402, F401, I001
+
 try:
     __version__ = version("agentmeter-core")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 _default = Tracker()
+_default_tracker.install(_default)
 
 
 def get_tracker() -> Tracker:

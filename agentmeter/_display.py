@@ -25,7 +25,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .models import BudgetStatus, SessionUsage, Snapshot, ToolStats, Usage
+from . import _render
+from .models import BudgetStatus, SessionUsage, Snapshot, ToolStats, ToolTable, Usage
 
 if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -469,29 +470,6 @@ def tool_stats_html(stats: Mapping[str, ToolStats], title: str = "tool stats") -
     return f"{_WRAP}{tools_table(stats, title).html()}</div>"
 
 
-class ToolTable(dict[str, ToolStats]):
-    """``{tool: ToolStats}`` that renders as a table in Jupyter and in ``print``.
-
-    A plain ``dict`` in every other respect (``tracker.tool_stats()`` results
-    compare equal to dicts). Wrap any mapping of tool stats with
-    :func:`tool_table` / ``ToolTable(stats)``.
-    """
-
-    __slots__ = ()
-
-    def _repr_html_(self) -> str:
-        return tool_stats_html(self)
-
-    def __str__(self) -> str:
-        return tool_stats_text(self)
-
-    def to_dataframe(self) -> pd.DataFrame:
-        """One row per tool (needs pandas: ``pip install 'agentmeter-core[pandas]'``)."""
-        from .frames import tool_stats_frame
-
-        return tool_stats_frame(self)
-
-
 def tool_table(stats: Mapping[str, ToolStats]) -> ToolTable:
     """Wrap tool stats (e.g. ``session.tools``) so they display as a table."""
     return stats if isinstance(stats, ToolTable) else ToolTable(stats)
@@ -664,3 +642,25 @@ def customer_html(c: Any) -> str:
     return _compose_html(
         _header(f"customer {c.customer_id}", _summary(c.usage)), _customer_tables(c)
     )
+
+
+# The value objects' __str__ / _repr_html_ find these through agentmeter._render.
+_render.register(
+    usage_repr=usage_repr,
+    usage_text=usage_text,
+    usage_html=usage_html,
+    tool_stats_text=tool_stats_text,
+    tool_stats_html=tool_stats_html,
+    budget_text=budget_text,
+    budget_html=budget_html,
+    session_repr=session_repr,
+    session_text=session_text,
+    session_html=session_html,
+    customer_text=customer_text,
+    customer_html=customer_html,
+    snapshot_repr=snapshot_repr,
+    snapshot_text=snapshot_text,
+    snapshot_html=snapshot_html,
+    scope_text=scope_text,
+    scope_html=scope_html,
+)

@@ -37,7 +37,7 @@ class BudgetLedger:
         self.default_budget = default_budget
         self.session_refs: dict[str, BudgetRef] = {}
         self.pending: dict[str, Reservation] = {}
-        self._prefix = key_prefix
+        self.prefix = key_prefix
         self.active = default_budget is not None  # session budgets may apply
 
     def _drop(self, key: str) -> None:
@@ -46,7 +46,8 @@ class BudgetLedger:
         if not getattr(self.store, "shared", False):
             self.store.drop(key)
 
-    def _update_active(self) -> None:
+    def update_active(self) -> None:
+        """Recompute :attr:`active` after the session or default budgets changed."""
         self.active = self.default_budget is not None or bool(self.session_refs)
 
     # -- which budgets apply ----------------------------------------------------
@@ -72,15 +73,21 @@ class BudgetLedger:
         """A budget ref for a scope that has its own budget."""
         assert scope.budget is not None
         return BudgetRef(
-            f"scope:{self._prefix}{scope.uid}",
+            f"scope:{self.prefix}{scope.uid}",
             f"scope {'/'.join(scope.path)!r}",
             scope.budget,
             scope.budget.limits(),
         )
 
+    def scope_status(self, scope: Scope) -> BudgetStatus | None:
+        """A scope's own budget against its spend, ``None`` without one."""
+        if scope.budget is None or not scope.budget_refs:
+            return None
+        return self.status(scope.budget_refs[-1])
+
     def drop_scope(self, scope: Scope) -> None:
         """Forget a finished scope's budget state."""
-        self.store.drop(f"scope:{self._prefix}{scope.uid}")
+        self.store.drop(f"scope:{self.prefix}{scope.uid}")
 
     # -- session budgets ---------------------------------------------------------
     def set_session_budget(
@@ -103,14 +110,14 @@ class BudgetLedger:
                 if spent != ZERO:
                     self.store.settle(ref.key, None, spent)
             self.session_refs[session_id] = ref
-        self._update_active()
+        self.update_active()
 
     def close_session(self, session_id: str) -> None:
         """Drop a closed session's budget."""
         ref = self.session_refs.pop(session_id, None)
         if ref is not None:
             self._drop(ref.key)
-        self._update_active()
+        self.update_active()
 
     def session_status(self, session_id: str) -> BudgetStatus | None:
         """The session's budget status, or ``None`` without a budget."""

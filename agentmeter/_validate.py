@@ -65,7 +65,7 @@ def opt_cost_micros(name: str, value: Any) -> int | None:
 
 
 def name(arg: str, value: Any, *, optional: bool = True) -> str | None:
-    """A non-empty string identifier (model, tool, session, agent ...)."""
+    """A non-empty string identifier (model, tool, session, agent ...) of valid text."""
     if value is None:
         if optional:
             return None
@@ -74,29 +74,74 @@ def name(arg: str, value: Any, *, optional: bool = True) -> str | None:
         raise TypeError(f"{arg} must be a str, got {type(value).__name__}: {value!r}")
     if not value:
         raise ValueError(f"{arg} must not be empty")
+    if not value.isascii():
+        text(arg, value)
+    return value
+
+
+def text(arg: str, value: str) -> str:
+    """``value`` if it is valid Unicode text: a lone surrogate (from a bad decode) would
+    be accepted here and make every later JSON export of the tracker fail."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{arg} must be valid text: it holds a lone surrogate at position {exc.start} "
+            f"({value!r})"
+        ) from None
     return value
 
 
 def call_id(value: Any) -> object:
     """A call id: str, int or uuid.UUID (LangChain run ids) ."""
-    if value is None or type(value) is str or type(value) is int:
+    if value is None or type(value) is int:
         return value
+    if type(value) is str:
+        if not value:
+            raise ValueError("call_id must not be empty")
+        return value if value.isascii() else text("call_id", value)
     from uuid import UUID
 
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, str):
-        return str(value)
+        return name("call_id", str(value))
+    if isinstance(value, bool):
+        raise TypeError("call_id must be a str, int or UUID, got bool")
+    if isinstance(value, int):
+        return int(value)
     raise TypeError(f"call_id must be a str, int or UUID, got {type(value).__name__}")
 
 
+def error(value: Any) -> str | None:
+    """An optional error description: a str of valid text."""
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise TypeError(f"error must be a str, got {type(value).__name__}: {value!r}")
+    return value if value.isascii() else text("error", value)
+
+
+def kind(value: Any, allowed: frozenset[str]) -> str:
+    """One of ``allowed`` (an unhashable value gets a TypeError naming ``kind``)."""
+    if type(value) is not str:
+        raise TypeError(f"kind must be a str, got {type(value).__name__}: {value!r}")
+    if value not in allowed:
+        if value == "embedding":
+            raise ValueError("kind='embedding': use record_embedding()")
+        raise ValueError(f"kind must be one of {sorted(allowed)}, got {value!r}")
+    return value
+
+
 def flag(arg: str, value: Any) -> bool:
+    """A real ``bool`` (``1`` or ``"yes"`` are refused: they hide bugs)."""
     if type(value) is not bool:
         raise TypeError(f"{arg} must be a bool, got {type(value).__name__}: {value!r}")
     return value
 
 
 def metadata(value: Any) -> dict[str, Any] | None:
+    """Free-form subscriber data: a dict (its contents are the caller's)."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -110,8 +155,9 @@ def names(**values: Any) -> None:
         name(arg, value)
 
 
-def parts(input_tokens: int, cache_read: int, cache_write: int, output_tokens: int,
-          reasoning: int) -> None:
+def parts(
+    input_tokens: int, cache_read: int, cache_write: int, output_tokens: int, reasoning: int
+) -> None:
     """Cache tokens are part of the input, reasoning tokens part of the output."""
     if cache_read + cache_write > input_tokens:
         raise ValueError(
@@ -151,4 +197,7 @@ def tags(value: Any) -> dict[str, str] | None:
             raise TypeError(f"tags[{k!r}] must be a str, got {type(v).__name__}: {v!r}")
         if len(v) > MAX_TAG_VALUE:
             raise ValueError(f"tags[{k!r}] must be at most {MAX_TAG_VALUE} characters")
+        if not (k.isascii() and v.isascii()):
+            text("tags key", k)
+            text(f"tags[{k!r}]", v)
     return dict(value)

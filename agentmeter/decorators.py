@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _validate
 from .budget import Budget
+from .instrumentation import ToolCall, start_tool
 from .scope import _CALL_ID_PROVIDERS as _PROVIDERS
 from .scope import STACK, Scope, ambient_call_id
 
@@ -86,10 +86,7 @@ def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
         @functools.wraps(func)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             scope = spec.scope()
-            scope._enter()
-            stack = STACK.get()
-            STACK.reset(scope._token)  # type: ignore[arg-type]
-            scope._token = None
+            stack = scope.enter_detached()
             agen = func(*args, **kwargs)
             try:
                 async for item in _drive_async(agen, stack):
@@ -98,7 +95,7 @@ def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
                 scope.error = scope.error or type(exc).__name__
                 raise
             finally:
-                scope._exit()
+                scope.exit()
 
         return agen_wrapper
     if inspect.isgeneratorfunction(func):
@@ -106,46 +103,41 @@ def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
         @functools.wraps(func)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             scope = spec.scope()
-            scope._enter()
-            stack = STACK.get()
-            STACK.reset(scope._token)  # type: ignore[arg-type]
-            scope._token = None
+            stack = scope.enter_detached()
             try:
                 return (yield from _drive(func(*args, **kwargs), stack))
             except BaseException as exc:
                 scope.error = scope.error or type(exc).__name__
                 raise
             finally:
-                scope._exit()
+                scope.exit()
 
         return gen_wrapper
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            scope = spec.scope()
-            scope._enter()
+            scope = spec.scope().enter()
             try:
                 return await func(*args, **kwargs)
             except BaseException as exc:
                 scope.error = type(exc).__name__
                 raise
             finally:
-                scope._exit()
+                scope.exit()
 
         return async_wrapper
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scope = spec.scope()
-        scope._enter()
+        scope = spec.scope().enter()
         try:
             return func(*args, **kwargs)
         except BaseException as exc:
             scope.error = type(exc).__name__
             raise
         finally:
-            scope._exit()
+            scope.exit()
 
     return wrapper
 
@@ -208,41 +200,40 @@ async def _drive_async(
 
 
 # ------------------------------------------------------------- @metered_tool
-class _ToolCall:
-    """One running call of a metered tool: its scope, id, clock and reservation."""
+def _start(spec: _Spec) -> ToolCall:
+    """One call of a metered tool, in flight: its scope open, a tool call reserved."""
+    return start_tool(
+        spec.tool or spec.name,
+        category=spec.category or "",
+        # The framework's id of this tool call, when an integration knows it: the
+        # decorator and the framework's own callback then record it once.
+        call_id=ambient_call_id() if _PROVIDERS else None,
+        scope_name=spec.name,
+        budget=spec.budget,
+        tracker=spec.tracker,
+        session_id=spec.session_id,
+        agent_id=spec.agent_id,
+        customer_id=spec.customer_id,
+        tags=spec.tags,
+    )
 
-    __slots__ = ("call_id", "scope", "spec", "t0")
 
-    def __init__(self, spec: _Spec) -> None:
-        self.spec = spec
-        self.scope = spec.scope()
-        self.scope._enter()
-        self.call_id = ambient_call_id() if _PROVIDERS else None
-        tracker = spec.tracker
-        try:
-            if self.scope.budget_refs or tracker._budgets.active:
-                if self.call_id is None:
-                    self.call_id = tracker.new_call_id()
-                tracker.check_budget(kind="tool", call_id=self.call_id)
-        except BaseException:
-            self.scope._exit()
-            raise
-        self.t0 = time.perf_counter()
+def _start_detached(spec: _Spec) -> tuple[ToolCall, tuple[Scope, ...]]:
+    """Start a generator tool's call; its scope is taken off the current stack again
+    (the generator's steps run under the returned stack, see :func:`_drive`)."""
+    call = _start(spec)
+    stack = STACK.get()
+    scope = call.scope
+    if scope is not None:
+        STACK.set(tuple(s for s in stack if s is not scope))
+    return call, stack
 
-    def finish(self, exc: BaseException | None) -> None:
-        duration = (time.perf_counter() - self.t0) * 1000.0
-        spec = self.spec
-        try:
-            spec.tracker.record_tool_call(
-                spec.tool or spec.name,
-                exc is None,
-                duration,
-                spec.category or "",
-                self.call_id,
-                error=None if exc is None else type(exc).__name__,
-            )
-        finally:
-            self.scope._exit(exc)
+
+def _end(call: ToolCall, error: BaseException | None) -> None:
+    if error is None:
+        call.finish()
+    else:
+        call.fail(error)
 
 
 def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
@@ -250,10 +241,7 @@ def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         @functools.wraps(func)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-            call = _ToolCall(spec)
-            stack = STACK.get()
-            STACK.reset(call.scope._token)  # type: ignore[arg-type]
-            call.scope._token = None
+            call, stack = _start_detached(spec)
             error: BaseException | None = None
             try:
                 async for item in _drive_async(func(*args, **kwargs), stack):
@@ -266,7 +254,7 @@ def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
             finally:
                 token = STACK.set(stack)
                 try:
-                    call.finish(error)
+                    _end(call, error)
                 finally:
                     STACK.reset(token)
 
@@ -275,10 +263,7 @@ def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         @functools.wraps(func)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            call = _ToolCall(spec)
-            stack = STACK.get()
-            STACK.reset(call.scope._token)  # type: ignore[arg-type]
-            call.scope._token = None
+            call, stack = _start_detached(spec)
             error: BaseException | None = None
             try:
                 return (yield from _drive(func(*args, **kwargs), stack))
@@ -290,7 +275,7 @@ def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
             finally:
                 token = STACK.set(stack)
                 try:
-                    call.finish(error)
+                    _end(call, error)
                 finally:
                     STACK.reset(token)
 
@@ -299,26 +284,26 @@ def _wrap_tool(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            call = _ToolCall(spec)
+            call = _start(spec)
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:
-                call.finish(exc)
+                call.fail(exc)
                 raise
-            call.finish(None)
+            call.finish()
             return result
 
         return async_wrapper
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = _ToolCall(spec)
+        call = _start(spec)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            call.finish(exc)
+            call.fail(exc)
             raise
-        call.finish(None)
+        call.finish()
         return result
 
     return wrapper
@@ -352,9 +337,7 @@ def metered(
     def decorate(func: F) -> F:
         label = name or (func_or_name if isinstance(func_or_name, str) else None)
         label = label or getattr(func, "__qualname__", None) or repr(func)
-        spec = _Spec(
-            tracker, label, session_id, agent_id, budget, None, None, customer_id, tags
-        )
+        spec = _Spec(tracker, label, session_id, agent_id, budget, None, None, customer_id, tags)
         return _wrap_scope(func, spec)  # type: ignore[return-value]
 
     if callable(func_or_name):

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from . import _render
 from .models import SessionUsage, Snapshot, ToolStats, Usage, UsageEvent
 
 if TYPE_CHECKING:
@@ -300,3 +301,11 @@ def to_dataframe(obj: Any, by: str | None = None) -> pd.DataFrame:
         if all(isinstance(e, UsageEvent) for e in events):
             return events_frame(events)
     raise TypeError(f"to_dataframe() cannot convert {type(obj).__name__}")
+
+
+# SessionUsage / Snapshot / ToolTable.to_dataframe() find these through agentmeter._render.
+_render.register(
+    session_frame=session_frame,
+    snapshot_frame=snapshot_frame,
+    tool_stats_frame=tool_stats_frame,
+)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from . import _fields, _latency
+from . import _fields, _latency, _render
 
 if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -26,6 +26,7 @@ __all__ = [
     "SessionUsage",
     "Snapshot",
     "ToolStats",
+    "ToolTable",
     "Usage",
     "UsageCell",
     "UsageEvent",
@@ -109,19 +110,13 @@ class Usage(BaseModel):
 
 
     def __repr__(self) -> str:
-        from ._display import usage_repr
-
-        return usage_repr(self)
+        return _render.text("usage_repr", self)
 
     def __str__(self) -> str:
-        from ._display import usage_text
-
-        return usage_text(self)
+        return _render.text("usage_text", self)
 
     def _repr_html_(self) -> str:
-        from ._display import usage_html
-
-        return usage_html(self)
+        return _render.text("usage_html", self)
 
 
 class ToolStats(BaseModel):
@@ -198,14 +193,30 @@ class ToolStats(BaseModel):
 
 
     def __str__(self) -> str:
-        from ._display import tool_stats_text
-
-        return tool_stats_text({self.tool: self})
+        return _render.text("tool_stats_text", {self.tool: self})
 
     def _repr_html_(self) -> str:
-        from ._display import tool_stats_html
+        return _render.text("tool_stats_html", {self.tool: self})
 
-        return tool_stats_html({self.tool: self})
+
+class ToolTable(dict[str, ToolStats]):
+    """``{tool: ToolStats}`` that renders as a table in Jupyter and in ``print``.
+
+    A plain ``dict`` in every other respect (``tracker.tool_stats()`` results
+    compare equal to dicts). Wrap any mapping of tool stats with ``ToolTable(stats)``.
+    """
+
+    __slots__ = ()
+
+    def _repr_html_(self) -> str:
+        return _render.text("tool_stats_html", self)
+
+    def __str__(self) -> str:
+        return _render.text("tool_stats_text", self)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per tool (needs pandas: ``pip install 'agentmeter-core[pandas]'``)."""
+        return cast("pd.DataFrame", _render.render("tool_stats_frame", self))
 
 
 class UsageCell(BaseModel):
@@ -254,14 +265,10 @@ class BudgetStatus(BaseModel):
 
 
     def __str__(self) -> str:
-        from ._display import budget_text
-
-        return budget_text(self)
+        return _render.text("budget_text", self)
 
     def _repr_html_(self) -> str:
-        from ._display import budget_html
-
-        return budget_html(self)
+        return _render.text("budget_html", self)
 
 
 class SessionUsage(BaseModel):
@@ -278,28 +285,20 @@ class SessionUsage(BaseModel):
 
 
     def __repr__(self) -> str:
-        from ._display import session_repr
-
-        return session_repr(self)
+        return _render.text("session_repr", self)
 
     def __str__(self) -> str:
-        from ._display import session_text
-
-        return session_text(self)
+        return _render.text("session_text", self)
 
     def _repr_html_(self) -> str:
-        from ._display import session_html
-
-        return session_html(self)
+        return _render.text("session_html", self)
 
     def to_dataframe(self, by: str = "tool") -> pd.DataFrame:
         """One view as a DataFrame: ``"tool"`` (default), ``"model"``, ``"agent"``, ``"totals"``.
 
         Needs pandas: ``pip install 'agentmeter-core[pandas]'``.
         """
-        from .frames import session_frame
-
-        return session_frame(self, by)
+        return cast("pd.DataFrame", _render.render("session_frame", self, by))
 
 
 class CustomerUsage(BaseModel):
@@ -325,14 +324,10 @@ class CustomerUsage(BaseModel):
     budget: BudgetStatus | None = None
 
     def __str__(self) -> str:
-        from ._display import customer_text
-
-        return customer_text(self)
+        return _render.text("customer_text", self)
 
     def _repr_html_(self) -> str:
-        from ._display import customer_html
-
-        return customer_html(self)
+        return _render.text("customer_html", self)
 
 
 class Snapshot(BaseModel):
@@ -363,19 +358,13 @@ class Snapshot(BaseModel):
 
 
     def __repr__(self) -> str:
-        from ._display import snapshot_repr
-
-        return snapshot_repr(self)
+        return _render.text("snapshot_repr", self)
 
     def __str__(self) -> str:
-        from ._display import snapshot_text
-
-        return snapshot_text(self)
+        return _render.text("snapshot_text", self)
 
     def _repr_html_(self) -> str:
-        from ._display import snapshot_html
-
-        return snapshot_html(self)
+        return _render.text("snapshot_html", self)
 
     def to_dataframe(self, by: str = "cells") -> pd.DataFrame:
         """One view as a pandas DataFrame (see :func:`agentmeter.frames.snapshot_frame`).
@@ -384,9 +373,7 @@ class Snapshot(BaseModel):
         ``"provider"``, ``"agent"``, ``"tool"``, ``"category"`` or ``"session_tool"``.
         Needs pandas: ``pip install 'agentmeter-core[pandas]'``.
         """
-        from .frames import snapshot_frame
-
-        return snapshot_frame(self, by)
+        return cast("pd.DataFrame", _render.render("snapshot_frame", self, by))
 
 
 EventKind = Literal["chat", "completion", "embedding", "tool", "cache_hit", "cache_miss"]

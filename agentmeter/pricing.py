@@ -127,13 +127,15 @@ class ModelRates:
         for start in sorted(starts, reverse=True):
             probe = start + 1  # an input size that selects this tier
             ri = _pick(self.input, probe)
-            tiers.append((
-                start,
-                ri,
-                _pick(self.output, probe),
-                ri if self.cache_read is None else _pick(self.cache_read, probe),
-                ri if self.cache_write is None else _pick(self.cache_write, probe),
-            ))
+            tiers.append(
+                (
+                    start,
+                    ri,
+                    _pick(self.output, probe),
+                    ri if self.cache_read is None else _pick(self.cache_read, probe),
+                    ri if self.cache_write is None else _pick(self.cache_write, probe),
+                )
+            )
         object.__setattr__(self, "tiers", tuple(tiers))
 
     @property
@@ -224,6 +226,10 @@ def _genai_lookup(bare: str, hint: str | None) -> ModelRates | None:
     return None
 
 
+# Models whose resolved rates are kept (each entry is a few hundred bytes).
+CACHE_SIZE = 4096
+
+
 class PriceBook:
     """Resolves and caches per-model rates; holds the user's overrides.
 
@@ -287,15 +293,44 @@ class PriceBook:
         self._cache.clear()
 
     def rates(self, model: str, provider: str | None = None) -> ModelRates | None:
-        """The rates for a model, or ``None`` when it is unpriced (cached after the first call)."""
+        """The rates for a model, or ``None`` when it is unpriced (cached after the first call).
+
+        The cache is bounded (:data:`CACHE_SIZE` models, oldest forgotten first), so
+        a stream of distinct model names (per-customer fine-tunes) cannot grow it
+        without limit; a forgotten model is simply resolved again.
+        """
         key: Any = model if provider is None else (model, provider)
         try:
             return self._cache[key]
         except KeyError:
             pass
         rates = self._resolve(model, provider)
-        self._cache[key] = rates
+        cache = self._cache
+        if len(cache) >= CACHE_SIZE:
+            try:
+                del cache[next(iter(cache))]
+            except (KeyError, RuntimeError, StopIteration):  # another thread got there first
+                pass
+        cache[key] = rates
         return rates
+
+    def cost_micros(
+        self,
+        model: str,
+        provider: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> int | None:
+        """The cost of one call in integer micro-USD, ``None`` when the model is unpriced."""
+        try:
+            rates = self._cache[model if provider is None else (model, provider)]
+        except KeyError:
+            rates = self.rates(model, provider)
+        if rates is None:
+            return None
+        return rates.cost_micros(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
 
     def _resolve(self, model: str, provider: str | None) -> ModelRates | None:
         bare, hint = normalise_model(model)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import _fields
+from . import _fields, _render
 from ._guard import swallow
 
 if TYPE_CHECKING:
@@ -98,7 +98,6 @@ class Scope:
         "_agent_id",
         "_customer_id",
         "_final_budget",
-        "_keys",
         "_session_id",
         "_token",
         "budget",
@@ -111,6 +110,7 @@ class Scope:
         "parent",
         "path",
         "row",
+        "row_keys",
         "started_at",
         "tags",
         "tool",
@@ -153,10 +153,11 @@ class Scope:
         self.error: str | None = None
         self._final_budget: BudgetStatus | None = None
         # Row keys of records made in this scope, by model (see Tracker.record_llm).
-        self._keys: dict[str, Any] = {}
+        self.row_keys: dict[str, Any] = {}
 
     # -- entering and leaving -------------------------------------------------
-    def _enter(self) -> Scope:
+    def enter(self) -> Scope:
+        """Enter the scope in the current context (``with`` does this); returns it."""
         if self.uid:
             raise RuntimeError(f"scope {self.name!r} was already entered; create a new one")
         self.uid = next(_uids)
@@ -179,14 +180,29 @@ class Scope:
                 self.category = parent.category
             self.budget_refs = parent.budget_refs
         if self.budget is not None:
-            self.budget_refs = (*self.budget_refs, self.tracker._scope_budget_ref(self))
+            self.budget_refs = (*self.budget_refs, self.tracker.ledger.scope_ref(self))
         self.started_at = time.time()
         self._token = STACK.set((*stack, self))
-        if self.tracker._scope_sinks:
+        if self.tracker.events.scope_sinks:
             self._notify("scope_started")
         return self
 
-    def _exit(self, exc: BaseException | None = None) -> None:
+    def enter_detached(self) -> tuple[Scope, ...]:
+        """Enter the scope without leaving it on the current stack.
+
+        Returns the stack that holds it: generators run each of their steps under
+        it (see :mod:`agentmeter.decorators`), so the consumer's code between two
+        ``yield`` s does not record into the generator's scope. End with :meth:`exit`.
+        """
+        self.enter()
+        stack = STACK.get()
+        token, self._token = self._token, None
+        if token is not None:
+            STACK.reset(token)
+        return stack
+
+    def exit(self, exc: BaseException | None = None) -> None:
+        """Leave the scope (``with`` does this); ``exc`` is the exception leaving it, if any."""
         if exc is not None and self.error is None:
             self.error = type(exc).__name__
         token = self._token
@@ -200,21 +216,22 @@ class Scope:
                 # generator finalised elsewhere): remove just this scope.
                 STACK.set(tuple(s for s in STACK.get() if s is not self))
         if self.budget is not None:
-            self._final_budget = self.tracker._scope_budget_status(self)
-            self.tracker._drop_scope_budget(self)
-        if self.tracker._scope_sinks:
+            ledger = self.tracker.ledger
+            self._final_budget = ledger.scope_status(self)
+            ledger.drop_scope(self)
+        if self.tracker.events.scope_sinks:
             self._notify("scope_ended")
 
     def _notify(self, method: str) -> None:
         """Tell the sinks that follow scopes (e.g. for spans) that this one started / ended."""
-        for sink in self.tracker._scope_sinks:
+        for sink in self.tracker.events.scope_sinks:
             try:
                 getattr(sink, method)(self)
             except Exception as exc:
                 swallow(exc, f"sink {sink!r}.{method}")
 
     def __enter__(self) -> Scope:
-        return self._enter()
+        return self.enter()
 
     def __exit__(
         self,
@@ -222,10 +239,10 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._exit(exc)
+        self.exit(exc)
 
     async def __aenter__(self) -> Scope:
-        return self._enter()
+        return self.enter()
 
     async def __aexit__(
         self,
@@ -233,7 +250,7 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._exit(exc)
+        self.exit(exc)
 
     # -- attribution -------------------------------------------------------------
     @property
@@ -245,7 +262,7 @@ class Scope:
     def session_id(self, value: str | None) -> None:
         # Records made from now on go to the new session: forget the cached row keys.
         self._session_id = value
-        self._keys.clear()
+        self.row_keys.clear()
 
     @property
     def agent_id(self) -> str | None:
@@ -255,7 +272,7 @@ class Scope:
     @agent_id.setter
     def agent_id(self, value: str | None) -> None:
         self._agent_id = value
-        self._keys.clear()
+        self.row_keys.clear()
 
     @property
     def customer_id(self) -> str | None:
@@ -265,20 +282,20 @@ class Scope:
     @customer_id.setter
     def customer_id(self, value: str | None) -> None:
         self._customer_id = value
-        self._keys.clear()
+        self.row_keys.clear()
 
     # -- reading -----------------------------------------------------------------
     @property
     def usage(self) -> Usage:
         """Inclusive totals of everything recorded inside this scope (and its children)."""
-        return self.tracker._scope_usage(self)
+        return self.tracker.scope_usage(self)
 
     @property
     def budget_status(self) -> BudgetStatus | None:
         """This scope's own budget against its spend (final once left), ``None`` without one."""
         if self._final_budget is not None:
             return self._final_budget
-        return self.tracker._scope_budget_status(self)
+        return self.tracker.ledger.scope_status(self)
 
     @property
     def active(self) -> bool:
@@ -299,16 +316,11 @@ class Scope:
             f"agent={self.agent_id!r} customer={self.customer_id!r} active={self.active}>"
         )
 
-
     def __str__(self) -> str:
-        from ._display import scope_text
-
-        return scope_text(self)
+        return _render.text("scope_text", self)
 
     def _repr_html_(self) -> str:
-        from ._display import scope_html
-
-        return scope_html(self)
+        return _render.text("scope_html", self)
 
 
 def run_in_context(func: Callable[P, R]) -> Callable[P, R]:

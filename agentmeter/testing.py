@@ -5,7 +5,10 @@ Enable with ``pytest_plugins = ["agentmeter.testing"]`` in your ``conftest.py``:
 - ``meter_tracker``: an isolated :class:`~agentmeter.Tracker` per test;
 - ``default_tracker``: the process-wide tracker, reset (with its session
   budgets and prices) before and after the test, for code that calls the
-  module-level functions (``agentmeter.record_llm`` ...).
+  module-level functions (``agentmeter.record_llm`` ...);
+- ``agentmeter_strict``: agentmeter's internal errors re-raise during the test
+  instead of being logged and swallowed. Without it (or ``AGENTMETER_STRICT=1``)
+  your tests see agentmeter exactly as production does.
 
 :func:`record_fake_llm` records a call with deterministic counts, for tests of
 dashboards, billing code and budgets without any model.
@@ -19,7 +22,13 @@ import pytest
 
 from .tracker import Tracker
 
-__all__ = ["default_tracker", "meter_tracker", "record_fake_llm", "reset_default_tracker"]
+__all__ = [
+    "agentmeter_strict",
+    "default_tracker",
+    "meter_tracker",
+    "record_fake_llm",
+    "reset_default_tracker",
+]
 
 
 def reset_default_tracker() -> Tracker:
@@ -28,13 +37,25 @@ def reset_default_tracker() -> Tracker:
 
     t = get_tracker()
     t.reset()
-    for sid in list(t._budgets.session_refs):
+    for sid in t.budgeted_sessions():
         t.set_budget(sid, None)
     t.configure(default_session_budget=None)
     t.prices.clear_overrides()
-    for cb in t._subscribers:
+    for cb in t.subscribers:
         t.unsubscribe(cb)
     return t
+
+
+@pytest.fixture
+def agentmeter_strict() -> Iterator[None]:
+    """Re-raise agentmeter's internal errors in this test (strict mode), then restore."""
+    from ._guard import set_strict
+
+    before = set_strict(True)
+    try:
+        yield
+    finally:
+        set_strict(before)
 
 
 @pytest.fixture

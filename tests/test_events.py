@@ -91,7 +91,7 @@ def test_no_event_is_built_without_listeners(tracker, monkeypatch):
     monkeypatch.setattr(UsageEvent, "from_raw", classmethod(lambda cls, raw: built.append(raw)))
     tracker.record_llm(model="gpt-4o", input_tokens=1, output_tokens=1)
     tracker.record_tool_call(tool="t", ok=True, duration_ms=1.0)
-    assert built == [] and tracker._listening is False
+    assert built == [] and tracker.events.listening is False
 
 
 def test_sinks_get_raw_events(tracker):
@@ -108,4 +108,4 @@ def test_sinks_get_raw_events(tracker):
     assert UsageEvent.from_raw(sink.raw[0]).input_tokens == 3
     tracker.remove_sink(sink)
     tracker.record_llm(model="gpt-4o", input_tokens=3, output_tokens=1)
-    assert len(sink.raw) == 1 and not tracker._listening
+    assert len(sink.raw) == 1 and not tracker.events.listening

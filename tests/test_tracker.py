@@ -62,7 +62,7 @@ def test_dedup_memory_is_bounded():
     t = Tracker(dedup_window=100)
     for i in range(1000):
         t.record_tool_call(tool="t", ok=True, duration_ms=0.1, call_id=f"c{i}")
-    assert len(t._seen) == 100 and len(t._seen_order) == 100
+    assert len(t.recorder.seen) == 100 and len(t.recorder.seen_order) == 100
     assert t.snapshot().by_tool["t"].calls == 1000
     assert len(t.snapshot().by_tool["t"].recent_call_ids) <= 8
 
@@ -203,7 +203,7 @@ def test_internal_errors_are_swallowed_outside_strict_mode(tracker, monkeypatch,
     def boom(*a, **k):
         raise RuntimeError("internal bug")
 
-    monkeypatch.setattr(tracker, "_fold", boom)
+    monkeypatch.setattr(tracker.recorder, "fold", boom)
     for _ in range(600):  # crosses the fold threshold
         tracker.record_llm(model="gpt-4o", input_tokens=1, output_tokens=1)
     assert "internal bug" in caplog.text
@@ -211,6 +211,31 @@ def test_internal_errors_are_swallowed_outside_strict_mode(tracker, monkeypatch,
     with pytest.raises(RuntimeError):
         for _ in range(600):
             tracker.record_llm(model="gpt-4o", input_tokens=1, output_tokens=1)
+
+
+def test_strict_mode_is_chosen_not_inferred_from_pytest(tracker, monkeypatch, caplog):
+    """A user's test suite sees agentmeter as production does: errors logged, not raised."""
+    monkeypatch.delenv("AGENTMETER_STRICT", raising=False)
+    from agentmeter import _guard
+
+    assert "pytest" in __import__("sys").modules and not _guard.strict_mode()
+
+    def boom(*a, **k):
+        raise RuntimeError("internal bug")
+
+    monkeypatch.setattr(tracker.recorder, "fold", boom)
+    for _ in range(600):
+        tracker.record_llm(model="gpt-4o", input_tokens=1, output_tokens=1)
+    assert "internal bug" in caplog.text
+
+
+def test_strict_fixture_turns_strict_mode_on(agentmeter_strict, monkeypatch):
+    monkeypatch.delenv("AGENTMETER_STRICT", raising=False)
+    from agentmeter import _guard
+
+    assert _guard.strict_mode()
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        _guard.set_strict("yes")  # type: ignore[arg-type]
 
 
 def test_call_ids_are_unique_across_trackers_and_forks():

@@ -171,13 +171,13 @@ class MeteredEmbeddings(Embeddings):
             self.tracker.record_embedding(
                 self.model,
                 tokens if exc is None else 0,  # a failed request is not billed
-                self.provider,
-                (time.perf_counter() - t0) * 1000.0,
-                None,
-                call_id,
-                estimated if exc is None else False,
-                self.session_id,
-                self.agent_id,
+                provider=self.provider,
+                latency_ms=(time.perf_counter() - t0) * 1000.0,
+                cost_usd=None,
+                call_id=call_id,
+                estimated=estimated if exc is None else False,
+                session_id=self.session_id,
+                agent_id=self.agent_id,
                 ok=exc is None,
                 error=None if exc is None else type(exc).__name__,
             )

@@ -1,0 +1,130 @@
+"""Attribution captured at one point and attached at another.
+
+Frameworks fire a call's start and end callbacks in places agentmeter does not
+choose: another thread (a callback pool), another asyncio task, after the
+caller's ``with meter(...)`` block has been left. An :class:`Attribution` is
+what was in force when the call started -- the tracker, the scope stack of the
+caller's context, and any explicit session / agent / customer / tool / tags --
+and :func:`attached` puts it back around the code that records the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+from .. import _default_tracker, _validate
+from ..scope import STACK, Scope, innermost
+
+if TYPE_CHECKING:
+    from ..tracker import Tracker
+
+__all__ = ["Attribution", "attached", "capture", "run_attached"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who a call is billed to, captured when it started.
+
+    Attributes:
+        tracker: The tracker the call is recorded into.
+        stack: The scope stack of the context the call started in (every scope on
+            it receives the call).
+        session_id: Explicit session (``None``: the innermost scope's).
+        agent_id: Explicit agent (``None``: the innermost scope's).
+        customer_id: Explicit customer (``None``: the innermost scope's).
+        tool: Explicit tool to credit (``None``: the enclosing tool's, if any).
+        tags: Explicit tags, merged over the scopes' tags.
+    """
+
+    tracker: Tracker
+    stack: tuple[Scope, ...]
+    session_id: str | None = None
+    agent_id: str | None = None
+    customer_id: str | None = None
+    tool: str | None = None
+    tags: dict[str, str] | None = None
+
+    @property
+    def scope(self) -> Scope | None:
+        """The innermost scope of :attr:`tracker` on the captured stack."""
+        return innermost(self.tracker, self.stack) if self.stack else None
+
+    @property
+    def effective_session_id(self) -> str | None:
+        """The session the call is billed to: explicit, else the innermost scope's."""
+        if self.session_id is not None:
+            return self.session_id
+        scope = self.scope
+        return scope.session_id if scope is not None else None
+
+
+def capture(
+    tracker: Tracker | None = None,
+    *,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    customer_id: str | None = None,
+    tool: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Attribution:
+    """Capture the attribution in force here (call it in the framework's start callback).
+
+    Args:
+        tracker: Tracker to record into (default: ``agentmeter.get_tracker()``).
+        session_id: Explicit session; ``None`` leaves it to the enclosing scope.
+        agent_id: Explicit agent.
+        customer_id: Explicit customer.
+        tool: Explicit tool to credit.
+        tags: Explicit ``{str: str}`` tags.
+
+    Raises:
+        TypeError, ValueError: on bad arguments (naming the argument).
+    """
+    tracker = resolve_tracker(tracker)
+    _validate.names(session_id=session_id, agent_id=agent_id, customer_id=customer_id, tool=tool)
+    return Attribution(
+        tracker, STACK.get(), session_id, agent_id, customer_id, tool, _validate.tags(tags)
+    )
+
+
+@contextlib.contextmanager
+def attached(attribution: Attribution) -> Iterator[Attribution]:
+    """Run the ``with`` block with ``attribution``'s scopes as the current ones.
+
+    Records made inside go to the captured scopes (and their session, agent and
+    customer), whichever thread or task runs the block.
+    """
+    if not isinstance(attribution, Attribution):
+        raise TypeError(f"attribution must be an Attribution, got {type(attribution).__name__}")
+    token = STACK.set(attribution.stack)
+    try:
+        yield attribution
+    finally:
+        try:
+            STACK.reset(token)
+        except ValueError:  # left in another context than entered (async generators)
+            STACK.set(())
+
+
+def run_attached(
+    attribution: Attribution, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+) -> R:
+    """Call ``func(*args, **kwargs)`` with ``attribution`` attached (see :func:`attached`)."""
+    with attached(attribution):
+        return func(*args, **kwargs)
+
+
+def resolve_tracker(tracker: Tracker | None) -> Tracker:
+    """``tracker``, or the default one; a ``TypeError`` for anything but a tracker."""
+    if tracker is None:
+        return _default_tracker.get()
+    # Duck-typed: this layer sits below the tracker module and must not import it.
+    if not callable(getattr(tracker, "record_llm", None)) or not hasattr(tracker, "prices"):
+        raise TypeError(f"tracker must be an agentmeter.Tracker, got {type(tracker).__name__}")
+    return tracker
