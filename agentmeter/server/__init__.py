@@ -7,13 +7,17 @@
     app = create_app(db_url="agentmeter.db", token="s3cret")   # or create_app(tracker=t)
     serve(app)                                                  # uvicorn on 127.0.0.1:8000
 
-Endpoints (all ``GET`` take ``since`` / ``until`` ISO-8601 times when serving a
-database): ``/api/v1/usage``, ``/api/v1/usage/sessions``,
-``/api/v1/usage/sessions/{id}``, ``/api/v1/usage/agents/{id}``,
-``/api/v1/usage/models/{model}`` (``/`` allowed in the name),
-``/api/v1/usage/tools``; ``POST /api/v1/usage/reset`` with
-``Authorization: Bearer <token>`` (403 when no token is configured, 401 for a
-wrong one). The OpenAPI schema is at ``/openapi.json``, the docs at ``/docs``.
+``GET /api/v1/health`` (open), and under ``/api/v1/usage``: the overview,
+``/customers``, ``/sessions``, ``/agents``, ``/models`` (paged listings) and
+``/customers/{id}``, ``/sessions/{id}``, ``/agents/{id}``, ``/models/{name}``
+(ids may contain ``/``), ``/tools``, ``/timeseries?bucket=hour|day&by=...``;
+every read takes ``customer``, ``session``, ``agent``, ``model``,
+``tag=KEY=VALUE`` and ``since`` / ``until`` (ISO 8601 or ``7d``). With a token,
+every endpoint but health needs ``Authorization: Bearer <token>`` (or the
+``agentmeter_token`` cookie), and ``POST /api/v1/usage/reset`` is enabled (over a
+database it deletes only what it is told: a time range, a session or a
+customer). Errors are ``{"detail": "..."}``. The OpenAPI schema is at
+``/openapi.json``, the docs at ``/docs``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
 
     from ..tracker import Tracker
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "serve"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "log_config", "serve"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -52,7 +56,8 @@ def create_app(
     Args:
         tracker: Serve this tracker's live counters (default: the process-wide tracker).
         db_url: Serve a stored database instead (path or SQLAlchemy URL).
-        token: Bearer token that enables ``POST /api/v1/usage/reset``.
+        token: Lock every endpoint but ``GET /api/v1/health`` with this token (and
+            enable ``POST /api/v1/usage/reset``).
     """
     _require("fastapi")
     from .app import create_app as _create
@@ -67,6 +72,25 @@ def serve(
     *,
     log_level: str = "info",
 ) -> None:
-    """Run ``app`` with uvicorn until interrupted (binds to 127.0.0.1 by default)."""
+    """Run ``app`` with uvicorn until interrupted (binds to 127.0.0.1 by default).
+
+    uvicorn's logs pass through :class:`~agentmeter.server.auth.RedactTokenFilter`,
+    so a ``?token=...`` in a request line is logged as ``token=***``.
+    """
     uvicorn = _require("uvicorn")
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config())
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's default logging configuration, with the token redacted from every handler."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["agentmeter_redact_token"] = {
+        "()": "agentmeter.server.auth.RedactTokenFilter"
+    }
+    for handler in config.get("handlers", {}).values():
+        handler.setdefault("filters", []).append("agentmeter_redact_token")
+    return config
