@@ -31,7 +31,9 @@ def workload(tracker: agentmeter.Tracker, part: int) -> None:
     for i in range(40):
         model, provider = MODELS[(i + part) % 3]
         with tracker.meter("turn", session_id=f"s{(i + part) % 5}",
-                           agent_id=("planner", "coder", "critic")[i % 3]):  # fmt: skip
+                           agent_id=("planner", "coder", "critic")[i % 3],
+                           customer_id=("acme", "globex/eu", None)[(i + part) % 3],
+                           tags={"team": "search"} if i % 2 else None):  # fmt: skip
             tracker.record_llm(
                 model, 100 * (part + 1) + i, 10 + i, cache_read_tokens=i % 7,
                 cache_write_tokens=i % 3, reasoning_tokens=i % 5, provider=provider,
@@ -63,9 +65,10 @@ def comparable(snapshot: Any) -> dict[str, Any]:
     for group in ("by_tool", "by_category"):
         for stats in data[group].values():
             stats.pop("recent_call_ids")
-    for tools in data["by_session_tool"].values():
-        for stats in tools.values():
-            stats.pop("recent_call_ids")
+    for group in ("by_session_tool", "by_customer_tool"):
+        for tools in data[group].values():
+            for stats in tools.values():
+                stats.pop("recent_call_ids")
     return data
 
 
@@ -94,8 +97,16 @@ def test_merge_of_four_processes_equals_one_process(
     assert main(["merge", *process_snapshots, "-o", str(out)]) == 0
     merged = agentmeter.Snapshot.model_validate_json(out.read_text())
     assert merged.totals == single.totals
-    for view in ("by_model", "by_provider", "by_session", "by_agent"):
+    for view in ("by_model", "by_provider", "by_session", "by_agent", "by_customer"):
         assert getattr(merged, view) == getattr(single, view), view
+    assert set(merged.by_customer) == {"acme", "globex/eu"}
+    for customer, tools in single.by_customer_tool.items():
+        assert set(merged.by_customer_tool[customer]) == set(tools)
+        for name, stats in tools.items():
+            got = merged.by_customer_tool[customer][name]
+            assert (got.calls, got.failed, got.duration_histogram) == (
+                stats.calls, stats.failed, stats.duration_histogram,
+            )  # fmt: skip
     assert comparable(merged) == comparable(single)
     # Tool stats in full: counts, ok/failed, durations, histograms, tokens inside tools.
     for name, stats in single.by_tool.items():

@@ -18,7 +18,12 @@ COMMANDS: tuple[str, ...] = ("demo", "merge", "report", "serve")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="agentmeter", description="Meter what AI agents spend.")
+    parser.add_argument(
+        "--version", action="version", version=f"agentmeter {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)

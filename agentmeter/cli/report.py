@@ -4,47 +4,81 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-__all__ = ["parse_time", "register", "run"]
+from ._time import parse_time as _parse_time
 
-_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+__all__ = ["EXAMPLES", "parse_time", "register", "run"]
+
+# Each line runs as written where `agentmeter demo` wrote ./agentmeter.db (tests run them).
+EXAMPLES = """\
+examples (after `agentmeter demo`, which writes ./agentmeter.db):
+  agentmeter report
+  agentmeter report --by customer --since 7d
+  agentmeter report --by customer,model --since 2025-01-01
+  agentmeter report --customer acme --by session --by tool
+  agentmeter report --by day --tag env=demo --format csv
+  agentmeter report --by hour --since 24h --format json
+  agentmeter report --by tag:env --session s1
+  agentmeter report --by model --limit 5 --db agentmeter.db
+"""
 
 
 def parse_time(text: str) -> datetime:
-    """An ISO-8601 date/time (naive = UTC), or a duration ago such as ``90m``, ``24h``, ``7d``."""
-    value = text.strip()
-    m = _RELATIVE.match(value)
-    if m:
-        try:
-            return datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-        except OverflowError:
-            raise argparse.ArgumentTypeError(f"{text!r} is too far back") from None
+    """``--since`` / ``--until``: ISO 8601 (naive = UTC) or a duration ago (``7d``)."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time: use ISO 8601 (2025-01-31 or 2025-01-31T12:00:00Z) "
-            "or a duration ago (30m, 24h, 7d)"
-        ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        return _parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _sections(text: str) -> list[str]:
-    from ..storage.report import SECTIONS
+class _Sections(argparse.Action):
+    """``--by`` is repeatable and takes comma lists; the order asked is kept."""
 
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in parts if p not in SECTIONS]
-    if bad or not parts:
-        raise argparse.ArgumentTypeError(
-            f"choose sections from {','.join(SECTIONS)} (comma-separated), got {text!r}"
-        )
-    return parts
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from ..storage.report import parse_section
+
+        current = list(getattr(namespace, self.dest, None) or [])
+        parts = [p for p in str(values).split(",") if p.strip()]
+        if not parts:
+            parser.error(f"argument {option_string}: give at least one section")
+        for part in parts:
+            try:
+                section = parse_section(part)
+            except ValueError as exc:
+                parser.error(f"argument {option_string}: {exc}")
+            if section not in current:
+                current.append(section)
+        setattr(namespace, self.dest, current)
+
+
+class _Tags(argparse.Action):
+    """``--tag KEY=VALUE``, repeatable; every pair must match."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        tags = dict(getattr(namespace, self.dest, None) or {})
+        key, sep, value = str(values).partition("=")
+        if not sep or not key:
+            parser.error(f"argument {option_string}: expected KEY=VALUE, got {values!r}")
+        if key in tags and tags[key] != value:
+            parser.error(f"argument {option_string}: tag {key!r} given twice")
+        tags[key] = value
+        setattr(namespace, self.dest, tags)
 
 
 def _positive(text: str) -> int:
@@ -55,6 +89,12 @@ def _positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return n
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def add_db_argument(p: argparse.ArgumentParser) -> None:
@@ -71,23 +111,44 @@ def register(sub: Any) -> None:
     """Add the ``report`` sub-command."""
     p: argparse.ArgumentParser = sub.add_parser(
         "report",
-        help="print usage by session, model, agent and tool from a stored database",
-        description="Usage tables of a database written by agentmeter's SQL sink.",
+        help="print usage by customer, session, model, agent, tool, day ... from a database",
+        description="Usage tables of a database written by agentmeter's SQL sink.\n"
+        "Each breakdown's rows add up to the totals: a '(none)' row holds the usage\n"
+        "without that key (e.g. outside any tool). Table, CSV and JSON carry the same\n"
+        "figures under the names documented in agentmeter.storage.report.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_db_argument(p)
     p.add_argument(
         "--format", choices=("table", "json", "csv"), default="table", help="output format"
     )
-    p.add_argument("--since", type=parse_time, help="from this time (ISO 8601, or 24h / 7d ago)")
-    p.add_argument("--until", type=parse_time, help="before this time (ISO 8601, or 1h ago)")
     p.add_argument(
         "--by",
-        type=_sections,
+        action=_Sections,
         default=None,
-        metavar="SECTIONS",
-        help="breakdowns to show, comma-separated (default: session,model,agent,tool)",
+        metavar="SECTION",
+        help="breakdown: customer, session, agent, model, tool, day, hour or tag:KEY; "
+        "repeat it or give a comma list (default: session,model,agent,tool)",
     )
-    p.add_argument("--limit", type=_positive, help="at most N rows per breakdown")
+    p.add_argument("--customer", type=_nonempty, help="only this customer's usage")
+    p.add_argument("--session", type=_nonempty, help="only this session's usage")
+    p.add_argument(
+        "--tag",
+        action=_Tags,
+        default=None,
+        metavar="KEY=VALUE",
+        help="only usage carrying this tag (repeatable: all must match)",
+    )
+    p.add_argument(
+        "--since", type=parse_time, help="from this time: ISO 8601 (2025-01-31) or ago (7d, 24h)"
+    )
+    p.add_argument(
+        "--until", type=parse_time, help="before this time: ISO 8601 or ago (1h); exclusive"
+    )
+    p.add_argument(
+        "--limit", type=_positive, help="at most N rows per breakdown (the rest in one row)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=run)
 
@@ -115,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the report; exit status 2 with one line on stderr when the database is unusable."""
     try:
         from ..storage.engine import DatabaseError
-        from ..storage.report import SECTIONS, render
+        from ..storage.report import DEFAULT_SECTIONS, render
     except ImportError as exc:
         return fail("report", str(exc))
     if args.since and args.until and args.since >= args.until:
@@ -127,7 +188,10 @@ def run(args: argparse.Namespace) -> int:
             args.format,
             since=args.since,
             until=args.until,
-            sections=args.by or SECTIONS,
+            customer=args.customer,
+            session=args.session,
+            tags=args.tag,
+            sections=args.by or DEFAULT_SECTIONS,
             limit=args.limit,
             progress=_Progress(args.quiet),
         )

@@ -35,8 +35,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--token",
         default=None,
-        help="bearer token enabling POST /api/v1/usage/reset (default: $AGENTMETER_TOKEN; "
-        "reset is disabled without one)",
+        help="lock every endpoint but /api/v1/health with this bearer token and enable "
+        "POST /api/v1/usage/reset (default: $AGENTMETER_TOKEN; without one the API is "
+        "open for reading and reset is disabled)",
     )
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info"))
     p.set_defaults(func=run)
@@ -63,12 +64,14 @@ def run(args: argparse.Namespace) -> int:
         return fail("serve", f"cannot open the database: {detail[0] if detail else exc!r}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
-            f"agentmeter serve: warning: listening on {args.host}, not only on this machine",
+            f"agentmeter serve: warning: listening on {args.host}, not only on this machine"
+            + ("" if token else "; without --token anyone who reaches it reads all usage"),
             file=sys.stderr,
         )
     print(
         f"agentmeter serve: {redact(url)} on http://{args.host}:{args.port}/api/v1/usage "
-        f"(docs at /docs; reset {'enabled' if token else 'disabled'})",
+        f"(docs at /docs; "
+        + ("locked by token, reset enabled)" if token else "open, reset disabled)"),
         file=sys.stderr,
         flush=True,
     )
