@@ -617,3 +617,24 @@ def test_redact_query() -> None:
     assert redact_query("/x?Token=abc#frag") == "/x?Token=***#frag"
     assert redact_query("/x?tokens=1") == "/x?tokens=1"
     assert redact_query("/x/token=abc") == "/x/token=abc"  # a path, not a query parameter
+
+
+def test_the_names_are_documented() -> None:
+    """Each column name is defined in the report module's docstring, the README names the
+    endpoints and report options."""
+    from agentmeter.storage import report
+
+    doc = report.__doc__ or ""
+    for name in COLUMNS:
+        assert f"``{name}``" in doc, name
+    readme = (ROOT / "README.md").read_text()
+    for needle in (
+        "/api/v1/health",
+        "/customers/{id}",
+        "/timeseries?bucket=hour|day",
+        "--by customer|session|agent|model|tool|day|hour|tag:KEY",
+        "--tag KEY=VALUE",
+        '"0.000000"',
+        "embedding_tokens",
+    ):
+        assert needle in readme, needle
