@@ -213,3 +213,102 @@ def expected_usage(events: list[Any]) -> Any:
             u["unpriced_calls"] += e.cost_micros is None
         u["tokens_saved"] += e.tokens_saved
     return Usage(**u)
+
+
+def rollup_mismatches(url: str) -> dict[str, Any]:
+    """Differences between the rollup tables and a ``GROUP BY`` over the raw events
+    (written independently of the writer and of UsageStore): ``{}`` when they agree."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    pg = engine.dialect.name == "postgresql"
+
+    def exprs(e: str) -> tuple[str, str, str]:
+        ts = f"{e}ts"
+        hour = (
+            f"CAST(floor({ts} / 3600) AS BIGINT) * 3600"
+            if pg
+            else f"(CAST({ts} / 3600 AS INTEGER) "
+            f"- ({ts} / 3600 < CAST({ts} / 3600 AS INTEGER))) * 3600"
+        )
+        dims = ", ".join(
+            [
+                f"coalesce({e}{c}, '')"
+                for c in ("customer_id", "session_id", "agent_id", "model", "provider", "tool")
+            ]
+            + [f"{e}kind"]
+        )
+        counters = (
+            f"count(*), sum({e}input_tokens), sum({e}output_tokens), sum({e}cache_read_tokens), "
+            f"sum({e}cache_write_tokens), sum({e}reasoning_tokens), "
+            f"sum(CASE WHEN {e}status = 'error' THEN 1 ELSE 0 END), sum({e}estimated), "
+            f"sum(coalesce({e}cost_micros, 0)), "
+            f"sum(CASE WHEN {e}cost_micros IS NULL THEN 1 ELSE 0 END), "
+            f"sum(coalesce({e}latency_ms, 0)), min({e}latency_ms), max({e}latency_ms), "
+            f"sum({e}tokens_saved), max(CASE WHEN {e}category <> '' THEN {e}id END)"
+        )
+        return hour, dims, counters
+
+    hour, dims, counters = exprs("")
+    cat = (
+        "SELECT g.*, coalesce((SELECT category FROM agentmeter_events c WHERE c.id = g.seq), '') "
+        "FROM ({q}) g"
+    )
+    raw_main = (
+        f"SELECT {hour} AS h, {dims}, {counters} AS seq FROM agentmeter_events "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+    )
+    tag_fn = "jsonb_each_text(CAST(e.tags AS JSONB))" if pg else "json_each(e.tags)"
+    t_hour, t_dims, t_counters = exprs("e.")
+    raw_tags = (
+        f"SELECT t.key, t.value, {t_hour} AS h, {t_dims}, {t_counters} AS seq "
+        f"FROM agentmeter_events e, {tag_fn} AS t GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+    )
+    raw_lat = (
+        f"SELECT {hour}, coalesce(customer_id, ''), coalesce(session_id, ''), "
+        "coalesce(agent_id, ''), coalesce(tool, ''), latency_bucket, count(*) "
+        "FROM agentmeter_events WHERE kind = 'tool' AND latency_bucket IS NOT NULL "
+        "GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+    counter_cols = (
+        "events, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+        "reasoning_tokens, failed, estimated, cost_micros, unpriced, latency_ms, latency_min, "
+        "latency_max, tokens_saved, category_seq, category"
+    )
+    key = "customer_id, session_id, agent_id, model, provider, tool, kind"
+    queries = {
+        "rollup": (
+            cat.format(q=raw_main),
+            f"SELECT hour, {key}, {counter_cols} FROM agentmeter_rollup",
+        ),
+        "tags": (
+            cat.format(q=raw_tags),
+            f"SELECT tag_key, tag_value, hour, {key}, {counter_cols} FROM agentmeter_rollup_tags",
+        ),
+        "latency": (
+            raw_lat,
+            "SELECT hour, customer_id, session_id, agent_id, tool, bucket, calls "
+            "FROM agentmeter_rollup_latency",
+        ),
+    }
+
+    from decimal import Decimal
+
+    def norm(rows: Any) -> set[tuple[Any, ...]]:
+        # PostgreSQL sums integers as NUMERIC: compare them as ints.
+        return {tuple(int(v) if isinstance(v, Decimal) else v for v in r) for r in rows}
+
+    diffs: dict[str, Any] = {}
+    try:
+        with engine.connect() as conn:
+            for name, (expected_sql, actual_sql) in queries.items():
+                expected = norm(conn.exec_driver_sql(expected_sql))
+                actual = norm(conn.exec_driver_sql(actual_sql))
+                if expected != actual:
+                    diffs[name] = {
+                        "missing": sorted(expected - actual, key=repr)[:5],
+                        "extra": sorted(actual - expected, key=repr)[:5],
+                    }
+    finally:
+        engine.dispose()
+    return diffs

@@ -18,6 +18,7 @@ from storage_util import (
     expected_usage,
     priced_tracker,
     raw_event,
+    rollup_mismatches,
 )
 
 import agentmeter
@@ -149,6 +150,7 @@ def test_store_matches_tracker_with_customers_and_tags(db_url: str) -> None:
         billing_workload(t, 300, seed=5)
         assert sink.flush(10)
     live = t.snapshot()
+    assert rollup_mismatches(db_url) == {}
     with UsageStore(db_url) as store:
         assert comparable(store.snapshot()) == comparable(live)
         assert live.by_customer and store.snapshot().by_customer_tool == live.by_customer_tool
@@ -200,6 +202,7 @@ def test_store_matches_tracker_with_customers_and_tags(db_url: str) -> None:
 def test_partial_hours_equal_the_events(db_url: str, seed: int) -> None:
     raws = random_raws(600, seed)
     _store_raws(db_url, raws)
+    assert rollup_mismatches(db_url) == {}
     events = [UsageEvent.from_raw(r) for r in raws]
     h = 3600
     bounds = [
@@ -304,6 +307,7 @@ def test_reset_needs_a_bound_and_removes_exactly_what_it_names(db_url: str) -> N
                 "cost_micros": u.cost_micros,
             }, kw
             assert store.count() == len(events)
+            assert rollup_mismatches(db_url) == {}, kw
             assert comparable(store.snapshot()) == comparable(replay(events).snapshot()), kw
             mid = BASE + 3 * 3600 + 1234.5
             rest = [e for e in events if _in(e, mid, None)]

@@ -87,7 +87,15 @@ class BackgroundWriter:
         self._stalled_at = -1  # value of _progress when a bounded wait last timed out
         self._closed = False
         self._stopping = False
-        self._counters = {"written": 0, "retries": 0, "overflowed": 0, "dropped": 0, "blocked": 0}
+        self._counters = {
+            "written": 0,
+            "duplicates": 0,
+            "rejected": 0,
+            "retries": 0,
+            "overflowed": 0,
+            "dropped": 0,
+            "blocked": 0,
+        }
         self._last_error: str | None = None
         self._warned_closed = False
         self._name = name
@@ -227,7 +235,7 @@ class BackgroundWriter:
         failures = 0
         while True:
             try:
-                self._write(batch)
+                written = self._write(batch)
             except Exception as exc:
                 failures += 1
                 self._counters["retries"] += 1
@@ -246,7 +254,7 @@ class BackgroundWriter:
                 self._give_up.wait(delay)
                 delay = min(delay * 2, self._max_retry_delay)
                 continue
-            self._counters["written"] += len(batch)
+            self._counters["written"] += written
             if failures:
                 logger.warning("agentmeter: %r recovered after %d failed attempts", self, failures)
             return
@@ -314,7 +322,18 @@ class BackgroundWriter:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters: written, retries, overflowed, dropped, blocked, queued, last_error."""
+        """Counters of this sink (in this process):
+
+        - ``written``: events stored by this sink (never one that was not);
+        - ``duplicates``: events whose call id was already stored (a replay, a retry);
+        - ``rejected``: events the database refused as invalid, kept in
+          ``<spill>.rejected.jsonl``;
+        - ``overflowed``: events kept in the spill file (full queue, outage at close,
+          a database that disappeared), replayed later;
+        - ``dropped``: events lost because not even the spill file could be written;
+        - ``retries``, ``blocked`` (recording threads that waited on a full queue),
+          ``queued`` (in memory now), ``last_error``.
+        """
         return {**self._counters, "queued": len(self._q), "last_error": self._last_error}
 
     def __enter__(self) -> BackgroundWriter:
@@ -324,7 +343,9 @@ class BackgroundWriter:
         self.close()
 
     # ------------------------------------------------------ subclass hooks
-    def _write(self, batch: list[RawEvent]) -> None:  # pragma: no cover - abstract
+    def _write(self, batch: list[RawEvent]) -> int:  # pragma: no cover - abstract
+        """Store a batch; return how many of its events were stored (the subclass counts
+        the others: duplicates, rejected, spilled, dropped)."""
         raise NotImplementedError
 
     def _overflow(self, raws: list[RawEvent], reason: str) -> int:  # pragma: no cover

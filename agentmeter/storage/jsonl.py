@@ -123,9 +123,9 @@ class JSONLSink(BackgroundWriter):
             block_timeout=block_timeout,
         )
 
-    def _write(self, batch: list[RawEvent]) -> None:
+    def _write(self, batch: list[RawEvent]) -> int:
         with self._file_lock:
-            append_lines(self.path, batch)
+            return append_lines(self.path, batch)
 
     def _overflow(self, raws: list[RawEvent], reason: str) -> int:
         with self._file_lock:

@@ -55,6 +55,7 @@ from ..models import CustomerUsage, SessionUsage, Snapshot, ToolStats, Usage
 from ._deps import sqlalchemy as sa
 from .engine import open_existing
 from .schema import (
+    COLUMNS,
     COUNTERS,
     DIMS,
     EVENTS,
@@ -63,8 +64,10 @@ from .schema import (
     ROLLUP,
     ROLLUP_LATENCY,
     ROLLUP_TAGS,
+    hour_of,
     tag_patterns,
 )
+from .sql import RollupWriter
 
 __all__ = ["DIMENSIONS", "TIME_BUCKETS", "UsageStore", "to_epoch"]
 
@@ -198,7 +201,8 @@ class UsageStore:
             self.url, self._engine = open_existing(db)
             self._owns_engine = True
         self._dialect = self._engine.dialect.name
-        self._rollups = False
+        self._rollups = True  # False: read everything from the raw events (tests)
+        self._writer: RollupWriter | None = None
 
     def close(self) -> None:
         """Release the connections (when this store opened them)."""
@@ -264,6 +268,21 @@ class UsageStore:
             conds += [_E.ts < hour_hi + 1, self._hour_expr(_E.ts) < hour_hi]
         return conds
 
+    def _time_cond(self, f: _Filter) -> list[Any]:
+        """Conditions selecting exactly the events a read of ``f`` counts: the whole
+        hours of the rollups by the writer's hour arithmetic, the partial hours by time."""
+        rollups, h_lo, h_hi = self._split(f)
+        if not rollups:
+            return self._time_conds(f.lo, f.hi, None, None)
+        parts = [self._time_conds(None, None, h_lo, h_hi)]
+        if f.lo is not None and h_lo is not None and f.lo < h_lo:
+            parts.append(self._time_conds(f.lo, None, None, h_lo))
+        if f.hi is not None and h_hi is not None and h_hi < f.hi:
+            parts.append(self._time_conds(None, f.hi, h_hi, None))
+        if len(parts) == 1:
+            return parts[0]
+        return [sa.or_(*(sa.and_(*p) for p in parts))]
+
     def _raw_part(
         self,
         f: _Filter,
@@ -296,7 +315,10 @@ class UsageStore:
             "category_seq": sa.case((cat != "", _E.id), else_=sa.null()),
         }
         cols += [counters[name].label(name) for name in COUNTERS]
-        conds = self._raw_conds(f) + self._time_conds(f.lo, f.hi, hour_lo, hour_hi)
+        if hour_lo is None and hour_hi is None:
+            conds = self._raw_conds(f) + self._time_cond(f)
+        else:
+            conds = self._raw_conds(f) + self._time_conds(f.lo, f.hi, hour_lo, hour_hi)
         if tag_key is None:
             return sa.select(*cols).where(*conds)
         tv = self._tag_pairs()
@@ -313,6 +335,7 @@ class UsageStore:
         tag: tuple[str, str | None] | None,
         hour_lo: int | None,
         hour_hi: int | None,
+        with_value: bool,
     ) -> Any:
         table = ROLLUP if tag is None else ROLLUP_TAGS
         t = table.c
@@ -326,7 +349,8 @@ class UsageStore:
             conds.append(t.tag_key == tag[0])
             if tag[1] is not None:
                 conds.append(t.tag_value == tag[1])
-            cols.append(t.tag_value)
+            if with_value:
+                cols.append(t.tag_value)
         return sa.select(*cols).where(*conds)
 
     def _split(self, f: _Filter) -> tuple[bool, int | None, int | None]:
@@ -359,7 +383,7 @@ class UsageStore:
         if not rollups:
             part = self._raw_part(f, tag_key)
             return _Src(part.subquery("src"))
-        parts: list[Any] = [self._rollup_part(f, tag, h_lo, h_hi)]
+        parts: list[Any] = [self._rollup_part(f, tag, h_lo, h_hi, tag_key is not None)]
         if f.lo is not None and h_lo is not None and f.lo < h_lo:
             parts.append(self._raw_part(f, tag_key, hour_hi=h_lo))
         if f.hi is not None and h_hi is not None and h_hi < f.hi:
@@ -383,6 +407,8 @@ class UsageStore:
         base = [*self._raw_conds(f), _E.kind == "tool", _E.latency_bucket.is_not(None)]
 
         def raw(h_lo: int | None = None, h_hi: int | None = None) -> Any:
+            if h_lo is None and h_hi is None:
+                return sa.select(*raw_cols).where(*base, *self._time_cond(f))
             return sa.select(*raw_cols).where(*base, *self._time_conds(f.lo, f.hi, h_lo, h_hi))
 
         rollups, h_lo, h_hi = self._split(f) if not f.tags else (False, None, None)
@@ -779,7 +805,7 @@ class UsageStore:
         """Fill the last few call ids of each (owner, tool): one indexed LIMIT query each."""
         if not accs:
             return
-        base = [_E.kind == "tool", *self._raw_conds(f), *self._time_conds(f.lo, f.hi, None, None)]
+        base = [_E.kind == "tool", *self._raw_conds(f), *self._time_cond(f)]
         pairs = list(accs)
         for i in range(0, len(pairs), _RECENT_PER_STATEMENT):
             subs = []
@@ -956,15 +982,61 @@ class UsageStore:
         if since is None and until is None and session is None and customer is None:
             raise ValueError("name what to delete: since/until, session or customer")
         f = _filter(since, until, session=session, customer=customer)
-        with self._engine.begin() as conn:
+        with self._engine.connect() as conn:
+            self._begin_exclusive(conn)
             gone = self._totals(f, conn)
-            conds = self._raw_conds(f) + self._time_conds(f.lo, f.hi, None, None)
-            n = conn.execute(EVENTS.delete().where(*conds)).rowcount or 0
+            n = int(self._fetch(sa.select(_sum(self._source(f).c.events)), conn)[0][0] or 0)
+            rollups, h_lo, h_hi = self._split(f)
+            partial: set[int] = set()
+            if rollups:
+                if f.lo is not None and h_lo is not None and f.lo < h_lo:
+                    partial.add(h_lo - HOUR)
+                if f.hi is not None and h_hi is not None and h_hi < f.hi:
+                    partial.add(h_hi)
+            else:  # both bounds in one hour (or across one boundary)
+                partial = {hour_of(b) for b in (f.lo, f.hi) if b is not None}
+            hours = sorted(partial)
+            for table in (ROLLUP, ROLLUP_LATENCY, ROLLUP_TAGS):
+                t = table.c
+                eq = [t[col] == value for col, value in f.eq]
+                if rollups:
+                    whole = [*eq]
+                    if h_lo is not None:
+                        whole.append(t.hour >= h_lo)
+                    if h_hi is not None:
+                        whole.append(t.hour < h_hi)
+                    conn.execute(table.delete().where(*whole))
+                if hours:
+                    conn.execute(table.delete().where(*eq, t.hour.in_(hours)))
+            conn.execute(EVENTS.delete().where(*self._raw_conds(f), *self._time_cond(f)))
+            # The partly deleted hours: rebuilt from the events left, by the writer's code.
+            if hours:
+                writer = self._writer or RollupWriter(self._engine.dialect)
+                self._writer = writer
+                eq_raw = [_E[col] == value for col, value in f.eq]
+                in_hours = sa.or_(
+                    *(sa.and_(*self._time_conds(None, None, h, h + HOUR)) for h in hours)
+                )
+                rest = sa.select(_E.id, *(_E[c] for c in COLUMNS)).where(*eq_raw, in_hours)
+                writer.add(conn, ((int(r[0]), tuple(r[1:])) for r in self._fetch(rest, conn)))
+            conn.commit()
         return {
-            "events": int(n),
+            "events": n,
             "llm_calls": gone.llm_calls,
             "embedding_calls": gone.embedding_calls,
             "tool_calls": gone.tool_calls,
             "total_tokens": gone.total_tokens,
             "cost_micros": gone.cost_micros,
         }
+
+    def _begin_exclusive(self, conn: sa.Connection) -> None:
+        """Start a transaction that no writer can interleave with (a reset)."""
+        if self._dialect == "sqlite":
+            conn.exec_driver_sql("PRAGMA busy_timeout = 30000")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql(
+                "LOCK TABLE "
+                + ", ".join(t.name for t in (EVENTS, ROLLUP, ROLLUP_LATENCY, ROLLUP_TAGS))
+                + " IN SHARE ROW EXCLUSIVE MODE"
+            )

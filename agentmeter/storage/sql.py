@@ -1,21 +1,34 @@
 """The SQL sink: every metered call becomes one row, written in batches off the hot path.
 
 ``tracker.add_sink(SQLSink("agentmeter.db"))`` (a path means SQLite) or
-``SQLSink("postgresql+psycopg://user@host/db")`` (any SQLAlchemy URL).
-See :mod:`agentmeter.storage` for the guarantees (flush, exit, backpressure,
-outages, what a ``SIGKILL`` can lose).
+``SQLSink("postgresql+psycopg://user@host/db")`` (a SQLAlchemy URL; SQLite and
+PostgreSQL are supported). See :mod:`agentmeter.storage` for the guarantees
+(flush, exit, forks, backpressure, outages, what a ``SIGKILL`` can lose).
+
+One transaction per batch:
+
+1. ``INSERT ... ON CONFLICT (call_id) DO NOTHING RETURNING id, call_id`` of the
+   raw events (multi-row ``VALUES``), so the database says which rows are new;
+2. the rollup rows of exactly those new rows (see :mod:`.schema`), summed in
+   Python per key and upserted with ``ON CONFLICT DO UPDATE SET c = c + excluded.c``,
+   keys sorted (the same lock order in every writer: concurrent PostgreSQL
+   writers never deadlock on the rollups).
+
+A retried batch, a spill file replayed twice, or the same batch written by two
+processes therefore adds each call once to the events and once to the rollups.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from itertools import count
+from collections.abc import Iterable, Sequence
+from itertools import chain, count
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +38,47 @@ from ._writer import BackgroundWriter
 from .engine import make_engine, redact, resolve_url, sqlite_path
 from .jsonl import append_lines, raw_from_json
 from .migrations import upgrade as ensure_schema
-from .schema import COLUMNS, EVENTS, to_row
+from .schema import (
+    COLUMNS,
+    COUNTERS,
+    DIMS,
+    EVENTS,
+    LATENCY_DIMS,
+    ROLLUP,
+    ROLLUP_LATENCY,
+    ROLLUP_TAGS,
+    hour_of,
+    to_row,
+)
 
-__all__ = ["SQLSink"]
+__all__ = ["RollupWriter", "SQLSink"]
 
 logger = logging.getLogger("agentmeter.storage")
 _claims = count(1)
+SUPPORTED = ("sqlite", "postgresql")
+
+# Positions in a row of COLUMNS.
+_I = {name: i for i, name in enumerate(COLUMNS)}
+_TS, _KIND, _MODEL, _PROVIDER = _I["ts"], _I["kind"], _I["model"], _I["provider"]
+_IN, _OUT, _CR, _CW, _RS = (
+    _I["input_tokens"],
+    _I["output_tokens"],
+    _I["cache_read_tokens"],
+    _I["cache_write_tokens"],
+    _I["reasoning_tokens"],
+)
+_COST, _LAT, _SESS, _AGENT = _I["cost_micros"], _I["latency_ms"], _I["session_id"], _I["agent_id"]
+_TOOL, _CAT, _STATUS, _EST = _I["tool"], _I["category"], _I["status"], _I["estimated"]
+_SAVED, _BUCKET, _CUST, _TAGS = (
+    _I["tokens_saved"],
+    _I["latency_bucket"],
+    _I["customer_id"],
+    _I["tags"],
+)
+# Rows per multi-row INSERT: a few fixed sizes, so the databases' statement caches
+# (and psycopg's prepared statements) see a handful of statements, never one per size.
+_CHUNKS = (1024, 256, 64, 16, 4, 1)
+assert max(_CHUNKS) * len(COLUMNS) <= 32766  # SQLite's default limit of parameters
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -50,23 +98,197 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _counters(group: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+    """The rollup counters (``COUNTERS`` order) of stored rows ``(event id, row)``
+    sharing one key; column sums in C (``zip`` / ``sum``), not per event in Python."""
+    rows = [r for _, r in group]
+    cols = list(zip(*rows, strict=True))
+    costs = cols[_COST]
+    lats = cols[_LAT]
+    known = lats if None not in lats else [x for x in lats if x is not None]
+    cats = cols[_CAT]
+    category, seq = "", None
+    if any(cats):
+        seq, category = max((ident, r[_CAT]) for ident, r in group if r[_CAT])
+    return [
+        len(rows),
+        sum(cols[_IN]),
+        sum(cols[_OUT]),
+        sum(cols[_CR]),
+        sum(cols[_CW]),
+        sum(cols[_RS]),
+        cols[_STATUS].count("error"),
+        sum(cols[_EST]),
+        sum(filter(None, costs)),
+        costs.count(None),
+        float(sum(filter(None, lats))),
+        min(known) if known else None,
+        max(known) if known else None,
+        sum(cols[_SAVED]),
+        category,
+        seq,
+    ]
+
+
+class RollupWriter:
+    """The statements of one dialect: raw insert with RETURNING, and the rollup upserts.
+
+    Used by :class:`SQLSink` for every batch and by :meth:`UsageStore.reset` to
+    rebuild the rollups of partly deleted hours -- one code path.
+    """
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        if dialect.name not in SUPPORTED:
+            raise ValueError(
+                f"agentmeter's SQL storage supports SQLite and PostgreSQL, not {dialect.name!r}"
+            )
+        quote = dialect.identifier_preparer.quote
+        self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._quote = quote
+        self._cols = ", ".join(quote(c) for c in COLUMNS)
+        self._row_marks = "(" + ", ".join([self._mark] * len(COLUMNS)) + ")"
+        self._inserts: dict[int, str] = {}
+        self.rollup_sql = self._upsert(ROLLUP, ("hour", *DIMS))
+        self.tags_sql = self._upsert(ROLLUP_TAGS, ("tag_key", "tag_value", "hour", *DIMS))
+        t = quote(ROLLUP_LATENCY.name)
+        key = ("hour", *LATENCY_DIMS, "bucket")
+        cols = ", ".join(quote(c) for c in (*key, "calls"))
+        marks = ", ".join([self._mark] * (len(key) + 1))
+        self.latency_sql = (
+            f"INSERT INTO {t} ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(quote(c) for c in key)}) "
+            f"DO UPDATE SET calls = {t}.calls + excluded.calls"
+        )
+
+    def _upsert(self, table: sa.Table, key: tuple[str, ...]) -> str:
+        q = self._quote
+        t = q(table.name)
+        cols = (*key, *COUNTERS)
+        sets = []
+        for c in COUNTERS:
+            old, new = f"{t}.{q(c)}", f"excluded.{q(c)}"
+            if c == "latency_min":
+                expr = (
+                    f"CASE WHEN {new} IS NULL THEN {old} WHEN {old} IS NULL OR {new} < {old} "
+                    f"THEN {new} ELSE {old} END"
+                )
+            elif c == "latency_max":
+                expr = (
+                    f"CASE WHEN {new} IS NULL THEN {old} WHEN {old} IS NULL OR {new} > {old} "
+                    f"THEN {new} ELSE {old} END"
+                )
+            elif c in ("category", "category_seq"):
+                newer = (
+                    f"excluded.category_seq IS NOT NULL AND ({t}.category_seq IS NULL "
+                    f"OR excluded.category_seq > {t}.category_seq)"
+                )
+                expr = f"CASE WHEN {newer} THEN {new} ELSE {old} END"
+            else:
+                expr = f"{old} + {new}"
+            sets.append(f"{q(c)} = {expr}")
+        return (
+            f"INSERT INTO {t} ({', '.join(q(c) for c in cols)}) "
+            f"VALUES ({', '.join([self._mark] * len(cols))}) "
+            f"ON CONFLICT ({', '.join(q(c) for c in key)}) DO UPDATE SET {', '.join(sets)}"
+        )
+
+    def _insert_sql(self, n: int) -> str:
+        sql = self._inserts.get(n)
+        if sql is None:
+            sql = self._inserts[n] = (
+                f"INSERT INTO {self._quote(EVENTS.name)} ({self._cols}) VALUES "
+                + ", ".join([self._row_marks] * n)
+                + " ON CONFLICT (call_id) DO NOTHING RETURNING id, call_id"
+            )
+        return sql
+
+    def insert(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Insert raw rows (unique call ids); the ``(id, call_id)`` of those actually new."""
+        out: list[Any] = []
+        i, n = 0, len(rows)
+        for size in _CHUNKS:
+            while n - i >= size:
+                chunk = rows[i : i + size]
+                i += size
+                params = tuple(chain.from_iterable(chunk))
+                out += conn.exec_driver_sql(self._insert_sql(size), params).fetchall()
+        return out
+
+    def write(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert a batch and add the new rows to the rollups; how many rows were new."""
+        seen: dict[str, tuple[Any, ...]] = {}
+        for r in rows:
+            seen.setdefault(r[0], r)  # one row per call id: the first
+        uniq = list(seen.values()) if len(seen) < len(rows) else rows
+        inserted = self.insert(conn, uniq)
+        if inserted:
+            self.add(conn, ((int(ident), seen[cid]) for ident, cid in inserted))
+        return len(inserted)
+
+    def add(self, conn: sa.Connection, items: Iterable[tuple[int, tuple[Any, ...]]]) -> None:
+        """Add stored rows (with their event ids) to the three rollup tables."""
+        main: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
+        tags: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
+        lat: dict[tuple[Any, ...], int] = {}
+        for item in items:
+            r = item[1]
+            hour = hour_of(r[_TS])
+            cust, sess, agent, tool = (
+                r[_CUST] or "",
+                r[_SESS] or "",
+                r[_AGENT] or "",
+                r[_TOOL] or "",
+            )
+            key = (hour, cust, sess, agent, r[_MODEL] or "", r[_PROVIDER] or "", tool, r[_KIND])
+            group = main.get(key)
+            if group is None:
+                main[key] = [item]
+            else:
+                group.append(item)
+            if r[_TAGS]:
+                for pair in json.loads(r[_TAGS]).items():
+                    tags.setdefault((*pair, *key), []).append(item)
+            if r[_BUCKET] is not None and r[_KIND] == "tool":
+                lk = (hour, cust, sess, agent, tool, r[_BUCKET])
+                lat[lk] = lat.get(lk, 0) + 1
+        if not main:
+            return
+        # Sorted keys: every writer locks rollup rows in the same order.
+        conn.exec_driver_sql(
+            self.rollup_sql, [(*k, *_counters(g)) for k, g in sorted(main.items())]
+        )
+        if lat:
+            conn.exec_driver_sql(self.latency_sql, [(*k, n) for k, n in sorted(lat.items())])
+        if tags:
+            conn.exec_driver_sql(
+                self.tags_sql, [(*k, *_counters(g)) for k, g in sorted(tags.items())]
+            )
+
+
+class _Vanished(Exception):
+    """The SQLite file is no longer at its path (deleted, or its folder removed)."""
+
+
 class SQLSink(BackgroundWriter):
-    """Store every recorded call in a SQL database (SQLite by default).
+    """Store every recorded call in a SQL database (SQLite by default), with rollups.
 
     Args:
         url: A SQLAlchemy URL, or a file path for SQLite; default ``$AGENTMETER_DB``
-            or ``./agentmeter.db``. Tables are created when missing.
-        batch_size: Most rows per ``INSERT`` batch (one transaction each).
+            or ``./agentmeter.db``. Tables are created when missing, a version-1
+            database is upgraded (see :mod:`agentmeter.storage.migrations`).
+        batch_size: Most rows per batch (one transaction each).
         flush_interval: Seconds an event may wait in memory before it is written
             (the bound on what a killed process loses).
         max_queue: Events held in memory before ``submit`` applies backpressure.
         block_timeout: Longest a recording thread blocks on a full queue; then the
             excess goes to the spill file.
         spill_path: JSONL file for events the database could not take (full queue,
-            outage at close). Replayed into the database when it is reachable again
-            (by this sink, or by the next one opened on the same database). Default:
-            ``<db file>.spill.jsonl`` for SQLite, a file named after the URL in the
-            temporary directory otherwise.
+            outage at close, a database file that disappeared). Replayed into the
+            database when it is reachable again (by this sink, or by the next one
+            opened on the same database). Default: ``<db file>.spill.jsonl`` for
+            SQLite, a file named after the URL in the temporary directory otherwise.
+            When it cannot be written (its folder was removed), a file named after
+            the URL in the temporary directory is used, and its path logged.
         max_retry_delay: Cap of the backoff between attempts while the database is down.
         exit_timeout: How long the exit hook waits for the database before spilling.
         sqlite_timeout: SQLite busy timeout per attempt (the sink retries on its own).
@@ -90,20 +312,24 @@ class SQLSink(BackgroundWriter):
         if db_file is not None:
             db_file.parent.mkdir(parents=True, exist_ok=True)
         self._engine = make_engine(self.url, sqlite_timeout=sqlite_timeout, wal=True)
+        self._rollups = RollupWriter(self._engine.dialect)
+        self._db_file = db_file
+        self._db_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we write
+        self._vanished = False
+        digest = hashlib.sha256(redact(self.url).encode()).hexdigest()[:16]
+        self._fallback_spill = Path(tempfile.gettempdir()) / f"agentmeter-spill-{digest}.jsonl"
         if spill_path is not None:
             self.spill_path = Path(spill_path)
         elif db_file is not None:
             self.spill_path = db_file.with_name(db_file.name + ".spill.jsonl")
         else:
-            digest = hashlib.sha256(redact(self.url).encode()).hexdigest()[:16]
-            self.spill_path = Path(tempfile.gettempdir()) / f"agentmeter-spill-{digest}.jsonl"
+            self.spill_path = self._fallback_spill
         self._spill_lock = threading.Lock()
         self._spill_pending = True  # checked (cheaply) once at start
         self._next_replay = 0.0
         self._last_spill_log = -1e9
         self._spilled_unlogged = 0
         self._schema_ready = False
-        self._insert = self._build_insert()
         try:  # fail early on a bad URL or a newer schema; an outage is retried later
             self._ensure_schema()
         except sa.exc.DBAPIError as exc:
@@ -129,86 +355,132 @@ class SQLSink(BackgroundWriter):
         """The SQLAlchemy engine the sink writes with."""
         return self._engine
 
-    def _build_insert(self) -> Callable[[sa.Connection, Sequence[tuple[Any, ...]]], None]:
-        """An executemany of plain tuples in the driver's own parameter style."""
-        dialect = self._engine.dialect
-        quote = dialect.identifier_preparer.quote
-        cols = ", ".join(quote(c) for c in COLUMNS)
-        style = dialect.paramstyle
-        marks: list[str] | None
-        if style == "qmark":
-            marks = ["?"] * len(COLUMNS)
-        elif style in ("format", "pyformat"):
-            marks = ["%s"] * len(COLUMNS)
-        elif style == "numeric":
-            marks = [f":{i}" for i in range(1, len(COLUMNS) + 1)]
-        else:
-            marks = None
-        # A retried batch must not store a call twice: skip rows whose call id is
-        # already there (SQLite and PostgreSQL; other databases rely on the unique
-        # index and the row-by-row fallback).
-        upsert = dialect.name in ("sqlite", "postgresql")
-        conflict = " ON CONFLICT (call_id) DO NOTHING" if upsert else ""
-        if marks is None:  # named styles: go through SQLAlchemy Core with dicts
-            stmt = EVENTS.insert()
-            if upsert:
-                stmt = sa.text(
-                    f"INSERT INTO {quote(EVENTS.name)} ({cols}) VALUES "
-                    f"({', '.join(':' + c for c in COLUMNS)}){conflict}"
-                )  # type: ignore[assignment]
-
-            def core(conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-                conn.execute(stmt, [dict(zip(COLUMNS, r, strict=True)) for r in rows])
-
-            return core
-        sql = f"INSERT INTO {quote(EVENTS.name)} ({cols}) VALUES ({', '.join(marks)}){conflict}"
-
-        def driver(conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-            conn.exec_driver_sql(sql, list(rows))
-
-        return driver
-
     def _ensure_schema(self) -> None:
         with self._engine.begin() as conn:
             ensure_schema(conn)
         self._schema_ready = True
+        if self._db_file is not None and self._db_id is None:
+            self._db_id = self._file_id()
+
+    # ------------------------------------------- the database file (SQLite)
+    def _file_id(self) -> tuple[int, int] | None:
+        assert self._db_file is not None
+        try:
+            st = os.stat(self._db_file)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _check_file(self) -> None:
+        """Raise :class:`_Vanished` if the SQLite file we write is no longer at its path.
+
+        A file replaced by another one (same path, other inode) is reopened: the pooled
+        connections would write into the old, unlinked file.
+        """
+        if self._db_file is None or self._db_id is None:
+            return
+        current = self._file_id() if self._db_file.parent.is_dir() else None
+        if current is None:
+            raise _Vanished(str(self._db_file))
+        if current != self._db_id:
+            logger.error(
+                "agentmeter: %s was replaced by another file under a running sink; reopening it",
+                self._db_file,
+            )
+            self._engine.dispose()
+            self._db_id = current
+            self._schema_ready = False
+            self._ensure_schema()
+        if self._vanished:
+            self._vanished = False
+            self._spill_pending = True
+            logger.error("agentmeter: %s is back; writing to it again", self._db_file)
 
     # ------------------------------------------------------- writer thread
-    def _write(self, batch: list[RawEvent]) -> None:
-        self._write_rows([to_row(r) for r in batch], batch)
+    def _write(self, batch: list[RawEvent], *, spill: bool = True) -> int:
+        return self._write_rows([to_row(r) for r in batch], batch, spill=spill)
 
-    def _write_rows(self, rows: list[tuple[Any, ...]], raws: list[RawEvent]) -> None:
-        if not self._schema_ready:
-            self._ensure_schema()
-        try:
-            with self._engine.begin() as conn:
-                self._insert(conn, rows)
-        except Exception as exc:
-            if _is_outage(exc):
-                raise
-            # Not an outage: maybe the tables were dropped, maybe one bad row (an int
-            # too large for BIGINT raises OverflowError or DataError).
-            self._ensure_schema()
-            self._isolate(rows, raws, exc)
+    def _write_rows(
+        self, rows: list[tuple[Any, ...]], raws: list[RawEvent], *, spill: bool = True
+    ) -> int:
+        """Write a batch; how many of its events are new in the database.
+
+        ``spill=False`` (a spill replay): raise :class:`_Vanished` instead of spilling.
+        """
+        for _ in range(3):  # a file replaced between two checks: write into the new one
+            try:
+                self._check_file()
+                if not self._schema_ready:
+                    self._ensure_schema()
+                before = self._db_id
+                try:
+                    with self._engine.begin() as conn:
+                        n = self._rollups.write(conn, rows)
+                except Exception as exc:
+                    if _is_outage(exc):
+                        raise
+                    # Not an outage: maybe the tables were dropped, maybe one bad row (an
+                    # int too large for BIGINT raises OverflowError or DataError).
+                    self._ensure_schema()
+                    return self._isolate(rows, raws, exc)
+                # Committed -- into the file that is still at the path? If not, the
+                # batch is not safely stored: spill it (call ids make a replay harmless).
+                self._check_file()
+                if self._db_id != before:
+                    continue
+            except _Vanished:
+                if not spill:
+                    raise
+                return self._spill_vanished(raws)
+            self._counters["duplicates"] += len(rows) - n
+            return n
+        raise RuntimeError(f"{self._db_file} keeps being replaced")
+
+    def _spill_vanished(self, raws: list[RawEvent]) -> int:
+        if not self._vanished:
+            self._vanished = True
+            logger.error(
+                "agentmeter: the database %s disappeared under a running SQLSink (file "
+                "deleted or folder removed); its events are spilled, not written",
+                self._db_file,
+            )
+        self._send_overflow(raws, f"the database {self._db_file} disappeared")
+        return 0
 
     def _isolate(
         self, rows: list[tuple[Any, ...]], raws: list[RawEvent], first: BaseException
-    ) -> None:
+    ) -> int:
         """Write row by row; rows the database rejects go to ``<spill>.rejected.jsonl``."""
         bad: list[RawEvent] = []
+        written = 0
         for row, raw in zip(rows, raws, strict=True):
             try:
                 with self._engine.begin() as conn:
-                    self._insert(conn, [row])
+                    written += self._rollups.write(conn, [row])
             except Exception as exc:
                 if _is_outage(exc):
                     raise
                 bad.append(raw)
         if len(bad) == len(rows) and len(rows) > 1:
             raise first  # every row fails: a systemic problem, keep retrying the batch
+        self._counters["duplicates"] += len(rows) - len(bad) - written
         if bad:
             rejected = self.spill_path.with_name(self.spill_path.name + ".rejected.jsonl")
-            append_lines(rejected, bad)
+            try:
+                append_lines(rejected, bad)
+            except OSError as exc:
+                self._counters["dropped"] += len(bad)
+                logger.error(
+                    "agentmeter: %r DROPPED %d events rejected by %s (%r): cannot write %s: %r",
+                    self,
+                    len(bad),
+                    redact(self.url),
+                    first,
+                    rejected,
+                    exc,
+                )
+                return written
+            self._counters["rejected"] += len(bad)
             logger.error(
                 "agentmeter: %d events rejected by %s (%r); kept in %s",
                 len(bad),
@@ -216,6 +488,7 @@ class SQLSink(BackgroundWriter):
                 first,
                 rejected,
             )
+        return written
 
     def _recover(self, exc: BaseException, failures: int) -> None:
         self._schema_ready = False  # the database may have been re-created meanwhile
@@ -224,13 +497,36 @@ class SQLSink(BackgroundWriter):
         self._replay_spill()
 
     def _idle(self) -> None:
-        if self._spill_pending and time.monotonic() >= self._next_replay:
+        if self._spill_pending and not self._vanished and time.monotonic() >= self._next_replay:
             self._replay_spill()
 
-    def _overflow(self, raws: list[RawEvent], reason: str) -> int:
+    def _append_spill(self, raws: list[RawEvent]) -> tuple[int, Path]:
+        """Append to the spill file, or to the fallback in the temporary directory when
+        the spill file cannot be written; raises if neither can."""
         with self._spill_lock:
-            n = append_lines(self.spill_path, raws)
+            try:
+                n = append_lines(self.spill_path, raws)
+                where = self.spill_path
+            except OSError as exc:
+                if self.spill_path == self._fallback_spill:
+                    raise
+                n = append_lines(self._fallback_spill, raws)
+                where = self._fallback_spill
+                logger.error(
+                    "agentmeter: cannot write the spill file %s (%r); %d events kept in %s "
+                    "instead (replayed by the next SQLSink on %s)",
+                    self.spill_path,
+                    exc,
+                    n,
+                    where,
+                    redact(self.url),
+                )
             self._spill_pending = True
+        return n, where
+
+    def _overflow(self, raws: list[RawEvent], reason: str) -> int:
+        n, where = self._append_spill(raws)  # raises when nothing could be written
+        with self._spill_lock:
             self._spilled_unlogged += n
             now = time.monotonic()
             if now - self._last_spill_log < 5.0:
@@ -240,7 +536,7 @@ class SQLSink(BackgroundWriter):
         logger.warning(
             "agentmeter: %d events spilled to %s (%s); replayed when the database takes them",
             count,
-            self.spill_path,
+            where,
             reason,
         )
         return n
@@ -248,25 +544,27 @@ class SQLSink(BackgroundWriter):
     def _claim_spill_files(self) -> list[Path]:
         """Rename spill files to names only this sink owns (atomic against other processes)."""
         claimed: list[Path] = []
-        base = self.spill_path
-        candidates: list[Path] = []
-        if base.exists():
-            candidates.append(base)
-        for orphan in base.parent.glob(base.name + ".replay-*"):
-            try:
-                pid = int(orphan.name.rsplit(".replay-", 1)[1].split("-")[0])
-            except ValueError:
+        for base in dict.fromkeys((self.spill_path, self._fallback_spill)):
+            candidates: list[Path] = []
+            if base.exists():
+                candidates.append(base)
+            if not base.parent.is_dir():
                 continue
-            if pid == os.getpid() or not _pid_alive(pid):
-                candidates.append(orphan)
-        for path in candidates:
-            target = base.with_name(f"{base.name}.replay-{os.getpid()}-{next(_claims)}")
-            try:
-                with self._spill_lock:
-                    path.rename(target)
-            except OSError:
-                continue  # another process claimed it first
-            claimed.append(target)
+            for orphan in base.parent.glob(base.name + ".replay-*"):
+                try:
+                    pid = int(orphan.name.rsplit(".replay-", 1)[1].split("-")[0])
+                except ValueError:
+                    continue
+                if pid == os.getpid() or not _pid_alive(pid):
+                    candidates.append(orphan)
+            for path in candidates:
+                target = base.with_name(f"{base.name}.replay-{os.getpid()}-{next(_claims)}")
+                try:
+                    with self._spill_lock:
+                        path.rename(target)
+                except OSError:
+                    continue  # another process claimed it first
+                claimed.append(target)
         return claimed
 
     def _replay_spill(self) -> None:
@@ -286,22 +584,26 @@ class SQLSink(BackgroundWriter):
                             raws.append(raw_from_json(line))
                         except ValueError as exc:
                             logger.error("agentmeter: %s:%d unreadable, skipped: %s", path, n, exc)
-            done = 0
+            done = written = 0
             try:
                 for i in range(0, len(raws), self._batch_size):
                     chunk = raws[i : i + self._batch_size]
-                    self._write(chunk)
+                    written += self._write(chunk, spill=False)
                     done += len(chunk)
             except Exception as exc:
                 # Still down: put back what was not written, try again later.
-                with self._spill_lock:
-                    append_lines(self.spill_path, raws[done:])
-                    self._spill_pending = True
+                try:
+                    self._append_spill(raws[done:])
+                except OSError as err:
+                    logger.error(
+                        "agentmeter: %r DROPPED %d spilled events: %r", self, len(raws) - done, err
+                    )
+                    self._counters["dropped"] += len(raws) - done
                 self._next_replay = time.monotonic() + 5.0
                 logger.warning("agentmeter: spill replay postponed: %r", exc)
             path.unlink(missing_ok=True)
             if done:
-                self._counters["written"] += done
+                self._counters["written"] += written
                 logger.warning("agentmeter: replayed %d spilled events into the database", done)
 
     def _forked(self) -> None:
