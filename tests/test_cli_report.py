@@ -97,7 +97,9 @@ def test_commands_are_registered_and_version() -> None:
     assert proc.returncode == 0 and proc.stdout == f"agentmeter {agentmeter.__version__}\n"
 
 
-def test_help_examples_run_as_written(tmp_path: Path) -> None:
+def test_help_examples_run_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every example of `agentmeter report --help`, run in a directory holding the demo's
     database, exits 0 and shows rows in every section it asks for."""
     assert main(["demo", "--plain", "--db", str(tmp_path / "agentmeter.db")]) == 0
@@ -107,13 +109,29 @@ def test_help_examples_run_as_written(tmp_path: Path) -> None:
     ]
     assert len(examples) >= 6
     env = {"AGENTMETER_DB": ""}  # the examples' default database: ./agentmeter.db
+    monkeypatch.delenv("AGENTMETER_DB", raising=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    running = [  # as written, each in its own process (all at once: they only read)
+        subprocess.Popen(
+            [sys.executable, "-m", "agentmeter.cli", *shlex.split(example)[1:]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            cwd=str(tmp_path),
+        )
+        for example in examples
+    ]
+    for example, proc in zip(examples, running, strict=True):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (example, err)
+        assert out.strip() and "error" not in err, example
     for example in examples:
         argv = shlex.split(example)
         assert argv[:2] == ["agentmeter", "report"]
-        proc = _cli(*argv[1:], env=env, cwd=tmp_path)
-        assert proc.returncode == 0, (example, proc.stderr)
-        assert proc.stdout.strip() and "error" not in proc.stderr, example
-        data = json.loads(_cli(*argv[1:], "--format", "json", env=env, cwd=tmp_path).stdout)
+        # The same command as JSON: every section it asks for has rows.
+        data = json.loads(_report(capsys, *argv[2:], "--format", "json"))
         assert data["events"] > 0, example
         for section in data["sections"]:
             assert data[f"by_{section}"], (example, section)
