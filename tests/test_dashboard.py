@@ -699,3 +699,14 @@ def test_templates_and_assets_ship_inside_the_package() -> None:
     js = root.joinpath("static/dashboard.js").read_text()
     css = root.joinpath("static/dashboard.css").read_text()
     assert not re.search(r"https?://", js + css), "no external asset"
+
+
+def test_readme_screenshot_is_committed() -> None:
+    """docs/dashboard.png: the overview of the demo's database in headless Chromium at
+    1280 px (made by tests/test_dashboard_browser.py with AGENTMETER_SCREENSHOTS=docs)."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(Path(__file__).parents[1] / "docs" / "dashboard.png")
+    assert pixels.shape[1] == 1280 and pixels.shape[0] >= 700
+    colored = (pixels[..., :3].max(axis=2) - pixels[..., :3].min(axis=2) > 0.25).mean()
+    assert colored > 0.003, "the committed dashboard screenshot shows no chart"
