@@ -26,8 +26,9 @@ def register(sub: Any) -> None:
     """Add the ``serve`` sub-command."""
     p: argparse.ArgumentParser = sub.add_parser(
         "serve",
-        help="serve the REST API (/api/v1/usage) over a stored database",
-        description="Serve usage from a database written by agentmeter's SQL sink.",
+        help="serve the REST API (/api/v1/usage) and the dashboard over a stored database",
+        description="Serve usage from a database written by agentmeter's SQL sink: the REST "
+        "API under /api/v1/usage, the dashboard at /, the API docs at /docs.",
     )
     add_db_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
@@ -68,9 +69,12 @@ def run(args: argparse.Namespace) -> int:
             + ("" if token else "; without --token anyone who reaches it reads all usage"),
             file=sys.stderr,
         )
+    dashboard = any(getattr(r, "path", None) == "/" for r in app.routes)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"agentmeter serve: {redact(url)} on http://{args.host}:{args.port}/api/v1/usage "
-        f"(docs at /docs; "
+        f"agentmeter serve: {redact(url)} on http://{shown}:{args.port}/api/v1/usage "
+        + (f"(dashboard at http://{shown}:{args.port}/; " if dashboard else "(")
+        + "docs at /docs; "
         + ("locked by token, reset enabled)" if token else "open, reset disabled)"),
         file=sys.stderr,
         flush=True,
