@@ -13,11 +13,13 @@ from typing import Any
 
 from ._deps import sqlalchemy as sa
 from .migrations import check as check_schema
-from .schema import SchemaError
+from .migrations import is_current, upgrade
+from .schema import SCHEMA_VERSION, SchemaError
 
 __all__ = [
     "DEFAULT_DB",
     "DatabaseError",
+    "ensure_current",
     "make_engine",
     "open_existing",
     "redact",
@@ -92,10 +94,41 @@ def make_engine(url: str, *, sqlite_timeout: float = 1.0, wal: bool = False) -> 
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-def open_existing(target: str | os.PathLike[str] | None) -> tuple[str, sa.Engine]:
+def _detail(exc: sa.exc.DBAPIError) -> str:
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def ensure_current(engine: sa.Engine, where: str) -> None:
+    """Upgrade an older agentmeter database to this schema (readers do it too: a
+    report over an old database just works), or raise :class:`DatabaseError` saying
+    why it cannot be upgraded (e.g. no write access)."""
+    with engine.connect() as conn:
+        version = check_schema(conn)
+        if is_current(conn):
+            return
+    try:
+        with engine.begin() as conn:
+            upgrade(conn)
+    except SchemaError as exc:
+        raise DatabaseError(f"{where}: {exc}") from None
+    except sa.exc.DBAPIError as exc:
+        raise DatabaseError(
+            f"{where} has agentmeter schema version {version} and must be upgraded to "
+            f"version {SCHEMA_VERSION} before it can be read; the upgrade failed "
+            f"({_detail(exc)}). Open it once with write access (any SQLSink or "
+            "UsageStore on it does the upgrade)."
+        ) from None
+
+
+def open_existing(
+    target: str | os.PathLike[str] | None, *, upgrade: bool = True
+) -> tuple[str, sa.Engine]:
     """Open an existing agentmeter database for reading, or raise :class:`DatabaseError`.
 
-    Never creates anything: a missing SQLite file is an error, not a new database.
+    Never creates a database: a missing SQLite file is an error, not a new database.
+    A database of an older agentmeter schema is upgraded (``upgrade=True``, see
+    :mod:`agentmeter.storage.migrations`).
     """
     url = resolve_url(target)
     path = sqlite_path(url)
@@ -112,13 +145,17 @@ def open_existing(target: str | os.PathLike[str] | None) -> tuple[str, sa.Engine
     try:
         with engine.connect() as conn:
             check_schema(conn)
+        if upgrade:
+            ensure_current(engine, where)
     except SchemaError as exc:
         engine.dispose()
         raise DatabaseError(f"{where}: {exc}") from None
+    except DatabaseError:
+        engine.dispose()
+        raise
     except sa.exc.DBAPIError as exc:
         engine.dispose()
-        lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
-        detail = lines[0] if lines else type(exc).__name__
+        detail = _detail(exc)
         if path is None:
             raise DatabaseError(f"cannot read {where}: {detail}") from None
         raise DatabaseError(f"{where} cannot be read as a database ({detail})") from None

@@ -53,7 +53,7 @@ from .. import _fields, _tools, _views
 from ..errors import NotFoundError
 from ..models import CustomerUsage, SessionUsage, Snapshot, ToolStats, Usage
 from ._deps import sqlalchemy as sa
-from .engine import open_existing
+from .engine import ensure_current, open_existing
 from .schema import (
     COLUMNS,
     COUNTERS,
@@ -181,11 +181,14 @@ class UsageStore:
 
     Args:
         db: A path (SQLite) or SQLAlchemy URL; default ``$AGENTMETER_DB`` or
-            ``./agentmeter.db``. Must exist and hold agentmeter's tables.
+            ``./agentmeter.db``. Must exist and hold agentmeter's tables. A database
+            of an older schema (version 1) is upgraded when opened -- which needs
+            write access once (see :mod:`agentmeter.storage.migrations`).
         engine: Use this engine instead of opening ``db`` (its tables must exist).
 
     Raises:
-        agentmeter.storage.DatabaseError: missing, corrupt or foreign database.
+        agentmeter.storage.DatabaseError: missing, corrupt or foreign database, one of a
+            newer agentmeter, or an old one that cannot be upgraded (read-only).
     """
 
     DIMENSIONS = tuple(DIMENSIONS)
@@ -197,6 +200,7 @@ class UsageStore:
             self.url = engine.url.render_as_string(hide_password=False)
             self._engine = engine
             self._owns_engine = False
+            ensure_current(engine, engine.url.render_as_string(hide_password=True))
         else:
             self.url, self._engine = open_existing(db)
             self._owns_engine = True
