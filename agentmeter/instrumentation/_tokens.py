@@ -40,7 +40,7 @@ No tokenizer and no framework is imported when this module is imported.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import json
 import os
@@ -125,11 +125,12 @@ def _read_local(url: str, expected_hash: str | None) -> bytes:
 
 def _offline_bpe(tiktoken_bpe_file: str, expected_hash: str | None = None) -> dict[bytes, int]:
     """tiktoken's ``load_tiktoken_bpe``, reading only local files."""
+    decode = binascii.a2b_base64
     ranks: dict[bytes, int] = {}
     for line in _read_local(tiktoken_bpe_file, expected_hash).splitlines():
         if line:
             token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+            ranks[decode(token)] = int(rank)
     return ranks
 
 

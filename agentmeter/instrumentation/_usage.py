@@ -795,38 +795,56 @@ def _present(obj: Any, key: str) -> bool:
     return _peek(obj, key) is not None
 
 
+def _view(obj: Any) -> dict[str, Any] | None:
+    """A plain dict of ``obj``'s keys when that is cheap and exact (dicts, pydantic models)."""
+    if obj.__class__ is dict:
+        return obj
+    if isinstance(obj, Mapping):
+        return None  # a custom mapping: go through its own get()
+    try:
+        d = obj.__dict__
+    except Exception:
+        return None
+    if d.__class__ is not dict or not _is_model(obj.__class__):
+        return None
+    extra = getattr(obj, "__pydantic_extra__", None)
+    return {**d, **extra} if extra.__class__ is dict and extra else d
+
+
 def _detect(obj: Any, depth: int) -> UsageCounts | None:
     """Find the usage in ``obj`` by its keys, looking inside the usual wrappers."""
     if obj is None or depth > _MAX_DEPTH or isinstance(obj, _SCALARS):
         return None
     if isinstance(obj, UsageCounts):
         return obj
-    if _present(obj, "prompt_tokens") or _present(obj, "completion_tokens"):
+    view = _view(obj)
+    get: Callable[[str], Any] = view.get if view is not None else lambda k: _peek(obj, k)
+    if get("prompt_tokens") is not None or get("completion_tokens") is not None:
         return _from_openai_chat(obj)
-    if _present(obj, "input_tokens") or _present(obj, "output_tokens"):
-        if any(_present(obj, k) for k in _ANTHROPIC_MARKERS) or _present(
-            _peek(obj, "output_tokens_details"), "thinking_tokens"
+    if get("input_tokens") is not None or get("output_tokens") is not None:
+        if any(get(k) is not None for k in _ANTHROPIC_MARKERS) or _present(
+            get("output_tokens_details"), "thinking_tokens"
         ):
             return _from_anthropic(obj)
-        if _present(obj, "input_tokens_details") or _present(obj, "output_tokens_details"):
+        if get("input_tokens_details") is not None or get("output_tokens_details") is not None:
             return _from_openai_responses(obj)
         return _from_langchain(obj)  # LangChain's UsageMetadata, or a bare pair
-    if any(_present(obj, k) for k in _G_KEYS):
+    if any(get(k) is not None for k in _G_KEYS):
         return _from_gemini(obj)
-    if _present(obj, "inputTokens") or _present(obj, "outputTokens"):
+    if get("inputTokens") is not None or get("outputTokens") is not None:
         return _from_bedrock(obj)
     for key in ("usage", "usage_metadata", "usageMetadata"):
-        inner = _peek(obj, key)
+        inner = get(key)
         if inner is not None:
             counts = _detect(inner, depth + 1)
             if counts is not None:
                 return counts
-    if _present(obj, "raw") or _present(obj, "additional_kwargs"):
+    if get("raw") is not None or get("additional_kwargs") is not None:
         counts = _from_llamaindex(obj, depth)
         if counts is not None:
             return counts
     for key in ("llm_output", "token_usage", "message", "response_metadata"):
-        inner = _peek(obj, key)
+        inner = get(key)
         if inner is not None:
             counts = _detect(inner, depth + 1)
             if counts is not None:
