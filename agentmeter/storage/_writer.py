@@ -10,7 +10,8 @@ on one daemon writer thread per sink:
   until it succeeds; the batch stays in memory meanwhile, nothing is lost;
 - ``flush()`` waits until everything submitted before it was written;
   ``close()`` flushes and stops; an ``atexit`` hook closes every sink still open
-  when the interpreter exits normally.
+  when the interpreter exits normally, and a ``multiprocessing`` finalizer does
+  the same in worker processes, which end with ``os._exit`` (no ``atexit``).
 
 Backpressure: when more than ``max_queue`` events wait (the store is down or
 slower than the producers), ``submit`` blocks the recording thread for at most
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -39,6 +41,9 @@ from ..models import RawEvent
 __all__ = ["BackgroundWriter"]
 
 logger = logging.getLogger("agentmeter.storage")
+# Before multiprocessing's own queue finalizers (priority 10): what a worker recorded
+# is stored while the process can still do I/O.
+_EXIT_PRIORITY = 20
 
 
 class BackgroundWriter:
@@ -102,10 +107,26 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         atexit.register(self._atexit)
+        # multiprocessing's children (fork, forkserver and spawn start methods) end
+        # with os._exit once their target returns: atexit hooks never run there, but
+        # multiprocessing.util._exit_function runs the finalizers registered with
+        # Finalize(exitpriority=...) first. The child's bootstrap clears the finalizers
+        # it inherited and then runs the after-fork callbacks, so one is registered now
+        # (a sink created inside the child) and again after every fork.
+        self._finalizer: multiprocessing.util.Finalize | None = None
+        self._register_finalizer()
+        multiprocessing.util.register_after_fork(self, BackgroundWriter._register_finalizer)
         # A forked child (multiprocessing's "fork" start method) inherits this object
         # but not its writer thread: without a new one its events would never be stored.
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def _register_finalizer(self) -> None:
+        if self._closed:
+            return
+        self._finalizer = multiprocessing.util.Finalize(
+            None, self._atexit, exitpriority=_EXIT_PRIORITY
+        )
 
     def _restart_in_child(self) -> None:
         """Give a forked child its own empty queue, locks and writer thread."""
@@ -303,6 +324,9 @@ class BackgroundWriter:
         self._late_drain()
         try:
             atexit.unregister(self._atexit)
+            if self._finalizer is not None:
+                self._finalizer.cancel()
+                self._finalizer = None
         except Exception:  # pragma: no cover - interpreter shutting down
             pass
         self._dispose()
