@@ -29,8 +29,6 @@ from . import _render
 from .models import BudgetStatus, SessionUsage, Snapshot, ToolStats, ToolTable, Usage
 
 if TYPE_CHECKING:
-    import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
     from .scope import Scope
 
 __all__ = [
