@@ -6,8 +6,9 @@ table. ``rows(quick)`` returns the same rows for ``benchmarks/run.py``.
 - **The database**: ``N`` events (10,000,000 by default; ``--quick``: 1,000,000) over
   the last 90 days, written through :class:`~agentmeter.storage.SQLSink` (so the
   rollups are exactly what production writes): 50 customers, one session per 100
-  events, 6 agents, 6 models, 12 tools; LLM calls (some inside tools, some failed,
-  one model unpriced), tool calls (some failed), embeddings and cache events. It is
+  events (100,000 sessions), 6 agents, 6 models, 12 tools, each session keeping to
+  one or two models and three tools; LLM calls (some inside tools, some failed, one
+  model unpriced), tool calls (some failed), embeddings and cache events. It is
   built once and cached under ``$TMPDIR/agentmeter-bench/`` (the storage read
   benchmark's database is used instead when it has the same size).
 - **A page's time**: one ``GET`` through the ASGI app (``create_app(db_url=...)``,
@@ -50,7 +51,11 @@ def _cache_dir() -> Path:
 
 
 def _events(n: int, seed: int = 10) -> Any:
-    """``n`` raw event tuples, oldest first, over the last DAYS days."""
+    """``n`` raw event tuples, oldest first, over the last DAYS days.
+
+    Like production traffic, a session keeps to its customer, its agent, one or two
+    models and three tools (so the hourly rollups hold ~15 rows per session).
+    """
     rng = random.Random(seed)
     end = time.time()
     start = end - DAYS * 86400
@@ -61,9 +66,14 @@ def _events(n: int, seed: int = 10) -> Any:
         reasoning_tokens=0, scope_path=(), status="ok", estimated=False, tokens_saved=0,
     )  # fmt: skip
     order = list(EVENT_FIELDS)
+    models: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
     for i in range(n):
-        ev = dict(base)
         session = i // EVENTS_PER_SESSION
+        if i % EVENTS_PER_SESSION == 0:
+            models = tuple(rng.sample(MODELS, rng.choice((1, 2))))
+            tools = tuple(rng.sample(TOOLS, 3))
+        ev = dict(base)
         ev["call_id"] = f"e{i}"
         ev["timestamp"] = start + i * step
         ev["session_id"] = f"sess-{session:06d}"
@@ -71,19 +81,19 @@ def _events(n: int, seed: int = 10) -> Any:
         ev["agent_id"] = f"agent-{session % AGENTS}"
         r = rng.random()
         if r < 0.6:
-            model = MODELS[rng.randrange(len(MODELS))]
+            model = models[rng.randrange(len(models))]
             inp, out = rng.randint(50, 4000), rng.randint(10, 800)
             ev.update(
                 kind="chat", model=model, provider="p", input_tokens=inp, output_tokens=out,
                 cost_micros=None if model == "llama-local" else inp * 2 + out * 8,
                 latency_ms=rng.uniform(80, 3000),
-                tool=TOOLS[rng.randrange(len(TOOLS))] if rng.random() < 0.3 else None,
+                tool=tools[rng.randrange(3)] if rng.random() < 0.3 else None,
                 status="error" if rng.random() < 0.01 else "ok",
             )  # fmt: skip
         elif r < 0.9:
             failed = rng.random() < 0.04
             ev.update(
-                kind="tool", tool=TOOLS[rng.randrange(len(TOOLS))],
+                kind="tool", tool=tools[rng.randrange(3)],
                 latency_ms=rng.lognormvariate(3, 1), status="error" if failed else "ok",
                 error="ToolError" if failed else None, category="work",
             )  # fmt: skip
