@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from .errors import BudgetExceeded
 from .models import BudgetStatus, micros_to_usd
@@ -50,13 +50,13 @@ class Budget(BaseModel):
         mode="before",
     )
     @classmethod
-    def _int_limit(cls, v: object) -> object:
+    def _int_limit(cls, v: object, info: ValidationInfo) -> object:
         if v is None:
             return v
         if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError("limit must be an int")
+            raise TypeError(f"{info.field_name} must be an int, got {type(v).__name__}: {v!r}")
         if v < 0:
-            raise ValueError("limit must be >= 0")
+            raise ValueError(f"{info.field_name} must be >= 0, got {v}")
         return v
 
     @field_validator("max_cost_usd", mode="before")
@@ -65,10 +65,18 @@ class Budget(BaseModel):
         if v is None:
             return v
         if isinstance(v, bool) or not isinstance(v, int | float | Decimal | str):
-            raise TypeError("max_cost_usd must be a number of dollars")
-        d = Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
-        if not d.is_finite() or d < 0:
-            raise ValueError("max_cost_usd must be a finite number >= 0")
+            raise TypeError(
+                f"max_cost_usd must be a number of dollars, got {type(v).__name__}: {v!r}"
+            )
+        try:
+            d = Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
+        except ArithmeticError:  # decimal.InvalidOperation: "abc", ""
+            raise ValueError(f"max_cost_usd must be a number of dollars, got {v!r}") from None
+        if not d.is_finite() or d.is_signed() and d != 0:
+            raise ValueError(f"max_cost_usd must be a finite number >= 0, got {v!r}")
+        if d.as_tuple().exponent < -6:  # type: ignore[operator]
+            # Budgets are kept in micro-dollars: a finer limit would be rounded silently.
+            d = d.quantize(Decimal("0.000001"), rounding="ROUND_DOWN")
         return d
 
     def limits(self) -> Spend:

@@ -291,7 +291,9 @@ class Tracker:
                 tool=tool,
                 customer_id=customer_id,
             )
-        if call_id is not None and (call_id.__class__ is not str or not call_id.isascii()):
+        if call_id is not None and (
+            call_id.__class__ is not str or not call_id or not call_id.isascii()
+        ):
             call_id = _validate.call_id(call_id)
         if estimated is not False and estimated is not True:
             _validate.flag("estimated", estimated)

@@ -8,6 +8,7 @@ directory holding ``seed_000_context_buckets_tracker.py``.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import sys
@@ -46,7 +47,7 @@ def bench_record(floor: float, n: int) -> list[dict[str, str]]:
         rec = t.record_llm
         with t.meter("a", session_id="s1"), t.meter("b"), t.meter("c"):
             for _ in range(k):
-                rec("gpt-4o-mini", 1200, 80, 200)
+                rec("gpt-4o-mini", 1200, 80, cache_read_tokens=200)
 
     per = best_per_op(ours, n)
     assert t.snapshot().by_session["s1"].llm_calls > 0
@@ -192,14 +193,14 @@ def bench_tool_calls(total: int) -> list[dict[str, str]]:
     half = total // 2
     rec = t.record_tool_call
     for i in range(20_000):  # warm the dedup window and allocator to steady state
-        rec("search", True, 1.5, "", f"warm-{i}")
+        rec("search", True, 1.5, call_id=f"warm-{i}")
     rss0 = _rss_bytes()
     t0 = time.perf_counter()
     for i in range(half):
-        rec("search", True, 1.5, "", f"call-{i}")
+        rec("search", True, 1.5, call_id=f"call-{i}")
     t1 = time.perf_counter()
     for i in range(half, total):
-        rec("search", True, 1.5, "", f"call-{i}")
+        rec("search", True, 1.5, call_id=f"call-{i}")
     t2 = time.perf_counter()
     growth = _rss_bytes() - rss0
     st = t.snapshot().by_tool["search"]
@@ -209,6 +210,31 @@ def bench_tool_calls(total: int) -> list[dict[str, str]]:
                 f"{t2 - t0:.1f} s, 2nd half / 1st half = {linear:.2f}, RSS growth "
                 f"{growth / 2**20:.1f} MB", "seed_000: quadratic (~2.5 h), 73 MB",
                 "linear, < 10 MB growth", linear < 1.5 and growth < 10 * 2**20)]
+
+
+def bench_many_names(total: int, names: int, every: int) -> list[dict[str, str]]:
+    """Distinct model names (per-customer fine-tunes) with periodic snapshot_and_reset."""
+    t = Tracker()
+    rec = t.record_llm
+
+    def run(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            rec(f"ft:gpt-4o-mini:customer-{i % names}", 10, 1, session_id=f"s{i % 1000}")
+            if i % every == every - 1:
+                t.snapshot_and_reset()
+
+    for i in range(20_000):  # warm the allocator with other names (the measured ones are new)
+        rec(f"warm-{i % 100}", 10, 1, session_id=f"s{i % 1000}")
+    t.snapshot_and_reset()
+    gc.collect()
+    rss0 = _rss_bytes()
+    run(0, total)
+    gc.collect()
+    growth = _rss_bytes() - rss0
+    return [row(f"{total:,} records over {names:,} distinct model names, snapshot_and_reset "
+                f"every {every:,}",
+                f"RSS growth {growth / 2**20:.1f} MB", "before: 94 MiB per 100k names",
+                "< 20 MB growth", growth < 20 * 2**20)]  # fmt: skip
 
 
 def rows(quick: bool = False) -> list[dict[str, str]]:
@@ -222,6 +248,7 @@ def rows(quick: bool = False) -> list[dict[str, str]]:
     out += bench_price(floor, n)
     out += bench_threads(floor, 20_000 if quick else 100_000)
     out += bench_tool_calls(200_000 if quick else 1_000_000)
+    out += bench_many_names(200_000 if quick else 1_000_000, 100_000, 10_000)
     return out
 
 

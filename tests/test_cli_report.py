@@ -509,7 +509,7 @@ def test_malformed_arguments_exit_2_without_traceback(args: list[str], says: str
 
 
 def test_the_cli_and_the_api_share_one_time_rule() -> None:
-    from agentmeter.cli import _time
+    from agentmeter import _timeparse as _time
     from agentmeter.cli.report import parse_time
 
     proc = _cli("report", "--since", "someday")

@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from ._time import parse_time as _parse_time
+from .._timeparse import parse_time as _parse_time
 
 __all__ = ["EXAMPLES", "parse_time", "register", "run"]
 

@@ -55,31 +55,21 @@ from ._calls import (
     start_tool,
 )
 from ._context import Attribution, attached, capture, run_attached
-
-_LAZY = {
-    "count_tokens": "_tokens",
-    "estimate_messages": "_tokens",
-    "estimate_tokens": "_tokens",
-    "UsageCounts": "_usage",
-    "from_anthropic": "_usage",
-    "from_bedrock": "_usage",
-    "from_gemini": "_usage",
-    "from_langchain": "_usage",
-    "from_langchain_llm_output": "_usage",
-    "from_llamaindex": "_usage",
-    "from_openai_chat": "_usage",
-    "from_openai_responses": "_usage",
-    "normalise_usage": "_usage",
-}
-
-
-def __getattr__(name: str) -> object:  # TEMPORARY while _usage/_tokens land
-    import importlib
-
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(name)
-    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+from ._tokens import count_tokens, estimate_messages, estimate_tokens, has_tokenizer
+from ._usage import (
+    UsageCounts,
+    from_anthropic,
+    from_bedrock,
+    from_gemini,
+    from_langchain,
+    from_langchain_llm_output,
+    from_llamaindex,
+    from_openai_chat,
+    from_openai_responses,
+    merge_cumulative,
+    normalise_usage,
+    reported_cost,
+)
 
 __all__ = [
     "Attribution",
@@ -102,8 +92,11 @@ __all__ = [
     "from_openai_chat",
     "from_openai_responses",
     "guarded",
+    "has_tokenizer",
+    "merge_cumulative",
     "normalise_usage",
     "register_call_id_provider",
+    "reported_cost",
     "run_attached",
     "start_embedding",
     "start_llm",

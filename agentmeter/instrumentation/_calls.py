@@ -33,23 +33,11 @@ from .._guard import guarded
 from ..budget import Budget
 from ..scope import STACK, Scope
 from ._context import Attribution, capture
+from ._tokens import estimate_messages, estimate_tokens
+from ._usage import UsageCounts
 
 if TYPE_CHECKING:
     from ..tracker import Tracker
-    from ._usage import UsageCounts
-
-
-def estimate_tokens(text: str, model: str | None = None) -> int:  # TEMPORARY shim
-    from ._tokens import estimate_tokens as est
-
-    return est(text, model)
-
-
-def estimate_messages(messages: Any, model: str | None = None) -> int:  # TEMPORARY shim
-    from ._tokens import estimate_messages as est
-
-    return est(messages, model)
-
 
 __all__ = [
     "EmbeddingCall",

@@ -27,7 +27,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..cli._time import TIME_FORMATS, parse_time
+from .._timeparse import TIME_FORMATS, parse_time
 from ..errors import NotFoundError
 from ..models import CustomerUsage, SessionUsage
 from ..tracker import Tracker
