@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from agentmeter import Snapshot, Tracker
@@ -175,6 +176,64 @@ def billing_workload(t: Tracker, n: int = 200, seed: int = 0, ts: float | None =
             t.record_cache_hit(tokens_saved=rng.randint(0, 300), **kw)
         else:
             t.record_cache_miss(**kw)
+
+
+BASE = 1740787200.0  # 2025-03-01T00:00:00Z
+
+
+def random_raws(
+    n: int, seed: int, base: float = BASE, hours: float = 6, prefix: str = "r"
+) -> list[tuple[Any, ...]]:
+    """Raw events spread over ``hours``, submitted out of time order, every kind."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ts = base + rng.random() * hours * 3600
+        kind = rng.choice(
+            ["chat", "completion", "embedding", "tool", "tool", "cache_hit", "cache_miss"]
+        )
+        f: dict[str, Any] = {
+            "session_id": rng.choice([None, "s1", "s2", "s3"]),
+            "agent_id": rng.choice([None, "planner"]),
+            "customer_id": rng.choice(CUSTOMERS),
+            "tags": rng.choice(TAG_CHOICES),
+        }
+        if kind in ("chat", "completion"):
+            inp = rng.randint(0, 3000)
+            out_t = rng.randint(0, 400)
+            f.update(
+                model=rng.choice(["m1", "openai/gpt-x"]),
+                provider=rng.choice([None, "openai"]),
+                input_tokens=inp,
+                output_tokens=out_t,
+                cache_read_tokens=rng.randint(0, inp // 2),
+                cache_write_tokens=rng.randint(0, inp // 4),
+                reasoning_tokens=rng.randint(0, out_t // 2),
+                cost_micros=rng.choice([None, rng.randint(0, 5000)]),
+                latency_ms=rng.choice([None, rng.randint(0, 4000) / 4]),
+                tool=rng.choice([None, None, "search"]),
+                status=rng.choice(["ok", "ok", "error"]),
+                estimated=rng.random() < 0.2,
+            )
+        elif kind == "embedding":
+            f.update(
+                model="emb",
+                input_tokens=rng.randint(1, 900),
+                cost_micros=rng.choice([None, rng.randint(0, 50)]),
+                estimated=rng.random() < 0.2,
+            )
+        elif kind == "tool":
+            tool = rng.choice(sorted(TOOL_CATEGORY))
+            f.update(
+                tool=tool,
+                latency_ms=rng.randint(0, 8000) / 4,
+                category=TOOL_CATEGORY[tool] or None,
+                status=rng.choice(["ok", "ok", "error"]),
+            )
+        elif kind == "cache_hit":
+            f.update(tokens_saved=rng.randint(0, 300), model=rng.choice([None, "m1"]))
+        out.append(raw_event(f"{prefix}{seed}-{i}", ts, kind, **f))
+    return out
 
 
 LLM = {"chat", "completion", "image", "audio", "other"}

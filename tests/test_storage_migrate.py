@@ -159,6 +159,7 @@ OPENER = """
 """
 
 
+@pytest.mark.timeout(400)
 def test_many_processes_open_a_v1_database_at_once(db_url: str) -> None:
     t = _v1_database(db_url, n=2000, seed=2)
     start = time.time() + 3.0
