@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 import storage_pg
 from hypothesis import HealthCheck, given, settings
