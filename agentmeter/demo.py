@@ -180,5 +180,18 @@ def run_demo(
         from .storage import render
 
         say(f"== this run, read back from {db} (agentmeter report --db {db}) ==")
-        say(render(db, since=started))
+        say(render(db, since=started, sections=("customer", "session", "model", "agent", "tool")))
+        say(
+            "== see it in the dashboard ==\n"
+            f"  agentmeter serve --db {_quoted(db)}\n"
+            "  then open http://127.0.0.1:8000/  (add --token SECRET to require one; open\n"
+            "  http://127.0.0.1:8000/?token=SECRET once and the browser keeps it)"
+        )
     return tracker
+
+
+def _quoted(db: str) -> str:
+    """``db`` as it should be typed in a shell."""
+    import shlex
+
+    return shlex.quote(db)

@@ -34,6 +34,12 @@ def test_full_demo_writes_the_database_and_reports_it(tmp_path, capsys):
     assert stored.totals.total_tokens == snap.totals.total_tokens
     assert stored.totals.cost_micros == snap.totals.cost_micros
     assert "by tool:" in out and "flaky_database" in out
+    # three customers are billed, on every path (plain Python, LangChain, LlamaIndex)
+    assert set(stored.by_customer) == {"acme", "globex", "initech"}
+    assert stored.by_customer == snap.by_customer
+    assert "by customer:" in out and "initech" in out
+    # it ends by saying how to open the dashboard
+    assert f"agentmeter serve --db {db}" in out and "http://127.0.0.1:8000/" in out
 
 
 def test_cli_demo_entry_point(tmp_path):
