@@ -167,11 +167,11 @@ class Scope:
             self.parent = parent
             self.path = (*parent.path, self.name)
             if self._session_id is None:
-                self._session_id = parent._session_id
+                self._session_id = parent.session_id
             if self._agent_id is None:
-                self._agent_id = parent._agent_id
+                self._agent_id = parent.agent_id
             if self._customer_id is None:
-                self._customer_id = parent._customer_id
+                self._customer_id = parent.customer_id
             if parent.tags:
                 # A child's own tags win over inherited ones of the same key.
                 self.tags = {**parent.tags, **self.tags} if self.tags else parent.tags
