@@ -17,7 +17,7 @@ from uuid import UUID
 
 from langchain_core.runnables.config import var_child_runnable_config
 
-import agentmeter
+from agentmeter.instrumentation import register_call_id_provider
 
 __all__ = ["current_tool_run_id", "ensure_call_id_provider"]
 
@@ -66,11 +66,11 @@ def current_tool_run_id() -> str | None:
 
 
 def ensure_call_id_provider() -> None:
-    """Register :func:`current_tool_run_id` with agentmeter (once per process)."""
+    """Register :func:`current_tool_run_id` as an agentmeter call-id provider (once per process)."""
     global _registered
     if _registered:
         return
     with _lock:
         if not _registered:
-            agentmeter.register_call_id_provider(current_tool_run_id)
+            register_call_id_provider(current_tool_run_id)
             _registered = True

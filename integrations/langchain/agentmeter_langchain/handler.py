@@ -1,11 +1,13 @@
 """``AgentMeterCallbackHandler``: meters LangChain / LangGraph runs into an agentmeter tracker.
 
-One handler instance serves any number of concurrent runs (threads and asyncio
-tasks): per-run state lives in ``_runs``, keyed by LangChain's ``run_id``, and is
-dropped when the run ends (the map is bounded, so runs that never end cannot
-grow it without limit). The run id is also the agentmeter ``call_id``: a call
-seen twice (two handlers, or a handler and ``@agentmeter.metered_tool``) counts once,
-and a budget reservation made at start is settled by the record at the end.
+Built on :mod:`agentmeter.instrumentation`: a model run is an ``LLMCall`` in flight
+from its start event to its end or error event, a tool run a ``ToolCall``. One
+handler serves any number of concurrent runs (threads and asyncio tasks): the
+calls in flight live in ``_runs``, keyed by LangChain's ``run_id``, which is also
+their ``call_id`` -- so a call seen twice (two handlers, or a handler and
+``@agentmeter.metered_tool``) counts once, and the reservation made at start is
+settled by the record at the end. The map is bounded: runs that never end are
+evicted (a stream among them is recorded as abandoned).
 
 The handler is synchronous with ``run_inline = True``: LangChain then calls it
 directly on the event loop for async runs instead of shipping every event to a
@@ -19,7 +21,6 @@ import logging
 import warnings
 from collections.abc import Sequence
 from decimal import Decimal
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -28,11 +29,19 @@ from langchain_core.messages import ToolMessage
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
 import agentmeter
-from agentmeter import BudgetExceeded, Scope
-from agentmeter._guard import swallow
+from agentmeter.instrumentation import (
+    LLMCall,
+    ToolCall,
+    UsageCounts,
+    from_langchain,
+    from_langchain_llm_output,
+    from_openai_chat,
+    guarded,
+    start_llm,
+    start_tool,
+)
 
-from . import _tokens, _usage
-from ._context import tool_run_ended, tool_run_started
+from ._context import ensure_call_id_provider, tool_run_ended, tool_run_started
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -41,37 +50,119 @@ __all__ = ["AgentMeterCallbackHandler", "UnreportedUsageWarning"]
 
 logger = logging.getLogger("agentmeter.langchain")
 
-_DEFAULT_MAX_RUNS = 10_000
+# A run is a call in flight, or (a chain / retriever below a tool) that tool's name.
+_Run = LLMCall | ToolCall | str
+
+# One guard per entry point (stateless, so shared). The hot paths -- a model call's
+# start and end -- use try/except, free when nothing is raised, and _swallow.
+_G_START = guarded("AgentMeterCallbackHandler.on_llm_start")
+_G_TOKEN = guarded("AgentMeterCallbackHandler.on_llm_new_token")
+_G_END = guarded("AgentMeterCallbackHandler.on_llm_end")
+_G_ERROR = guarded("AgentMeterCallbackHandler.on_llm_error")
+_G_FLUSH = guarded("AgentMeterCallbackHandler.flush")
+_G_TOOL = guarded("AgentMeterCallbackHandler.on_tool")
+
+# ChatOpenAI with a base_url sends no stream_options: the fix is named for it.
+_OPENAI_CLASSES = {"openai": "ChatOpenAI", "azure": "AzureChatOpenAI"}
 
 
 class UnreportedUsageWarning(UserWarning):
-    """A model returned no token usage; agentmeter recorded an estimate (flagged estimated)."""
+    """A model returned no (or malformed) token usage; agentmeter recorded an estimate."""
 
 
-# Per-run state is a plain tuple (cheaper to build than an object, and this is
-# the hot path). Element 0 is the tool a run's children are credited to, element
-# 1 the kind of run; the rest depends on the kind.
-_LLM = 0  # (tool, _LLM, model, provider, session, agent, t0, prompt, kind, serialized, customer)
-_TOOL = 1  # (tool, _TOOL, name, session, agent, category, scope, t0, customer)
-_NESTED = 2  # (tool, _NESTED): a chain / retriever below a tool
-
-_Run = tuple[Any, ...]
-
-
-def _class_name(serialized: dict[str, Any] | None) -> str:
-    """The model's class name from its serialized form (``id[-1]``), or ``"unknown"``."""
-    if serialized:
-        ids = serialized.get("id")
-        if ids:
-            return str(ids[-1])
-    return "unknown"
+def _swallow(exc: Exception, guard: guarded) -> None:
+    """Log and swallow ``exc`` as ``guard`` does (re-raised in strict mode, or a budget's)."""
+    with guard:
+        raise exc
 
 
 def _str_or_none(value: Any) -> str | None:
     if value is None or value.__class__ is str:
         return value or None
-    text = str(value)
-    return text or None
+    return str(value) or None
+
+
+def _class_name(serialized: dict[str, Any] | None) -> str:
+    """The model's class name from its serialized form (``id[-1]``), or ``"unknown"``."""
+    ids = serialized.get("id") if serialized else None
+    return str(ids[-1]) if ids else "unknown"
+
+
+def _text(content: Any) -> str:
+    """The text of message content: a string, or the text of its content blocks."""
+    if content.__class__ is str:
+        return content
+    if not isinstance(content, list):
+        return ""
+    return "".join(
+        b if isinstance(b, str) else b["text"]
+        for b in content
+        if isinstance(b, str) or (isinstance(b, dict) and isinstance(b.get("text"), str))
+    )
+
+
+def _output_text(gen: Any) -> str:
+    """What a generation carries (text and tool calls), to estimate its tokens."""
+    msg = getattr(gen, "message", None)
+    if msg is None:
+        return getattr(gen, "text", None) or ""
+    calls = getattr(msg, "tool_calls", None) or ()
+    return _text(msg.content) + "".join(f"{c.get('name', '')}{c.get('args', '')}" for c in calls)
+
+
+_UM_KEYS = frozenset(
+    ("input_tokens", "output_tokens", "total_tokens", "input_token_details", "output_token_details")
+)
+_IN_KEYS = frozenset(("cache_read", "cache_creation", "audio"))
+_OUT_KEYS = frozenset(("reasoning", "audio"))
+_MAX = 2**53 - 1
+
+
+def _usage_of(um: Any) -> UsageCounts | None:
+    """``from_langchain(um)``, with a shortcut for the usual case.
+
+    A plain ``UsageMetadata`` dict of in-range ints whose parts fit in their
+    wholes (what providers send almost always) is read here; anything else --
+    other keys (langchain-anthropic's TTL breakdown), types, malformed or
+    inconsistent values -- goes to ``agentmeter.instrumentation.from_langchain``.
+    """
+    if um.__class__ is dict and um.keys() <= _UM_KEYS:
+        inp, out = um.get("input_tokens"), um.get("output_tokens")
+        if inp.__class__ is int and out.__class__ is int and 0 <= inp <= _MAX and 0 <= out <= _MAX:
+            cr = cw = ai = rs = ao = 0
+            d = um.get("input_token_details")
+            if d is not None:
+                if d.__class__ is not dict or not d.keys() <= _IN_KEYS:
+                    return from_langchain(um)
+                cr, cw, ai = d.get("cache_read", 0), d.get("cache_creation", 0), d.get("audio", 0)
+            d = um.get("output_token_details")
+            if d is not None:
+                if d.__class__ is not dict or not d.keys() <= _OUT_KEYS:
+                    return from_langchain(um)
+                rs, ao = d.get("reasoning", 0), d.get("audio", 0)
+            if (
+                cr.__class__ is cw.__class__ is ai.__class__ is rs.__class__ is ao.__class__ is int
+                and min(cr, cw, ai, rs, ao) >= 0
+                and cr + cw <= inp
+                and ai <= inp
+                and rs <= out
+                and ao <= out
+            ):
+                return UsageCounts(inp, out, cr, cw, rs, ai, ao)
+    return from_langchain(um)
+
+
+def _reported_cost(token_usage: dict[str, Any]) -> Decimal | None:
+    """A charge the provider reported in its usage block (OpenRouter's ``cost``)."""
+    counts = from_openai_chat(token_usage)
+    return counts.cost_usd if counts is not None else None
+
+
+def _tool_of(run: _Run | None) -> str | None:
+    """The tool a run's child runs are credited to."""
+    if run is None or isinstance(run, str):
+        return run
+    return run.name if isinstance(run, ToolCall) else run.attribution.tool
 
 
 class AgentMeterCallbackHandler(BaseCallbackHandler):
@@ -84,7 +175,9 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
 
     - LLM / chat model calls: tokens from ``AIMessage.usage_metadata`` (cache read /
       write and reasoning details included), else ``llm_output["token_usage"]``,
-      else an estimate flagged ``estimated=True``; model and provider from
+      else an estimate flagged ``estimated=True``. Malformed values (negative, NaN,
+      not a number) are ignored, the wholes among them estimated and flagged, and
+      named in the event metadata ``usage_malformed``. Model and provider from
       ``ls_model_name`` / ``ls_provider`` and the response metadata; latency;
       failures as failed calls. A stream counts when fully consumed; an abandoned
       one is recorded with what it received and flagged.
@@ -125,7 +218,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         agent_id: str | None = None,
         customer_id: str | None = None,
         enforce_budgets: bool = True,
-        max_runs: int = _DEFAULT_MAX_RUNS,
+        max_runs: int = 10_000,
     ) -> None:
         if tracker is not None and not isinstance(tracker, agentmeter.Tracker):
             raise TypeError(f"tracker must be an agentmeter.Tracker, got {type(tracker).__name__}")
@@ -145,16 +238,11 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         self.enforce_budgets = bool(enforce_budgets)
         self.max_runs = max_runs
         self._runs: dict[UUID, _Run] = {}
-        # Streams that received tokens: [characters so far, usage so far or None].
-        self._streams: dict[UUID, list[Any]] = {}
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, bool]] = set()
         self.abandoned_streams = 0
         """Streams recorded as abandoned (consumer stopped, or never finished)."""
         self.unreported_usage_calls = 0
-        """Calls whose usage the provider did not report (recorded as estimates)."""
-        # The budget ledger's "anything to enforce?" flag, read without a call.
-        from ._context import ensure_call_id_provider
-
+        """Calls whose usage the provider did not report validly (recorded as estimates)."""
         ensure_call_id_provider()
 
     def __repr__(self) -> str:
@@ -194,29 +282,34 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             return self.customer_id
         return _str_or_none(md.get("customer_id"))
 
-    def _budgets_apply(self) -> bool:
-        """Whether any budget may apply to a call here (decided without building one)."""
-        return self.tracker.budget_applies()
-
+    # ---------------------------------------------------------------- run map
     def _track(self, run_id: UUID, run: _Run) -> None:
         runs = self._runs
         runs[run_id] = run
-        if len(runs) > self.max_runs:
-            self._evict()
-
-    def _evict(self) -> None:
-        runs = self._runs
         while len(runs) > self.max_runs:
             try:
                 old_id = next(iter(runs))
                 old = runs.pop(old_id)
             except (StopIteration, RuntimeError, KeyError):  # changed by another thread
                 return
-            if old[1] == _LLM:
-                if old_id in self._streams:
-                    self._record_partial(old_id, old, None, abandoned=True)
-            elif old[1] == _TOOL:
+            if isinstance(old, LLMCall) and old.chunks:  # a stream nobody finished
+                self.abandoned_streams += 1
+                old.abandon()
+            elif isinstance(old, ToolCall):
                 tool_run_ended(old_id)
+
+    def _orphan(self, run_id: UUID, kind: str = "chat") -> LLMCall:
+        """A call whose start this handler did not see (added mid-run, or evicted)."""
+        return start_llm(
+            "unknown",
+            kind=kind,
+            call_id=run_id,
+            tracker=self.tracker,
+            session_id=self.session_id,
+            agent_id=self.agent_id,
+            customer_id=self.customer_id,
+            check_budget=False,
+        )
 
     # -------------------------------------------------------------- LLM start
     def on_chat_model_start(
@@ -226,25 +319,15 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Remember the call's model and attribution; check the budget (may raise)."""
+        """Start the call in flight: model, attribution, budget check (may raise)."""
         try:
-            self._start(
-                serialized,
-                messages[0] if messages else (),
-                run_id,
-                parent_run_id,
-                metadata,
-                kwargs,
-                "chat",
-            )
-        except BudgetExceeded:
-            raise
+            prompt = messages[0] if messages else ()
+            self._start(serialized, prompt, run_id, parent_run_id, metadata, kwargs, "chat")
         except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_chat_model_start")
+            _swallow(exc, _G_START)
 
     def on_llm_start(
         self,
@@ -253,25 +336,14 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """Completion-model twin of :meth:`on_chat_model_start`."""
         try:
-            self._start(
-                serialized,
-                prompts,
-                run_id,
-                parent_run_id,
-                metadata,
-                kwargs,
-                "completion",
-            )
-        except BudgetExceeded:
-            raise
+            self._start(serialized, prompts, run_id, parent_run_id, metadata, kwargs, "completion")
         except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_llm_start")
+            _swallow(exc, _G_START)
 
     def _start(
         self,
@@ -283,7 +355,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         kwargs: dict[str, Any],
         kind: str,
     ) -> None:
-        model = provider = tool = None
+        model = provider = None
         if md:
             model = md.get("ls_model_name")
             provider = md.get("ls_provider")
@@ -291,39 +363,31 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             params = kwargs.get("invocation_params")
             if params:
                 model = params.get("model") or params.get("model_name")
-        if parent_run_id is not None:
-            parent = self._runs.get(parent_run_id)
-            if parent is not None:
-                tool = parent[0]
+        if model.__class__ is not str or not model:
+            model = _str_or_none(model) or _class_name(serialized)
         if md and (self.session_id is None or self.agent_id is None):
             session, agent = self._who(md)
         else:
             session, agent = self.session_id, self.agent_id
-        if self.enforce_budgets and self.tracker.budget_applies():
-            self.tracker.check_budget(
-                _tokens.estimate_messages(prompt),
-                kind="llm",
-                model=_str_or_none(model),
-                provider=_str_or_none(provider),
-                call_id=str(run_id),
-                session_id=session,
-            )
+        tracker = self.tracker
         runs = self._runs
-        runs[run_id] = (
-            tool,
-            _LLM,
+        call = start_llm(
             model,
-            provider,
-            session,
-            agent,
-            perf_counter(),
-            prompt,
-            kind,
-            serialized,
-            self._customer(md),
+            provider=_str_or_none(provider),
+            kind=kind,
+            call_id=run_id,
+            prompt=prompt,
+            tracker=tracker,
+            session_id=session,
+            agent_id=agent,
+            customer_id=self._customer(md),
+            tool=_tool_of(runs.get(parent_run_id)) if parent_run_id is not None else None,
+            # Asked here, as start_llm would, to spare it the reservation machinery.
+            check_budget=self.enforce_budgets and tracker.budget_applies(session),
         )
+        runs[run_id] = call
         if len(runs) > self.max_runs:
-            self._evict()
+            self._track(run_id, call)  # evicts
 
     # ------------------------------------------------------------- streaming
     def on_llm_new_token(
@@ -332,220 +396,114 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         *,
         chunk: GenerationChunk | ChatGenerationChunk | None = None,
         run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Keep what a stream received so far (for a stream that is never finished)."""
-        try:
-            state = self._streams.get(run_id)
-            if state is None:
-                if run_id not in self._runs:
-                    return
-                state = self._streams[run_id] = [0, None]
-            state[0] += len(token) if token.__class__ is str else _tokens.message_chars(token)
-            um = getattr(getattr(chunk, "message", None), "usage_metadata", None)
-            if um:
-                state[1] = _usage.add_counts(state[1], _usage.from_usage_metadata(um))
-        except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_llm_new_token")
+        """Count what a stream received so far (for a stream that is never finished)."""
+        call = self._runs.get(run_id)
+        if isinstance(call, LLMCall):
+            with _G_TOKEN:
+                um = getattr(getattr(chunk, "message", None), "usage_metadata", None)
+                call.add_chunk(_text(token), _usage_of(um) if um else None)
 
     # --------------------------------------------------------------- LLM end
-    def on_llm_end(
-        self,
-        response: LLMResult,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Record the call with the usage the response reports (or an estimate)."""
-        run = self._runs.pop(run_id, None)
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        """Finish the call with the usage the response reports (or an estimate)."""
+        call = self._runs.pop(run_id, None)
         try:
-            if self._streams:
-                self._streams.pop(run_id, None)
             gens = response.generations
             gen = gens[0][0] if gens and gens[0] else None
             msg = getattr(gen, "message", None)
-            um = getattr(msg, "usage_metadata", None)
-            if um is None or run is None or msg is None or run[1] != _LLM:
-                self._end_other(run, response, gen, msg, um, run_id)
-                return
-            # The common case, kept flat: a chat model that reported usage_metadata.
-            rm = msg.response_metadata
-            model = rm.get("model_name") or run[2] if rm else run[2]
-            provider = run[3] or (rm.get("model_provider") if rm else None)
-            inp = um.get("input_tokens", 0)
-            out = um.get("output_tokens", 0)
-            cr = cw = rs = 0
-            details = um.get("input_token_details")
-            if details:
-                cr = details.get("cache_read") or 0
-                cw = details.get("cache_creation") or 0
-            details = um.get("output_token_details")
-            if details:
-                rs = details.get("reasoning") or 0
-            if inp.__class__ is not int or out.__class__ is not int or cr + cw > inp or rs > out:
-                inp, out, cr, cw, rs = _usage.from_usage_metadata(um)
-            cost = None
-            if rm:
-                tu = rm.get("token_usage")
-                if tu and "cost" in tu:
-                    cost = _usage.reported_cost(tu)
-            if model.__class__ is not str or not model:
-                model = _str_or_none(model) or _class_name(run[9])
-            self.tracker.record_llm(
-                model,
-                inp,
-                out,
-                cache_read_tokens=cr,
-                cache_write_tokens=cw,
-                reasoning_tokens=rs,
-                provider=provider
-                if provider is None or provider.__class__ is str
-                else str(provider),
-                latency_ms=(perf_counter() - run[6]) * 1000.0,
-                cost_usd=cost,
-                call_id=str(run_id),
-                kind=run[8],
-                estimated=False,
-                session_id=run[4],
-                agent_id=run[5],
-                metadata=None,
-                tool=run[0],
-                customer_id=run[10],
-            )
-        except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_llm_end")
-
-    def _end_other(
-        self,
-        run: _Run | None,
-        response: LLMResult,
-        gen: Any,
-        msg: Any,
-        um: Any,
-        run_id: UUID,
-    ) -> None:
-        """Everything but a chat reply with usage_metadata: llm_output, estimates."""
-        if run is not None and run[1] != _LLM:
-            run = None
-        rm = msg.response_metadata if msg is not None else None
-        model = provider = None
-        if run is not None:
-            model, provider = run[2], run[3]
-        if rm:
-            model = rm.get("model_name") or rm.get("model") or model
-            provider = provider or rm.get("model_provider")
-        cost: Decimal | None = None
-        estimated = False
-        if um:
-            inp, out, cr, cw, rs = _usage.from_usage_metadata(um)
-        else:
-            reported = _usage.from_llm_output(response.llm_output)
-            if reported is not None:
-                (inp, out, cr, cw, rs), cost = reported
-                if response.llm_output and not (rm and rm.get("model_name")):
-                    model = response.llm_output.get("model_name") or model
+            if not isinstance(call, LLMCall):
+                call = self._orphan(run_id, "chat" if msg is not None else "completion")
+            model = provider = cost = usage = None
+            if msg is not None:
+                rm = msg.response_metadata
+                if rm:
+                    model = rm.get("model_name") or rm.get("model")
+                    if call.provider is None:
+                        provider = rm.get("model_provider")
+                    tu = rm.get("token_usage")
+                    if tu.__class__ is dict and "cost" in tu:  # OpenRouter's own charge
+                        cost = _reported_cost(tu)
+                um = msg.usage_metadata
+                if um:
+                    usage = _usage_of(um)
+            if usage is None and response.llm_output:
+                usage = from_langchain_llm_output(response.llm_output)
+                model = model or response.llm_output.get("model_name")
+            metadata = output_text = None
+            if usage is None or not usage.fully_reported or usage.malformed:
+                metadata = self._unreported(call, gen, usage)
+                # A stream's text was counted chunk by chunk (add_chunk) already.
+                if not call.chunks and (usage is None or not usage.reported_output):
+                    output_text = _output_text(gen)
+            if model is not None and model.__class__ is not str:
+                model = _str_or_none(model)
+            if metadata is None and provider is None and cost is None and output_text is None:
+                call.finish(usage, model=model or None)  # the usual case, fewer arguments
             else:
-                inp, out = self._estimate(run, gen, None)
-                cr = cw = rs = 0
-                estimated = True
-                self._unreported(model, run, gen)
-        if run is not None:
-            self.tracker.record_llm(
-                _str_or_none(model) or _class_name(run[9]),
-                inp,
-                out,
-                cache_read_tokens=cr,
-                cache_write_tokens=cw,
-                reasoning_tokens=rs,
-                provider=_str_or_none(provider),
-                latency_ms=(perf_counter() - run[6]) * 1000.0,
-                cost_usd=cost,
-                call_id=str(run_id),
-                kind=run[8],
-                estimated=estimated,
-                session_id=run[4],
-                agent_id=run[5],
-                metadata=None,
-                tool=run[0],
-                customer_id=run[10],
-            )
-        else:  # the start was not seen (handler added mid-run, or evicted)
-            self.tracker.record_llm(
-                _str_or_none(model) or "unknown",
-                inp,
-                out,
-                cache_read_tokens=cr,
-                cache_write_tokens=cw,
-                reasoning_tokens=rs,
-                provider=_str_or_none(provider),
-                latency_ms=None,
-                cost_usd=cost,
-                call_id=str(run_id),
-                kind="chat" if msg is not None else "completion",
-                estimated=estimated,
-                session_id=self.session_id,
-                agent_id=self.agent_id,
-                customer_id=self.customer_id,
-            )
+                call.finish(
+                    usage,
+                    output_text=output_text,
+                    model=model or None,
+                    provider=_str_or_none(provider),
+                    cost_usd=cost,
+                    metadata=metadata,
+                )
+        except Exception as exc:
+            _swallow(exc, _G_END)
 
-    def _estimate(self, run: _Run | None, gen: Any, streamed_chars: int | None) -> tuple[int, int]:
-        """Estimated (input, output) tokens from the prompt and what came back."""
-        inp = _tokens.estimate_messages(run[7]) if run is not None else 0
-        out = 0
-        if gen is not None:
-            msg = getattr(gen, "message", None)
-            chars = _tokens.message_chars(msg) if msg is not None else len(gen.text or "")
-            out = _tokens.estimate_chars(chars)
-        elif streamed_chars:
-            out = _tokens.estimate_chars(streamed_chars)
-        return inp, out
+    def _unreported(
+        self, call: LLMCall, gen: Any, usage: UsageCounts | None
+    ) -> dict[str, Any] | None:
+        """Count a call without (valid) usage and warn once per model with the fix.
 
-    def _unreported(self, model: Any, run: _Run | None, gen: Any) -> None:
-        """Count a call without reported usage; warn once per model with the fix."""
-        self.unreported_usage_calls += 1
-        name = _str_or_none(model) or "unknown"
-        if name in self._warned:
-            return
-        self._warned.add(name)
+        Returns the event metadata naming the malformed fields, if there are any.
+        """
+        if usage is None or not usage.fully_reported:
+            self.unreported_usage_calls += 1
+        bad = usage.malformed if usage is not None else ()
+        metadata = {"usage_malformed": ",".join(bad)} if bad else None
+        if (call.model, bool(bad)) in self._warned:
+            return metadata
+        self._warned.add((call.model, bool(bad)))
         streamed = isinstance(gen, ChatGenerationChunk | GenerationChunk)
-        cls = _class_name(run[9]) if run is not None else ""
-        if streamed and cls in ("ChatOpenAI", "AzureChatOpenAI"):
-            fix = (
-                f"pass stream_usage=True to {cls}(...) (with a base_url it sends no "
-                "stream_options, so its streams carry no usage)"
-            )
-        elif streamed:
-            fix = (
-                "enable usage in streams for this model (ChatOpenAI: stream_usage=True; "
-                'OpenAI-compatible servers: stream_options={"include_usage": true})'
+        cls = _OPENAI_CLASSES.get(call.provider or "")
+        if bad:
+            msg = (
+                f"agentmeter: model {call.model!r} reported malformed token usage "
+                f"({', '.join(bad)}); "
+                "those values were ignored, and a whole input or output count among them "
+                "was estimated (recorded with estimated=True)."
             )
         else:
-            fix = "make the model return usage_metadata or llm_output['token_usage']"
-        msg = (
-            f"agentmeter: {'the stream of ' if streamed else ''}model {name!r} reported no "
-            f"token usage; its tokens were estimated (recorded with estimated=True). Fix: {fix}."
-        )
+            if streamed and cls:
+                fix = (
+                    f"pass stream_usage=True to {cls}(...) (with a base_url it sends no "
+                    "stream_options, so its streams carry no usage)"
+                )
+            elif streamed:
+                fix = (
+                    "enable usage in streams for this model (ChatOpenAI: stream_usage=True; "
+                    'OpenAI-compatible servers: stream_options={"include_usage": true})'
+                )
+            else:
+                fix = "make the model return usage_metadata or llm_output['token_usage']"
+            msg = (
+                f"agentmeter: {'the stream of ' if streamed else ''}model {call.model!r} "
+                "reported no token usage; its tokens were estimated (recorded with "
+                f"estimated=True). Fix: {fix}."
+            )
         logger.warning(msg)
-        warnings.warn(msg, UnreportedUsageWarning, stacklevel=2)
+        warnings.warn(msg, UnreportedUsageWarning, stacklevel=3)
+        return metadata
 
-    def on_llm_error(
-        self,
-        error: BaseException,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Record a failed call; an abandoned or broken stream with what it received."""
-        run = self._runs.pop(run_id, None)
-        try:
-            if run is not None and run[1] != _LLM:
-                run = None
+        call = self._runs.pop(run_id, None)
+        with _G_ERROR:
+            if not isinstance(call, LLMCall):
+                call = None
             response = kwargs.get("response")
             partial = None
             if isinstance(response, LLMResult) and response.generations:
@@ -553,103 +511,27 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 if first and isinstance(first[0], ChatGenerationChunk | GenerationChunk):
                     partial = first[0]
             abandoned = isinstance(error, GeneratorExit)
-            if partial is not None or abandoned or run_id in self._streams:
-                self._record_partial(run_id, run, partial, abandoned=abandoned, error=error)
+            if partial is None and not abandoned and (call is None or not call.chunks):
+                # A request that failed is not billed by the provider: no tokens.
+                (call or self._orphan(run_id)).fail(error)
                 return
-            self._record_failed(run_id, run, error)
-        except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_llm_error")
-
-    def _record_failed(self, run_id: UUID, run: _Run | None, error: BaseException) -> None:
-        # A request that failed is not billed by the provider: a failed call, no tokens.
-        if run is not None:
-            self.tracker.record_llm(
-                _str_or_none(run[2]) or _class_name(run[9]),
-                0,
-                0,
-                provider=_str_or_none(run[3]),
-                latency_ms=(perf_counter() - run[6]) * 1000.0,
-                call_id=str(run_id),
-                kind=run[8],
-                session_id=run[4],
-                agent_id=run[5],
-                tool=run[0],
-                customer_id=run[10],
-                ok=False,
-                error=type(error).__name__,
-            )
-        else:
-            self.tracker.record_llm(
-                "unknown",
-                0,
-                0,
-                call_id=str(run_id),
-                session_id=self.session_id,
-                agent_id=self.agent_id,
-                customer_id=self.customer_id,
-                ok=False,
-                error=type(error).__name__,
-            )
-
-    def _record_partial(
-        self,
-        run_id: UUID,
-        run: _Run | None,
-        partial: Any,
-        *,
-        abandoned: bool,
-        error: BaseException | None = None,
-    ) -> None:
-        """Record a stream that ended early with the usage (or estimate) of what it got."""
-        state = self._streams.pop(run_id, None)
-        counts: _usage.Counts | None = None
-        model = run[2] if run is not None else None
-        provider = run[3] if run is not None else None
-        msg = getattr(partial, "message", None)
-        if msg is not None:
-            um = getattr(msg, "usage_metadata", None)
-            if um:
-                counts = _usage.from_usage_metadata(um)
-            rm = msg.response_metadata
-            if rm:
-                model = rm.get("model_name") or model
-                provider = provider or rm.get("model_provider")
-        elif state is not None and state[1] is not None:
-            counts = state[1]
-        estimated = False
-        if counts is None or (counts[0] == 0 and run is not None and run[7]):
-            inp, out = self._estimate(run, partial, state[0] if state else None)
-            if counts is not None:  # the output part was reported, the prompt was not
-                out = max(out, counts[1])
-            counts = (inp, out, 0, 0, 0)
-            estimated = True
-        if abandoned:
-            self.abandoned_streams += 1
-            note = "stream abandoned before its end"
-        else:
-            note = f"stream failed: {type(error).__name__}"
-        self.tracker.record_llm(
-            _str_or_none(model) or (_class_name(run[9]) if run is not None else "unknown"),
-            counts[0],
-            counts[1],
-            cache_read_tokens=counts[2],
-            cache_write_tokens=counts[3],
-            reasoning_tokens=counts[4],
-            provider=_str_or_none(provider),
-            latency_ms=(perf_counter() - run[6]) * 1000.0 if run is not None else None,
-            cost_usd=None,
-            call_id=str(run_id),
-            kind=run[8] if run is not None else "chat",
-            estimated=estimated,
-            session_id=run[4] if run is not None else self.session_id,
-            agent_id=run[5] if run is not None else self.agent_id,
-            metadata={"stream": "abandoned" if abandoned else "failed", "partial": True},
-            tool=run[0] if run is not None else None,
-            customer_id=run[10] if run is not None else self.customer_id,
-            # The consumer stopping a stream is not a failure of the call.
-            ok=abandoned,
-            error=note,
-        )
+            call = call or self._orphan(run_id)
+            msg = getattr(partial, "message", None)
+            usage = None
+            if msg is not None:
+                rm = msg.response_metadata
+                if rm:
+                    call.model = _str_or_none(rm.get("model_name")) or call.model
+                    call.provider = call.provider or _str_or_none(rm.get("model_provider"))
+                if msg.usage_metadata:
+                    usage = _usage_of(msg.usage_metadata)
+            if not call.chunks and partial is not None:
+                call.add_chunk(_output_text(partial))  # chunks this handler did not see
+            if abandoned:
+                self.abandoned_streams += 1
+                call.abandon(usage=usage)
+            else:
+                call.abandon(f"stream failed: {type(error).__name__}", usage=usage, ok=False)
 
     def flush(self, older_than_s: float = 0.0) -> int:
         """Record the streams that started ``older_than_s`` ago or more and never ended.
@@ -660,18 +542,16 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         abandoned (and estimated where the provider had not reported usage yet).
         Returns how many were recorded.
         """
-        now = perf_counter()
         done = 0
-        for run_id in list(self._streams):
-            run = self._runs.get(run_id)
-            if run is None or now - run[6] < older_than_s:
+        for run_id, call in list(self._runs.items()):
+            if not isinstance(call, LLMCall) or not call.chunks:
+                continue
+            if call.elapsed_ms() < older_than_s * 1000.0:
                 continue
             if self._runs.pop(run_id, None) is not None:
-                try:
-                    self._record_partial(run_id, run, None, abandoned=True)
-                    done += 1
-                except Exception as exc:
-                    swallow(exc, "AgentMeterCallbackHandler.flush")
+                with _G_FLUSH:
+                    self.abandoned_streams += 1
+                    done += call.abandon()
         return done
 
     # ----------------------------------------------------------------- tools
@@ -681,123 +561,70 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         input_str: str,
         *,
         run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
-        inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Start timing a tool call; check a tool-call budget (may raise)."""
-        try:
+        """Start the tool call in flight; check a tool-call budget (may raise)."""
+        with _G_TOOL:
             name = (
                 _str_or_none((serialized or {}).get("name"))
                 or _str_or_none(kwargs.get("name"))
                 or "tool"
             )
             session, agent = self._who(metadata)
-            customer = self._customer(metadata)
-            category = ""
-            if metadata:
-                category = metadata.get("tool_category") or ""
-                if category.__class__ is not str:
-                    category = str(category)
-            if self.enforce_budgets and self._budgets_apply():
-                self.tracker.check_budget(kind="tool", call_id=str(run_id), session_id=session)
-            # A scope around the tool body: a function in it decorated with
-            # @agentmeter.metered_tool records this session / agent too (and the
-            # same call id, through the call-id provider), and plain record_llm()
-            # calls inside are credited to the tool.
-            scope = None
-            if tool_run_started(run_id):
-                scope = Scope(
-                    self.tracker,
-                    f"tool:{name}",
-                    session,
-                    agent,
-                    None,
-                    None,
-                    name,
-                    category,
-                    customer_id=customer,
-                )
-                scope.__enter__()
-            run = (name, _TOOL, name, session, agent, category, scope, perf_counter(), customer)
-            self._track(run_id, run)
-        except BudgetExceeded:
-            raise
-        except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_tool_start")
-
-    def on_tool_end(
-        self,
-        output: Any,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Record the tool call; a ``ToolMessage`` with ``status="error"`` is a failure."""
-        run = self._runs.pop(run_id, None)
-        try:
-            failed = isinstance(output, ToolMessage) and output.status == "error"
-            self._tool_done(
-                run,
-                run_id,
-                kwargs.get("name"),
-                not failed,
-                "ToolMessage(status='error')" if failed else None,
-            )
-        except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_tool_end")
-
-    def on_tool_error(
-        self,
-        error: BaseException,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Record a tool call that raised as failed."""
-        run = self._runs.pop(run_id, None)
-        try:
-            self._tool_done(run, run_id, kwargs.get("name"), False, type(error).__name__)
-        except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_tool_error")
-
-    def _tool_done(
-        self, run: _Run | None, run_id: UUID, name: Any, ok: bool, error: str | None
-    ) -> None:
-        tool_run_ended(run_id)
-        if run is not None and run[1] == _TOOL:
-            _, _, tool, session, agent, category, scope, t0, customer = run
+            category = (metadata.get("tool_category") or "") if metadata else ""
+            # A scope around the tool body, opened by the first handler that sees
+            # the run (so scopes still nest): a function in it decorated with
+            # @agentmeter.metered_tool records the same call (the call-id provider
+            # gives it this run id), and LLM calls inside are credited to the tool.
+            opens = tool_run_started(run_id)
             try:
-                self.tracker.record_tool_call(
-                    tool,
-                    ok,
-                    (perf_counter() - t0) * 1000.0,
-                    category=category,
-                    call_id=str(run_id),
+                call = start_tool(
+                    name,
+                    category=category if category.__class__ is str else str(category),
+                    call_id=run_id,
+                    open_scope=opens,
+                    tracker=self.tracker,
                     session_id=session,
                     agent_id=agent,
-                    error=error,
-                    customer_id=customer,
+                    customer_id=self._customer(metadata),
+                    check_budget=self.enforce_budgets,
                 )
-            finally:
-                if scope is not None:
-                    scope.__exit__(None, None, None)
-        else:  # start not seen: count the call, without a duration
-            self.tracker.record_tool_call(
-                _str_or_none(name) or "tool",
-                ok,
-                0.0,
-                category="",
-                call_id=str(run_id),
-                session_id=self.session_id,
-                agent_id=self.agent_id,
-                error=error,
-                customer_id=self.customer_id,
-            )
+            except BaseException:
+                if opens:
+                    tool_run_ended(run_id)
+                raise
+            self._track(run_id, call)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """Record the tool call; a ``ToolMessage`` with ``status="error"`` is a failure."""
+        call = self._runs.pop(run_id, None)
+        with _G_TOOL:
+            if isinstance(output, ToolMessage) and output.status == "error":
+                self._tool(call, run_id, kwargs).fail("ToolMessage(status='error')")
+            else:
+                self._tool(call, run_id, kwargs).finish()
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """Record a tool call that raised as failed."""
+        call = self._runs.pop(run_id, None)
+        with _G_TOOL:
+            self._tool(call, run_id, kwargs).fail(error)
+
+    def _tool(self, call: _Run | None, run_id: UUID, kwargs: dict[str, Any]) -> ToolCall:
+        tool_run_ended(run_id)
+        if isinstance(call, ToolCall):
+            return call
+        return start_tool(  # start not seen: count the call, without a duration
+            _str_or_none(kwargs.get("name")) or "tool",
+            call_id=run_id,
+            open_scope=False,
+            tracker=self.tracker,
+            session_id=self.session_id,
+            agent_id=self.agent_id,
+            customer_id=self.customer_id,
+            check_budget=False,
+        )
 
     # ------------------------------------------- runs nested below a tool
     def on_chain_start(
@@ -807,39 +634,13 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """Track a chain only when it runs below a tool (to credit LLM calls to the tool)."""
         if parent_run_id is not None:
-            parent = self._runs.get(parent_run_id)
-            if parent is not None and parent[0] is not None:
-                self._track(run_id, (parent[0], _NESTED))
-
-    def on_chain_end(
-        self,
-        outputs: dict[str, Any],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Forget a nested chain."""
-        if self._runs:
-            self._runs.pop(run_id, None)
-
-    def on_chain_error(
-        self,
-        error: BaseException,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Forget a nested chain."""
-        if self._runs:
-            self._runs.pop(run_id, None)
+            tool = _tool_of(self._runs.get(parent_run_id))
+            if tool is not None:
+                self._track(run_id, tool)
 
     def on_retriever_start(
         self,
@@ -848,33 +649,23 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """Track a retriever below a tool (its LLM calls are the tool's)."""
         self.on_chain_start(serialized, {}, run_id=run_id, parent_run_id=parent_run_id)
 
-    def on_retriever_end(
-        self,
-        documents: Sequence[Any],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Forget a nested retriever."""
-        if self._runs:
-            self._runs.pop(run_id, None)
+    def on_chain_end(self, outputs: dict[str, Any], *, run_id: UUID, **kwargs: Any) -> None:
+        """Forget a nested chain."""
+        self._runs.pop(run_id, None)
 
-    def on_retriever_error(
-        self,
-        error: BaseException,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """Forget a nested chain."""
+        self._runs.pop(run_id, None)
+
+    def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested retriever."""
-        if self._runs:
-            self._runs.pop(run_id, None)
+        self._runs.pop(run_id, None)
+
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """Forget a nested retriever."""
+        self._runs.pop(run_id, None)

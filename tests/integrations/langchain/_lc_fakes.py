@@ -39,12 +39,20 @@ OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
 class OpenAIMock:
     """An OpenAI-compatible server in an ``httpx.MockTransport``; counts requests.
 
-    ``status`` other than 200 answers every request with that error.
+    ``status`` other than 200 answers every request with that error; ``usage``
+    replaces the usage block the bodies report (malformed values included: it is
+    serialised as Python's ``json`` does, so ``float("nan")`` goes out as ``NaN``).
     """
 
-    def __init__(self, status: int = 200, text: str = "Hello from the mock!") -> None:
+    def __init__(
+        self,
+        status: int = 200,
+        text: str = "Hello from the mock!",
+        usage: dict[str, Any] | None = None,
+    ) -> None:
         self.status = status
         self.text = text
+        self.usage = OPENAI_USAGE if usage is None else usage
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -86,7 +94,11 @@ class OpenAIMock:
                 headers={"content-type": "text/event-stream"},
                 content=self._sse(include_usage),
             )
-        return httpx.Response(200, json=self._completion())
+        return httpx.Response(
+            200,
+            headers={"content-type": "application/json"},
+            content=json.dumps(self._completion()).encode(),
+        )
 
     def _completion(self) -> dict[str, Any]:
         return {
@@ -102,7 +114,7 @@ class OpenAIMock:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": OPENAI_USAGE,
+            "usage": self.usage,
             "service_tier": "default",
             "system_fingerprint": "fp_mock",
         }
@@ -154,6 +166,6 @@ class OpenAIMock:
             }
         )
         if include_usage:
-            events.append({**base, "choices": [], "usage": OPENAI_USAGE})
+            events.append({**base, "choices": [], "usage": self.usage})
         lines = [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
         return "".join(lines).encode()

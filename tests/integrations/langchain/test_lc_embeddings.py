@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentmeter_langchain import MeteredEmbeddings, _tokens
+from agentmeter_langchain import MeteredEmbeddings
 from langchain_core.embeddings import Embeddings
 
 import agentmeter
@@ -32,14 +32,6 @@ class _Counting(Embeddings):
         return self.embed_documents([text])[0]
 
 
-@pytest.fixture
-def fake_encoder() -> Any:
-    """A tokenizer standing in for tiktoken (whose encodings need a download)."""
-    _tokens._ENCODERS["text-embedding-3-small"] = lambda texts: [t.split() for t in texts]
-    yield
-    _tokens._ENCODERS.pop("text-embedding-3-small", None)
-
-
 def test_sync_and_async_calls_are_metered(lc_tracker: agentmeter.Tracker) -> None:
     emb = MeteredEmbeddings(_Counting(size=4), lc_tracker, session_id="e")
     assert isinstance(emb, Embeddings)
@@ -59,8 +51,18 @@ def test_sync_and_async_calls_are_metered(lc_tracker: agentmeter.Tracker) -> Non
     assert emb.size == 4  # other attributes pass through
 
 
-def test_exact_count_with_a_tokenizer(lc_tracker: agentmeter.Tracker, fake_encoder: Any) -> None:
-    emb = MeteredEmbeddings(_Counting(size=4), lc_tracker, model="text-embedding-3-small")
+def _whitespace_tokens(text: str) -> int:
+    """A tokenizer standing in for the model's own (one token per word)."""
+    return len(text.split())
+
+
+def test_exact_count_with_a_tokenizer(lc_tracker: agentmeter.Tracker) -> None:
+    emb = MeteredEmbeddings(
+        _Counting(size=4),
+        lc_tracker,
+        model="text-embedding-3-small",
+        token_counter=_whitespace_tokens,
+    )
     emb.embed_documents(["one two three", "four"])
     usage = lc_tracker.snapshot().totals
     assert usage.embedding_tokens == 4 and usage.estimated_calls == 0

@@ -102,7 +102,7 @@ def test_stream_fully_consumed_counts_usage_of_last_chunk(lc_tracker: agentmeter
     chunks = list(UsageChat().stream("hi", config={"callbacks": [handler]}))
     assert len(chunks) > 2
     _assert_one_call_usage(lc_tracker.snapshot().totals)
-    assert handler._runs == {} and handler._streams == {}
+    assert handler._runs == {}  # a stream's state is its call in flight
 
 
 async def test_astream_fully_consumed(lc_tracker: agentmeter.Tracker) -> None:
@@ -133,7 +133,7 @@ def test_abandoned_stream_is_recorded_with_what_it_got(lc_tracker: agentmeter.Tr
     assert handler.abandoned_streams == 1
     assert events[0].metadata == {"stream": "abandoned", "partial": True}
     assert events[0].estimated
-    assert handler._runs == {} and handler._streams == {}
+    assert handler._runs == {}  # a stream's state is its call in flight
 
 
 async def test_abandoned_async_stream(lc_tracker: agentmeter.Tracker) -> None:
@@ -317,7 +317,7 @@ def test_run_map_is_bounded(lc_tracker: agentmeter.Tracker) -> None:
     for s in streams:
         s.close()
     assert lc_tracker.snapshot().totals.llm_calls == 8
-    assert handler._runs == {} and handler._streams == {}
+    assert handler._runs == {}  # a stream's state is its call in flight
 
 
 # ----------------------------------------------------------------- instrument
