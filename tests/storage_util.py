@@ -335,21 +335,25 @@ def rollup_mismatches(url: str) -> dict[str, Any]:
         "latency_max, tokens_saved, category_seq, category"
     )
     key = "customer_id, session_id, agent_id, model, provider, tool, kind"
-    queries = {
-        "rollup": (
-            cat.format(q=raw_main),
-            f"SELECT hour, {key}, {counter_cols} FROM agentmeter_rollup",
-        ),
-        "tags": (
-            cat.format(q=raw_tags),
-            f"SELECT tag_key, tag_value, hour, {key}, {counter_cols} FROM agentmeter_rollup_tags",
-        ),
-        "latency": (
-            raw_lat,
-            "SELECT hour, customer_id, session_id, agent_id, tool, bucket, calls "
-            "FROM agentmeter_rollup_latency",
-        ),
-    }
+    queries: dict[str, tuple[str, str]] = {}
+    mod = "%%" if pg else "%"  # psycopg reads a lone % as a placeholder
+    daily = "({h}) - ({h}) " + mod + " 86400"
+    for suffix, period, per in (("", "hour", "{h}"), ("_daily", "day", daily)):
+        p_main, p_tags = per.format(h=hour), per.format(h=t_hour)
+        queries["rollup" + suffix] = (
+            cat.format(q=raw_main.replace(f"SELECT {hour} AS h", f"SELECT {p_main} AS h")),
+            f"SELECT {period}, {key}, {counter_cols} FROM agentmeter_rollup{suffix}",
+        )
+        queries["tags" + suffix] = (
+            cat.format(q=raw_tags.replace(f"{t_hour} AS h", f"{p_tags} AS h")),
+            f"SELECT tag_key, tag_value, {period}, {key}, {counter_cols} "
+            f"FROM agentmeter_rollup_tags{suffix}",
+        )
+        queries["latency" + suffix] = (
+            raw_lat.replace(f"SELECT {hour},", f"SELECT {p_main},"),
+            f"SELECT {period}, customer_id, session_id, agent_id, tool, bucket, calls "
+            f"FROM agentmeter_rollup_latency{suffix}",
+        )
 
     from decimal import Decimal
 

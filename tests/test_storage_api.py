@@ -140,9 +140,9 @@ def test_store_matches_tracker_with_customers_and_tags(db_url: str) -> None:
             store.totals(customer="")
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_partial_hours_equal_the_events(db_url: str, seed: int) -> None:
-    raws = random_raws(600, seed)
+@pytest.mark.parametrize(("seed", "hours"), [(1, 6), (2, 80)])
+def test_partial_hours_equal_the_events(db_url: str, seed: int, hours: int) -> None:
+    raws = random_raws(600, seed, hours=hours)
     _store_raws(db_url, raws)
     assert rollup_mismatches(db_url) == {}
     events = [UsageEvent.from_raw(r) for r in raws]
@@ -155,7 +155,11 @@ def test_partial_hours_equal_the_events(db_url: str, seed: int) -> None:
         (BASE + 2 * h - 0.5, BASE + 2 * h + 0.5),  # across one boundary
         (None, BASE + 5000),
         (BASE + 4000.5, None),
-        (BASE + 10 * h, None),  # nothing
+        (BASE + 100 * h, None),  # nothing
+        (BASE + 5 * h + 0.5, BASE + 3 * 24 * h + 7 * h + 12.25),  # days, hours, raw
+        (BASE + 24 * h, BASE + 3 * 24 * h),  # whole days
+        (BASE + 20 * h, None),  # hours then days
+        (BASE + 23 * h, BASE + 49 * h),  # an hour, a day, an hour
     ]
     with UsageStore(db_url) as store:
         for lo, hi in bounds:
@@ -216,7 +220,7 @@ def test_timeseries(db_url: str) -> None:
 
 
 def test_reset_needs_a_bound_and_removes_exactly_what_it_names(db_url: str) -> None:
-    raws = random_raws(500, 11)
+    raws = random_raws(500, 11, hours=100)
     _store_raws(db_url, raws)
     events = [UsageEvent.from_raw(r) for r in raws]
     with UsageStore(db_url) as store:
@@ -228,6 +232,9 @@ def test_reset_needs_a_bound_and_removes_exactly_what_it_names(db_url: str) -> N
             {"since": BASE + 1800.5, "until": BASE + 2 * 3600 + 7},
             {"session": "s1", "since": BASE + 4 * 3600 + 60},
             {"until": BASE + 600},
+            {"since": BASE + 30 * 3600 + 5.5, "until": BASE + 75 * 3600},  # days in between
+            {"since": BASE + 90 * 3600, "customer": "beta"},
+            {"since": BASE + 48 * 3600, "until": BASE + 72 * 3600},  # one whole day
         ]
         for kw in steps:
             lo, hi = kw.get("since"), kw.get("until")

@@ -33,6 +33,7 @@ from storage_util import (
 
 from agentmeter import UsageEvent
 from agentmeter.storage import SQLSink, UsageStore
+from agentmeter.storage.schema import EVENTS, ROLLUP_TABLES
 
 db_url = storage_pg.db_url
 pg = storage_pg.pg
@@ -123,7 +124,7 @@ def test_eight_processes_writing_at_once(db_url: str) -> None:
 _event = st.builds(
     lambda i, kind, sess, cust, tags, tok, lat, hour, err, cost: raw_event(
         f"c{i}",
-        BASE + hour * 1800 + (i % 97) * 0.5,
+        BASE + hour * 30_000 + (i % 97) * 0.5,  # 0 to 42 hours: two days
         kind,
         model=None if kind in ("tool", "cache_miss") else "m1",
         tool="search" if kind == "tool" else None,
@@ -153,8 +154,8 @@ _op = st.one_of(
     st.tuples(st.just("write"), st.lists(_event, min_size=1, max_size=25)),
     st.tuples(
         st.just("reset"),
-        st.sampled_from([None, 1800.0, 3600.0, 4000.25]),
-        st.sampled_from([None, 5400.0, 7200.0, 7300.5]),
+        st.sampled_from([None, 1800.0, 3600.0, 4000.25, 30_000.0, 86_400.0]),
+        st.sampled_from([None, 5400.0, 7200.0, 7300.5, 86_400.0, 90_001.5, 140_000.0]),
         st.sampled_from([None, "s1"]),
         st.sampled_from([None, "acme"]),
     ),
@@ -164,13 +165,8 @@ _op = st.one_of(
 def _clear(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for t in (
-            "agentmeter_events",
-            "agentmeter_rollup",
-            "agentmeter_rollup_latency",
-            "agentmeter_rollup_tags",
-        ):
-            conn.exec_driver_sql(f"DELETE FROM {t}")
+        for t in (EVENTS, *ROLLUP_TABLES):
+            conn.execute(t.delete())
     engine.dispose()
 
 
@@ -222,7 +218,7 @@ def test_rollups_equal_group_by_raw_property(db_url: str, ops: list[tuple[Any, .
             events = list(stored.values())
             assert store.count() == len(events)
             assert store.totals() == expected_usage(events)
-            lo = BASE + 2600.5
+            lo = BASE + 30_000.5
             assert store.totals(lo) == expected_usage(
                 [e for e in events if e.timestamp.timestamp() >= lo]
             )

@@ -27,9 +27,11 @@ Guarantees of the sinks
   the hourly rollup rows of exactly the rows that were new (see :mod:`.sql`).
 - **Rollups.** Raw events are kept for audit and export; every read of
   :class:`UsageStore` (and so the CLI report and the REST API) comes from rollup
-  rows per hour x customer x session x agent x model x provider x tool x kind,
-  per tool-latency bucket and per tag pair (see :mod:`.schema`, :mod:`.query`),
-  so reads cost the number of such rows, not the number of events. They equal a
+  rows per hour -- and again per UTC day -- x customer x session x agent x model
+  x provider x tool x kind, per tool-latency bucket and per tag pair (see
+  :mod:`.schema`, :mod:`.query`): whole days from the daily rows, the other whole
+  hours from the hourly ones, so reads cost the number of such rows, not the
+  number of events. They equal a
   ``GROUP BY`` over the raw events at every commit: they are written in the same
   transaction, idempotently under the call-id dedupe (a retried batch, a replayed
   spill file, two processes writing the same batch add each call once), by

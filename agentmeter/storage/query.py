@@ -14,10 +14,12 @@ epoch seconds; ``customer``, ``session``, ``agent``, ``model``, ``provider``,
 
 Where the numbers come from (see :mod:`.schema`):
 
-- **Whole hours** are read from the rollup tables, which the SQL sink keeps in
-  the same transaction as the raw events: a read costs the number of rollup rows
-  in the range (hours x distinct customer/session/agent/model/provider/tool/kind
-  combinations), not the number of events stored.
+- **Whole days** are read from the daily rollup tables, the **other whole hours**
+  from the hourly ones; the SQL sink keeps both in the same transaction as the
+  raw events. A read costs the number of rollup rows in the range (days, plus at
+  most 46 hours, x distinct customer/session/agent/model/provider/tool/kind
+  combinations), not the number of events stored. Hourly time series read the
+  hourly rollups only.
 - **Partial hours** -- a ``since`` / ``until`` that is not on an hour boundary --
   are read from the raw events of those (at most two) hours, through the time
   index, and added to the rollup rows.
@@ -57,13 +59,16 @@ from .engine import ensure_current, open_existing
 from .schema import (
     COLUMNS,
     COUNTERS,
+    DAILY,
+    DAY,
     DIMS,
     EVENTS,
     HOUR,
+    HOURLY,
     LLM_KINDS,
-    ROLLUP,
-    ROLLUP_LATENCY,
-    ROLLUP_TAGS,
+    ROLLUP_TABLES,
+    Level,
+    day_of_hour,
     hour_of,
     tag_patterns,
 )
@@ -337,18 +342,22 @@ class UsageStore:
         self,
         f: _Filter,
         tag: tuple[str, str | None] | None,
-        hour_lo: int | None,
-        hour_hi: int | None,
+        level: Level,
+        lo: int | None,
+        hi: int | None,
         with_value: bool,
     ) -> Any:
-        table = ROLLUP if tag is None else ROLLUP_TAGS
+        """Rollup rows of ``level`` with period start in ``[lo, hi)`` (its period column
+        labelled ``hour``: the start of the row's hour or day)."""
+        table = level.main if tag is None else level.tags
         t = table.c
-        cols = [t.hour, *(t[d] for d in DIMS), *(t[c] for c in COUNTERS)]
+        period = t[level.period]
+        cols = [period.label("hour"), *(t[d] for d in DIMS), *(t[c] for c in COUNTERS)]
         conds: list[Any] = [t[col] == value for col, value in f.eq]
-        if hour_lo is not None:
-            conds.append(t.hour >= hour_lo)
-        if hour_hi is not None:
-            conds.append(t.hour < hour_hi)
+        if lo is not None:
+            conds.append(period >= lo)
+        if hi is not None:
+            conds.append(period < hi)
         if tag is not None:
             conds.append(t.tag_key == tag[0])
             if tag[1] is not None:
@@ -367,7 +376,33 @@ class UsageStore:
             return False, None, None
         return True, h_lo, h_hi
 
-    def _source(self, f: _Filter, tag_key: str | None = None) -> _Src:
+    def _plan(
+        self, f: _Filter, finest: str = "day"
+    ) -> tuple[list[tuple[Level, int | None, int | None]], list[tuple[int | None, int | None]]]:
+        """How to read ``f``'s time range: rollup segments ``(level, lo, hi)`` -- whole
+        days from the daily tables, the other whole hours from the hourly ones -- and
+        raw-event segments ``(hour_lo, hour_hi)`` for the partial hours at the ends.
+        Callers check :meth:`_split` first (no whole hour: raw events only)."""
+        _, h_lo, h_hi = self._split(f)
+        raw: list[tuple[int | None, int | None]] = []
+        if f.lo is not None and h_lo is not None and f.lo < h_lo:
+            raw.append((None, h_lo))
+        if f.hi is not None and h_hi is not None and h_hi < f.hi:
+            raw.append((h_hi, None))
+        if finest == "hour":
+            return [(HOURLY, h_lo, h_hi)], raw
+        d_lo = None if h_lo is None else -(-h_lo // DAY) * DAY
+        d_hi = None if h_hi is None else h_hi // DAY * DAY
+        if d_lo is not None and d_hi is not None and d_lo >= d_hi:
+            return [(HOURLY, h_lo, h_hi)], raw
+        segs: list[tuple[Level, int | None, int | None]] = [(DAILY, d_lo, d_hi)]
+        if h_lo is not None and d_lo is not None and h_lo < d_lo:
+            segs.append((HOURLY, h_lo, d_lo))
+        if h_hi is not None and d_hi is not None and d_hi < h_hi:
+            segs.append((HOURLY, d_hi, h_hi))
+        return segs, raw
+
+    def _source(self, f: _Filter, tag_key: str | None = None, finest: str = "day") -> _Src:
         """Rows shaped like rollup rows covering exactly the events matching ``f``."""
         # Which rollup answers: the main one without tags; the tag rollup for one pair
         # (the filter's, or the by-dimension's key); none for several pairs.
@@ -383,15 +418,15 @@ class UsageStore:
             tag = f.tags[0]
         elif f.tags:
             usable = False
-        rollups, h_lo, h_hi = self._split(f) if usable else (False, None, None)
+        rollups = self._split(f)[0] if usable else False
         if not rollups:
             part = self._raw_part(f, tag_key)
             return _Src(part.subquery("src"))
-        parts: list[Any] = [self._rollup_part(f, tag, h_lo, h_hi, tag_key is not None)]
-        if f.lo is not None and h_lo is not None and f.lo < h_lo:
-            parts.append(self._raw_part(f, tag_key, hour_hi=h_lo))
-        if f.hi is not None and h_hi is not None and h_hi < f.hi:
-            parts.append(self._raw_part(f, tag_key, hour_lo=h_hi))
+        segs, raws = self._plan(f, finest)
+        parts: list[Any] = [
+            self._rollup_part(f, tag, level, lo, hi, tag_key is not None) for level, lo, hi in segs
+        ]
+        parts += [self._raw_part(f, tag_key, hour_lo=a, hour_hi=b) for a, b in raws]
         sel: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
         return _Src(sel.subquery("src"))
 
@@ -415,24 +450,25 @@ class UsageStore:
                 return sa.select(*raw_cols).where(*base, *self._time_cond(f))
             return sa.select(*raw_cols).where(*base, *self._time_conds(f.lo, f.hi, h_lo, h_hi))
 
-        rollups, h_lo, h_hi = self._split(f) if not f.tags else (False, None, None)
-        if not rollups:
+        if f.tags or not self._split(f)[0]:
             return _Src(raw().subquery("lat"))
-        t = ROLLUP_LATENCY.c
-        conds: list[Any] = [t[col] == value for col, value in f.eq]
-        if h_lo is not None:
-            conds.append(t.hour >= h_lo)
-        if h_hi is not None:
-            conds.append(t.hour < h_hi)
-        parts = [
-            sa.select(
-                t.hour, t.customer_id, t.session_id, t.agent_id, t.tool, t.bucket, t.calls
-            ).where(*conds)
-        ]
-        if f.lo is not None and h_lo is not None and f.lo < h_lo:
-            parts.append(raw(h_hi=h_lo))
-        if f.hi is not None and h_hi is not None and h_hi < f.hi:
-            parts.append(raw(h_lo=h_hi))
+        segs, raws = self._plan(f)
+        parts: list[Any] = []
+        for level, lo, hi in segs:
+            t = level.latency.c
+            period = t[level.period]
+            conds: list[Any] = [t[col] == value for col, value in f.eq]
+            if lo is not None:
+                conds.append(period >= lo)
+            if hi is not None:
+                conds.append(period < hi)
+            parts.append(
+                sa.select(
+                    period.label("hour"), t.customer_id, t.session_id, t.agent_id, t.tool,
+                    t.bucket, t.calls,
+                ).where(*conds)
+            )  # fmt: skip
+        parts += [raw(a, b) for a, b in raws]
         sel: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
         return _Src(sel.subquery("lat"))
 
@@ -661,8 +697,8 @@ class UsageStore:
             since, until, customer=customer, session=session, agent=agent, model=model,
             provider=provider, tool=tool, tags=tags,
         )  # fmt: skip
-        s = self._source(f)
-        when = s.c.hour if bucket == "hour" else s.c.hour - s.c.hour % 86400
+        s = self._source(f, finest=bucket)
+        when = s.c.hour if bucket == "hour" else s.c.hour - s.c.hour % DAY
         when = when.label("t")
         keys: list[Any] = [when]
         if by is not None:
@@ -991,38 +1027,71 @@ class UsageStore:
             gone = self._totals(f, conn)
             n = int(self._fetch(sa.select(_sum(self._source(f).c.events)), conn)[0][0] or 0)
             rollups, h_lo, h_hi = self._split(f)
-            partial: set[int] = set()
+            hours: set[int] = set()  # deleted in part: rebuilt from the events left
+            days: set[int] = set()  # deleted in part: rebuilt from the hourly rows left
+            whole_days: tuple[int | None, int | None] | None = None
             if rollups:
                 if f.lo is not None and h_lo is not None and f.lo < h_lo:
-                    partial.add(h_lo - HOUR)
+                    hours.add(h_lo - HOUR)
                 if f.hi is not None and h_hi is not None and h_hi < f.hi:
-                    partial.add(h_hi)
+                    hours.add(h_hi)
+                d_lo = None if h_lo is None else -(-h_lo // DAY) * DAY
+                d_hi = None if h_hi is None else h_hi // DAY * DAY
+                if d_lo is None or d_hi is None or d_lo < d_hi:
+                    whole_days = (d_lo, d_hi)
+                days |= {day_of_hour(h) for h in (h_lo, h_hi) if h is not None and h % DAY}
             else:  # both bounds in one hour (or across one boundary)
-                partial = {hour_of(b) for b in (f.lo, f.hi) if b is not None}
-            hours = sorted(partial)
-            for table in (ROLLUP, ROLLUP_LATENCY, ROLLUP_TAGS):
+                hours = {hour_of(b) for b in (f.lo, f.hi) if b is not None}
+            days |= {day_of_hour(h) for h in hours}
+
+            def delete(table: sa.Table, period: str, lo: int | None, hi: int | None) -> None:
                 t = table.c
-                eq = [t[col] == value for col, value in f.eq]
+                conds = [t[col] == value for col, value in f.eq]
+                if lo is not None:
+                    conds.append(t[period] >= lo)
+                if hi is not None:
+                    conds.append(t[period] < hi)
+                conn.execute(table.delete().where(*conds))
+
+            def delete_in(table: sa.Table, period: str, starts: set[int]) -> None:
+                if starts:
+                    t = table.c
+                    eq = [t[col] == value for col, value in f.eq]
+                    conn.execute(table.delete().where(*eq, t[period].in_(sorted(starts))))
+
+            for table in HOURLY.tables:
                 if rollups:
-                    whole = [*eq]
-                    if h_lo is not None:
-                        whole.append(t.hour >= h_lo)
-                    if h_hi is not None:
-                        whole.append(t.hour < h_hi)
-                    conn.execute(table.delete().where(*whole))
-                if hours:
-                    conn.execute(table.delete().where(*eq, t.hour.in_(hours)))
+                    delete(table, "hour", h_lo, h_hi)
+                delete_in(table, "hour", hours)
+            for table in DAILY.tables:
+                if whole_days is not None:
+                    delete(table, "day", *whole_days)
+                delete_in(table, "day", days)
             conn.execute(EVENTS.delete().where(*self._raw_conds(f), *self._time_cond(f)))
-            # The partly deleted hours: rebuilt from the events left, by the writer's code.
-            if hours:
-                writer = self._writer or RollupWriter(self._engine.dialect)
-                self._writer = writer
+            writer = self._writer or RollupWriter(self._engine.dialect)
+            self._writer = writer
+            if hours:  # by the writer's own code, from the events left
                 eq_raw = [_E[col] == value for col, value in f.eq]
                 in_hours = sa.or_(
-                    *(sa.and_(*self._time_conds(None, None, h, h + HOUR)) for h in hours)
+                    *(sa.and_(*self._time_conds(None, None, h, h + HOUR)) for h in sorted(hours))
                 )
                 rest = sa.select(_E.id, *(_E[c] for c in COLUMNS)).where(*eq_raw, in_hours)
-                writer.add(conn, ((int(r[0]), tuple(r[1:])) for r in self._fetch(rest, conn)))
+                writer.add(
+                    conn,
+                    ((int(r[0]), tuple(r[1:])) for r in self._fetch(rest, conn)),
+                    daily=False,
+                )
+            if days:  # the days from their hourly rows (now up to date)
+
+                def hourly(table: sa.Table) -> list[Sequence[Any]]:
+                    t = table.c
+                    eq = [t[col] == value for col, value in f.eq]
+                    in_days = sa.or_(
+                        *(sa.and_(t.hour >= d, t.hour < d + DAY) for d in sorted(days))
+                    )
+                    return self._fetch(sa.select(table).where(*eq, in_days), conn)
+
+                writer.add_days(conn, *(hourly(t) for t in HOURLY.tables))
             conn.commit()
         return {
             "events": n,
@@ -1041,6 +1110,6 @@ class UsageStore:
         else:
             conn.exec_driver_sql(
                 "LOCK TABLE "
-                + ", ".join(t.name for t in (EVENTS, ROLLUP, ROLLUP_LATENCY, ROLLUP_TAGS))
+                + ", ".join(t.name for t in (EVENTS, *ROLLUP_TABLES))
                 + " IN SHARE ROW EXCLUSIVE MODE"
             )

@@ -25,6 +25,10 @@ Tables (SQLAlchemy Core, portable across SQLite and PostgreSQL):
 - ``agentmeter_rollup_tags``: the rollup again, one row per tag pair of the
   events (``tag_key``, ``tag_value`` + the rollup key), for tag dimensions and
   tag filters.
+- ``agentmeter_rollup_daily``, ``agentmeter_rollup_latency_daily``,
+  ``agentmeter_rollup_tags_daily``: the same three per UTC day (column ``day``),
+  so that a read over weeks or months of history reads one row per day and key,
+  not 24.
 - ``agentmeter_schema``: a single row with the schema version. A database
   written by a newer agentmeter is refused with :class:`SchemaError` instead of
   being misread. (Alembic's own revision is kept in
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from .._latency import bucket
@@ -47,18 +52,28 @@ from ._deps import sqlalchemy as sa
 __all__ = [
     "COLUMNS",
     "COUNTERS",
+    "DAILY",
+    "DAY",
     "DIMS",
     "EVENTS",
     "HOUR",
+    "HOURLY",
     "LATENCY_DIMS",
+    "LEVELS",
     "LLM_KINDS",
     "ROLLUP",
+    "ROLLUP_DAILY",
     "ROLLUP_LATENCY",
+    "ROLLUP_LATENCY_DAILY",
+    "ROLLUP_TABLES",
     "ROLLUP_TAGS",
+    "ROLLUP_TAGS_DAILY",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "Level",
     "SchemaError",
     "check_version",
+    "day_of_hour",
     "hour_of",
     "metadata",
     "tag_patterns",
@@ -68,6 +83,7 @@ __all__ = [
 
 SCHEMA_VERSION = 2
 HOUR = 3600
+DAY = 86400
 LLM_KINDS: tuple[str, ...] = ("chat", "completion", "image", "audio", "other")
 
 metadata = sa.MetaData()
@@ -167,44 +183,75 @@ def _counter_columns() -> list[sa.Column[Any]]:
     return cols
 
 
-ROLLUP = sa.Table(
-    "agentmeter_rollup",
-    metadata,
-    sa.Column("hour", sa.BigInteger, nullable=False),
-    *_dim_columns(DIMS),
-    *_counter_columns(),
-    sa.PrimaryKeyConstraint("hour", *DIMS, name="pk_agentmeter_rollup"),
-    sa.Index("ix_agentmeter_rollup_session", "session_id", "hour"),
-    sa.Index("ix_agentmeter_rollup_customer", "customer_id", "hour"),
-    sqlite_with_rowid=False,
-)
+def _rollup(name: str, period: str) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(period, sa.BigInteger, nullable=False),
+        *_dim_columns(DIMS),
+        *_counter_columns(),
+        sa.PrimaryKeyConstraint(period, *DIMS, name=f"pk_{name}"),
+        sa.Index(f"ix_{name}_session", "session_id", period),
+        sa.Index(f"ix_{name}_customer", "customer_id", period),
+        sqlite_with_rowid=False,
+    )
 
-ROLLUP_LATENCY = sa.Table(
-    "agentmeter_rollup_latency",
-    metadata,
-    sa.Column("hour", sa.BigInteger, nullable=False),
-    *_dim_columns(LATENCY_DIMS),
-    sa.Column("bucket", sa.Integer, nullable=False),
-    sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
-    sa.PrimaryKeyConstraint("hour", *LATENCY_DIMS, "bucket", name="pk_agentmeter_rollup_latency"),
-    sa.Index("ix_agentmeter_rollup_latency_session", "session_id", "hour"),
-    sa.Index("ix_agentmeter_rollup_latency_customer", "customer_id", "hour"),
-    sqlite_with_rowid=False,
-)
 
-ROLLUP_TAGS = sa.Table(
-    "agentmeter_rollup_tags",
-    metadata,
-    sa.Column("tag_key", sa.Text, nullable=False),
-    sa.Column("tag_value", sa.Text, nullable=False),
-    sa.Column("hour", sa.BigInteger, nullable=False),
-    *_dim_columns(DIMS),
-    *_counter_columns(),
-    sa.PrimaryKeyConstraint(
-        "tag_key", "tag_value", "hour", *DIMS, name="pk_agentmeter_rollup_tags"
-    ),
-    sqlite_with_rowid=False,
-)
+def _latency(name: str, period: str) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(period, sa.BigInteger, nullable=False),
+        *_dim_columns(LATENCY_DIMS),
+        sa.Column("bucket", sa.Integer, nullable=False),
+        sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
+        sa.PrimaryKeyConstraint(period, *LATENCY_DIMS, "bucket", name=f"pk_{name}"),
+        sa.Index(f"ix_{name}_session", "session_id", period),
+        sa.Index(f"ix_{name}_customer", "customer_id", period),
+        sqlite_with_rowid=False,
+    )
+
+
+def _tags(name: str, period: str) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("tag_key", sa.Text, nullable=False),
+        sa.Column("tag_value", sa.Text, nullable=False),
+        sa.Column(period, sa.BigInteger, nullable=False),
+        *_dim_columns(DIMS),
+        *_counter_columns(),
+        sa.PrimaryKeyConstraint("tag_key", "tag_value", period, *DIMS, name=f"pk_{name}"),
+        sqlite_with_rowid=False,
+    )
+
+
+@dataclass(frozen=True)
+class Level:
+    """One rollup granularity: its period column (``hour`` / ``day``: the epoch of the
+    period's start), its length in seconds, and its three tables."""
+
+    period: str
+    seconds: int
+    main: sa.Table
+    latency: sa.Table
+    tags: sa.Table
+
+    @property
+    def tables(self) -> tuple[sa.Table, sa.Table, sa.Table]:
+        return (self.main, self.latency, self.tags)
+
+
+ROLLUP = _rollup("agentmeter_rollup", "hour")
+ROLLUP_LATENCY = _latency("agentmeter_rollup_latency", "hour")
+ROLLUP_TAGS = _tags("agentmeter_rollup_tags", "hour")
+ROLLUP_DAILY = _rollup("agentmeter_rollup_daily", "day")
+ROLLUP_LATENCY_DAILY = _latency("agentmeter_rollup_latency_daily", "day")
+ROLLUP_TAGS_DAILY = _tags("agentmeter_rollup_tags_daily", "day")
+HOURLY = Level("hour", HOUR, ROLLUP, ROLLUP_LATENCY, ROLLUP_TAGS)
+DAILY = Level("day", DAY, ROLLUP_DAILY, ROLLUP_LATENCY_DAILY, ROLLUP_TAGS_DAILY)
+LEVELS = (HOURLY, DAILY)
+ROLLUP_TABLES = (*HOURLY.tables, *DAILY.tables)
 
 SCHEMA = sa.Table(
     "agentmeter_schema",
@@ -232,6 +279,12 @@ def hour_of(ts: float) -> int:
     """The start (epoch seconds) of the hour of ``ts`` -- the same arithmetic as the
     SQL expression of :mod:`.query`, so an event falls in the same hour everywhere."""
     return math.floor(ts / HOUR) * HOUR
+
+
+def day_of_hour(hour: int) -> int:
+    """The start of the UTC day of an hour start (integer arithmetic: the day of an
+    event is the day of its hour)."""
+    return hour - hour % DAY
 
 
 def _json(value: Any) -> str | None:

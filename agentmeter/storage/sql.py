@@ -44,9 +44,8 @@ from .schema import (
     DIMS,
     EVENTS,
     LATENCY_DIMS,
-    ROLLUP,
-    ROLLUP_LATENCY,
-    ROLLUP_TAGS,
+    LEVELS,
+    day_of_hour,
     hour_of,
     to_row,
 )
@@ -148,17 +147,24 @@ class RollupWriter:
         self._cols = ", ".join(quote(c) for c in COLUMNS)
         self._row_marks = "(" + ", ".join([self._mark] * len(COLUMNS)) + ")"
         self._inserts: dict[int, str] = {}
-        self.rollup_sql = self._upsert(ROLLUP, ("hour", *DIMS))
-        self.tags_sql = self._upsert(ROLLUP_TAGS, ("tag_key", "tag_value", "hour", *DIMS))
-        t = quote(ROLLUP_LATENCY.name)
-        key = ("hour", *LATENCY_DIMS, "bucket")
-        cols = ", ".join(quote(c) for c in (*key, "calls"))
-        marks = ", ".join([self._mark] * (len(key) + 1))
-        self.latency_sql = (
-            f"INSERT INTO {t} ({cols}) VALUES ({marks}) "
-            f"ON CONFLICT ({', '.join(quote(c) for c in key)}) "
-            f"DO UPDATE SET calls = {t}.calls + excluded.calls"
-        )
+        # Per level (hourly, daily): the upserts of its main, latency and tag tables.
+        self._sql: dict[str, tuple[str, str, str]] = {}
+        for level in LEVELS:
+            p = level.period
+            t = quote(level.latency.name)
+            key = (p, *LATENCY_DIMS, "bucket")
+            cols = ", ".join(quote(c) for c in (*key, "calls"))
+            marks = ", ".join([self._mark] * (len(key) + 1))
+            latency = (
+                f"INSERT INTO {t} ({cols}) VALUES ({marks}) "
+                f"ON CONFLICT ({', '.join(quote(c) for c in key)}) "
+                f"DO UPDATE SET calls = {t}.calls + excluded.calls"
+            )
+            self._sql[p] = (
+                self._upsert(level.main, (p, *DIMS)),
+                latency,
+                self._upsert(level.tags, ("tag_key", "tag_value", p, *DIMS)),
+            )
 
     def _upsert(self, table: sa.Table, key: tuple[str, ...]) -> str:
         q = self._quote
@@ -225,8 +231,15 @@ class RollupWriter:
             self.add(conn, ((int(ident), seen[cid]) for ident, cid in inserted))
         return len(inserted)
 
-    def add(self, conn: sa.Connection, items: Iterable[tuple[int, tuple[Any, ...]]]) -> None:
-        """Add stored rows (with their event ids) to the three rollup tables."""
+    def add(
+        self,
+        conn: sa.Connection,
+        items: Iterable[tuple[int, tuple[Any, ...]]],
+        *,
+        daily: bool = True,
+    ) -> None:
+        """Add stored rows (with their event ids) to the rollup tables of both levels
+        (``daily=False``: the hourly ones only)."""
         main: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
         tags: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
         lat: dict[tuple[Any, ...], int] = {}
@@ -253,16 +266,85 @@ class RollupWriter:
                 lat[lk] = lat.get(lk, 0) + 1
         if not main:
             return
-        # Sorted keys: every writer locks rollup rows in the same order.
-        conn.exec_driver_sql(
-            self.rollup_sql, [(*k, *_counters(g)) for k, g in sorted(main.items())]
-        )
-        if lat:
-            conn.exec_driver_sql(self.latency_sql, [(*k, n) for k, n in sorted(lat.items())])
-        if tags:
-            conn.exec_driver_sql(
-                self.tags_sql, [(*k, *_counters(g)) for k, g in sorted(tags.items())]
-            )
+        # The day of a row is the day of its hour (the period is the first key field,
+        # after the tag pair in the tag rollup).
+        day_main = _by_day(main, 0)
+        day_tags = _by_day(tags, 2)
+        day_lat: dict[tuple[Any, ...], int] = {}
+        for k, n in lat.items():
+            dk = (day_of_hour(k[0]), *k[1:])
+            day_lat[dk] = day_lat.get(dk, 0) + n
+        # Sorted keys, tables in one order: every writer locks rollup rows alike.
+        levels = [("hour", main, lat, tags), ("day", day_main, day_lat, day_tags)]
+        for period, m, lt, tg in levels if daily else levels[:1]:
+            main_sql, lat_sql, tags_sql = self._sql[period]
+            conn.exec_driver_sql(main_sql, [(*k, *_counters(g)) for k, g in sorted(m.items())])
+            if lt:
+                conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(lt.items())])
+            if tg:
+                conn.exec_driver_sql(tags_sql, [(*k, *_counters(g)) for k, g in sorted(tg.items())])
+
+    def add_days(
+        self,
+        conn: sa.Connection,
+        main: Iterable[Sequence[Any]],
+        latency: Iterable[Sequence[Any]],
+        tags: Iterable[Sequence[Any]],
+    ) -> None:
+        """Add hourly rollup rows (as stored: period, key, counters) to the daily tables
+        (used to rebuild the days a reset deleted partly)."""
+        main_sql, lat_sql, tags_sql = self._sql["day"]
+        for rows, at, sql in ((main, 0, main_sql), (tags, 2, tags_sql)):
+            days: dict[tuple[Any, ...], list[Any]] = {}
+            width = at + 1 + len(DIMS)
+            for r in rows:
+                key = (*r[:at], day_of_hour(int(r[at])), *r[at + 1 : width])
+                days.setdefault(key, []).append(r[width:])
+            if days:
+                conn.exec_driver_sql(sql, [(*k, *_merge(v)) for k, v in sorted(days.items())])
+        counts: dict[tuple[Any, ...], int] = {}
+        for r in latency:
+            key = (day_of_hour(int(r[0])), *r[1:-1])
+            counts[key] = counts.get(key, 0) + int(r[-1])
+        if counts:
+            conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(counts.items())])
+
+
+def _by_day(
+    groups: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]], at: int
+) -> dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]]:
+    """Hourly groups merged into daily ones (the period is key field ``at``)."""
+    days: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
+    for k, g in groups.items():
+        dk = (*k[:at], day_of_hour(k[at]), *k[at + 1 :])
+        cur = days.get(dk)
+        if cur is None:
+            days[dk] = list(g)
+        else:
+            cur.extend(g)
+    return days
+
+
+def _merge(rows: list[Sequence[Any]]) -> list[Any]:
+    """Rollup counters (``COUNTERS`` order) of several rows merged into one."""
+    if len(rows) == 1:
+        return list(rows[0])
+    cols = list(zip(*rows, strict=True))
+    lows = [x for x in cols[11] if x is not None]
+    highs = [x for x in cols[12] if x is not None]
+    seq, category = max(
+        ((int(s), c) for s, c in zip(cols[15], cols[14], strict=True) if s is not None),
+        default=(None, ""),
+    )
+    return [
+        *(sum(int(v) for v in cols[i]) for i in range(10)),
+        float(sum(cols[10])),
+        min(lows) if lows else None,
+        max(highs) if highs else None,
+        sum(int(v) for v in cols[13]),
+        category,
+        seq,
+    ]
 
 
 class _Vanished(Exception):

@@ -8,8 +8,9 @@ Create Date: 2026-12-01
   agent / model / tool indexes (reads now come from the rollups) give way to the
   two indexes of the "recent call ids" queries.
 - ``agentmeter_rollup``, ``agentmeter_rollup_latency``, ``agentmeter_rollup_tags``
-  are created and filled from the existing events with one ``GROUP BY`` each, in
-  the same transaction: every stored event is counted once.
+  (per hour) are created and filled from the existing events with one ``GROUP BY``
+  each, in the same transaction: every stored event is counted once; their daily
+  twins (``*_daily``, per UTC day) are filled from the hourly rows.
 - ``agentmeter_schema.version`` becomes 2.
 
 Frozen: a revision never imports agentmeter's live schema.
@@ -84,6 +85,56 @@ COUNTER_COLS = (
 )
 
 
+_TABLES = (
+    "agentmeter_rollup_tags",
+    "agentmeter_rollup_latency",
+    "agentmeter_rollup",
+    "agentmeter_rollup_tags_daily",
+    "agentmeter_rollup_latency_daily",
+    "agentmeter_rollup_daily",
+)
+
+
+def _create(suffix: str, period: str) -> None:
+    """The three rollup tables of one granularity (``hour`` or ``day`` periods)."""
+    main, latency, tags = (
+        f"agentmeter_rollup{suffix}",
+        f"agentmeter_rollup_latency{suffix}",
+        f"agentmeter_rollup_tags{suffix}",
+    )
+    op.create_table(
+        main,
+        sa.Column(period, sa.BigInteger, nullable=False),
+        *_dims(DIMS),
+        *_counters(),
+        sa.PrimaryKeyConstraint(period, *DIMS, name=f"pk_{main}"),
+        sqlite_with_rowid=False,
+    )
+    op.create_index(f"ix_{main}_session", main, ["session_id", period])
+    op.create_index(f"ix_{main}_customer", main, ["customer_id", period])
+    op.create_table(
+        latency,
+        sa.Column(period, sa.BigInteger, nullable=False),
+        *_dims(LATENCY_DIMS),
+        sa.Column("bucket", sa.Integer, nullable=False),
+        sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
+        sa.PrimaryKeyConstraint(period, *LATENCY_DIMS, "bucket", name=f"pk_{latency}"),
+        sqlite_with_rowid=False,
+    )
+    op.create_index(f"ix_{latency}_session", latency, ["session_id", period])
+    op.create_index(f"ix_{latency}_customer", latency, ["customer_id", period])
+    op.create_table(
+        tags,
+        sa.Column("tag_key", sa.Text, nullable=False),
+        sa.Column("tag_value", sa.Text, nullable=False),
+        sa.Column(period, sa.BigInteger, nullable=False),
+        *_dims(DIMS),
+        *_counters(),
+        sa.PrimaryKeyConstraint("tag_key", "tag_value", period, *DIMS, name=f"pk_{tags}"),
+        sqlite_with_rowid=False,
+    )
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     dialect = bind.dialect.name
@@ -105,56 +156,18 @@ def upgrade() -> None:
     if "ix_agentmeter_events_customer" not in indexes:
         op.create_index("ix_agentmeter_events_customer", EVENTS, ["customer_id", "tool", "id"])
     existing = set(insp.get_table_names())
-    for name in ("agentmeter_rollup_tags", "agentmeter_rollup_latency", "agentmeter_rollup"):
+    for name in _TABLES:
         if name in existing:  # development databases: rebuilt from the events below
             op.drop_table(name)
+    for suffix, period in (("", "hour"), ("_daily", "day")):
+        _create(suffix, period)
 
-    op.create_table(
-        "agentmeter_rollup",
-        sa.Column("hour", sa.BigInteger, nullable=False),
-        *_dims(DIMS),
-        *_counters(),
-        sa.PrimaryKeyConstraint("hour", *DIMS, name="pk_agentmeter_rollup"),
-        sqlite_with_rowid=False,
-    )
-    op.create_index("ix_agentmeter_rollup_session", "agentmeter_rollup", ["session_id", "hour"])
-    op.create_index("ix_agentmeter_rollup_customer", "agentmeter_rollup", ["customer_id", "hour"])
-    op.create_table(
-        "agentmeter_rollup_latency",
-        sa.Column("hour", sa.BigInteger, nullable=False),
-        *_dims(LATENCY_DIMS),
-        sa.Column("bucket", sa.Integer, nullable=False),
-        sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
-        sa.PrimaryKeyConstraint(
-            "hour", *LATENCY_DIMS, "bucket", name="pk_agentmeter_rollup_latency"
-        ),
-        sqlite_with_rowid=False,
-    )
-    op.create_index(
-        "ix_agentmeter_rollup_latency_session", "agentmeter_rollup_latency", ["session_id", "hour"]
-    )
-    op.create_index(
-        "ix_agentmeter_rollup_latency_customer",
-        "agentmeter_rollup_latency",
-        ["customer_id", "hour"],
-    )
-    op.create_table(
-        "agentmeter_rollup_tags",
-        sa.Column("tag_key", sa.Text, nullable=False),
-        sa.Column("tag_value", sa.Text, nullable=False),
-        sa.Column("hour", sa.BigInteger, nullable=False),
-        *_dims(DIMS),
-        *_counters(),
-        sa.PrimaryKeyConstraint(
-            "tag_key", "tag_value", "hour", *DIMS, name="pk_agentmeter_rollup_tags"
-        ),
-        sqlite_with_rowid=False,
-    )
-
-    # Backfill: every stored event once, by the writer's own hour arithmetic.
+    # Backfill: every stored event once, by the writer's own hour arithmetic; the
+    # days from the hours (the day of an event is the day of its hour).
     dims = ", ".join(f"coalesce({d}, '')" for d in DIMS[:-1]) + ", kind"
+    key = ", ".join(DIMS)
     op.execute(
-        f"INSERT INTO agentmeter_rollup (hour, {', '.join(DIMS)}, {COUNTER_COLS}) "
+        f"INSERT INTO agentmeter_rollup (hour, {key}, {COUNTER_COLS}) "
         f"SELECT {_hour(dialect, 'ts')}, {dims}, {_aggregates('')} "
         f"FROM {EVENTS} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
     )
@@ -163,22 +176,50 @@ def upgrade() -> None:
     )
     e_dims = ", ".join(f"coalesce(e.{d}, '')" for d in DIMS[:-1]) + ", e.kind"
     op.execute(
-        f"INSERT INTO agentmeter_rollup_tags (tag_key, tag_value, hour, {', '.join(DIMS)}, "
+        f"INSERT INTO agentmeter_rollup_tags (tag_key, tag_value, hour, {key}, "
         f"{COUNTER_COLS}) SELECT t.key, t.value, {_hour(dialect, 'e.ts')}, {e_dims}, "
         f"{_aggregates('e.')} FROM {EVENTS} e, {tag_fn} AS t "
         f"WHERE e.tags IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
     )
-    for table in ("agentmeter_rollup", "agentmeter_rollup_tags"):
+    lat_key = ", ".join(LATENCY_DIMS)
+    lat_dims = ", ".join(f"coalesce({d}, '')" for d in LATENCY_DIMS)
+    op.execute(
+        f"INSERT INTO agentmeter_rollup_latency (hour, {lat_key}, bucket, calls) "
+        f"SELECT {_hour(dialect, 'ts')}, {lat_dims}, latency_bucket, count(*) FROM {EVENTS} "
+        "WHERE kind = 'tool' AND latency_bucket IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+    day = "hour - hour % 86400"
+    merged = (
+        "sum(events), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
+        "sum(cache_write_tokens), sum(reasoning_tokens), sum(failed), sum(estimated), "
+        "sum(cost_micros), sum(unpriced), sum(latency_ms), min(latency_min), "
+        "max(latency_max), sum(tokens_saved), '', max(category_seq)"
+    )
+    op.execute(
+        f"INSERT INTO agentmeter_rollup_daily (day, {key}, {COUNTER_COLS}) "
+        f"SELECT {day}, {key}, {merged} FROM agentmeter_rollup GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+    )
+    op.execute(
+        f"INSERT INTO agentmeter_rollup_tags_daily (tag_key, tag_value, day, {key}, "
+        f"{COUNTER_COLS}) SELECT tag_key, tag_value, {day}, {key}, {merged} "
+        "FROM agentmeter_rollup_tags GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+    )
+    op.execute(
+        f"INSERT INTO agentmeter_rollup_latency_daily (day, {lat_key}, bucket, calls) "
+        f"SELECT {day}, {lat_key}, bucket, sum(calls) FROM agentmeter_rollup_latency "
+        "GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+    # The category of the last event that named one (the event id kept in category_seq).
+    for table in (
+        "agentmeter_rollup",
+        "agentmeter_rollup_tags",
+        "agentmeter_rollup_daily",
+        "agentmeter_rollup_tags_daily",
+    ):
         op.execute(
             f"UPDATE {table} SET category = coalesce((SELECT c.category FROM {EVENTS} c "
             f"WHERE c.id = {table}.category_seq), '') WHERE category_seq IS NOT NULL"
         )
-    lat_dims = ", ".join(f"coalesce({d}, '')" for d in LATENCY_DIMS)
-    op.execute(
-        f"INSERT INTO agentmeter_rollup_latency (hour, {', '.join(LATENCY_DIMS)}, bucket, calls) "
-        f"SELECT {_hour(dialect, 'ts')}, {lat_dims}, latency_bucket, count(*) FROM {EVENTS} "
-        "WHERE kind = 'tool' AND latency_bucket IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6"
-    )
     op.execute("UPDATE agentmeter_schema SET version = 2")
 
 
