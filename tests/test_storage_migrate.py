@@ -191,3 +191,23 @@ def test_many_processes_open_a_v1_database_at_once(db_url: str) -> None:
         assert store.totals(customer=None).llm_calls == t.snapshot().totals.llm_calls + sum(written)
     assert rollup_mismatches(db_url) == {}
     assert _state(db_url)[:2] == (2, HEAD)
+
+
+def test_an_incomplete_database_at_head_is_rebuilt(tmp_path: Path) -> None:
+    """A development database of the 0.2 cycle (revision 0002 without the daily
+    rollups): the revision runs again and rebuilds every rollup from the events."""
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    t = priced_tracker()
+    with SQLSink(url) as sink:
+        t.add_sink(sink)
+        billing_workload(t, 150, seed=3)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for name in ("agentmeter_rollup_daily", "agentmeter_rollup_tags_daily"):
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        conn.exec_driver_sql("UPDATE agentmeter_rollup SET events = events + 1")  # stale
+    engine.dispose()
+    with UsageStore(url) as store:
+        assert comparable(store.snapshot()) == comparable(t.snapshot())
+    assert rollup_mismatches(url) == {}
+    assert _state(url)[:2] == (2, HEAD)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import sqlalchemy as sa
-from ..schema import EVENTS, SCHEMA, SCHEMA_VERSION, SchemaError, check_version
+from ..schema import EVENTS, ROLLUP_TABLES, SCHEMA, SCHEMA_VERSION, SchemaError, check_version
 
 __all__ = ["HEAD", "VERSION_TABLE", "check", "is_current", "upgrade"]
 
@@ -60,7 +60,14 @@ def is_current(conn: sa.Connection) -> bool:
         SchemaError: for a database of a newer agentmeter.
     """
     version = check_version(conn)
-    return version == SCHEMA_VERSION and _revision(conn) == HEAD
+    return version == SCHEMA_VERSION and _revision(conn) == HEAD and _complete(conn)
+
+
+def _complete(conn: sa.Connection) -> bool:
+    """Every table of the schema is there (development databases of the 0.2 cycle,
+    at revision 0002 before the daily rollups existed, are not)."""
+    names = set(sa.inspect(conn).get_table_names())
+    return all(t.name in names for t in ROLLUP_TABLES)
 
 
 def _lock(conn: sa.Connection) -> Any:
@@ -89,7 +96,9 @@ def upgrade(conn: sa.Connection) -> None:
     version = check_version(conn)  # again, under the lock: another process may be done
     revision = _revision(conn)
     if version == SCHEMA_VERSION and revision == HEAD:
-        return
+        if _complete(conn):
+            return
+        revision = None  # incomplete: run 0002 again (it rebuilds the rollups)
     from alembic import command
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -104,7 +113,9 @@ def upgrade(conn: sa.Connection) -> None:
             f"agentmeter (schema version {SCHEMA_VERSION}): upgrade agentmeter-core"
         )
     names = set(sa.inspect(conn).get_table_names())
-    if revision is None and EVENTS.name in names:
+    if revision is None and EVENTS.name in names and _revision(conn) is not None:
+        command.stamp(cfg, V1_REVISION, purge=True)
+    elif revision is None and EVENTS.name in names:
         # Written by agentmeter 0.1 (schema version 1), before Alembic managed it.
         if SCHEMA.name not in names:
             raise SchemaError(
