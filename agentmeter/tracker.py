@@ -49,6 +49,7 @@ __all__ = ["Sink", "Subscriber", "Tracker"]
 LLM, EMBEDDING, TOOL, CACHE = _fields.LLM, _fields.EMBEDDING, _fields.TOOL, _fields.CACHE
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
 _MISSING: Any = object()
+_INF = float("inf")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -266,7 +267,9 @@ class Tracker:
             )
         if kind.__class__ is not str or kind not in _LLM_KINDS:
             _validate.kind(kind, _LLM_KINDS)
-        if latency_ms is not None:
+        if latency_ms is not None and (
+            latency_ms.__class__ is not float or not 0.0 <= latency_ms < _INF  # NaN fails too
+        ):
             latency_ms = _validate.duration("latency_ms", latency_ms)
         cost = None if cost_usd is None else _validate.opt_cost_micros("cost_usd", cost_usd)
         if not (

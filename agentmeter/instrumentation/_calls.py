@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from .. import _validate
 from .._guard import guarded
@@ -49,6 +50,14 @@ __all__ = [
 ]
 
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
+
+# One guard per entry point (a guard holds only its name, so sharing one is safe).
+_G_ADD_CHUNK = guarded("LLMCall.add_chunk")
+_G_FINISH = guarded("LLMCall.finish")
+_G_FAIL = guarded("LLMCall.fail")
+_G_ABANDON = guarded("LLMCall.abandon")
+_G_CANCEL = guarded("LLMCall.cancel")
+_G_START = guarded("start_llm")
 
 
 def _attribution(
@@ -74,6 +83,25 @@ def _attribution(
     return attribution
 
 
+class _attached:
+    """Attach ``attribution``'s scopes around a record -- only when they are not the
+    current ones already (the common case: a call ends in the context it started in)."""
+
+    __slots__ = ("stack", "token")
+
+    def __init__(self, attribution: Attribution) -> None:
+        self.stack = attribution.stack
+        self.token: Any = None
+
+    def __enter__(self) -> None:
+        if STACK.get() is not self.stack:
+            self.token = STACK.set(self.stack)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            STACK.reset(self.token)  # a with block begins and ends in one context
+
+
 class _InFlight:
     """What every call in flight shares: attribution, id, clock, the once-only end."""
 
@@ -82,8 +110,14 @@ class _InFlight:
     def __init__(self, attribution: Attribution, call_id: object) -> None:
         self.attribution = attribution
         self.tracker = attribution.tracker
-        cid = _validate.call_id(call_id)
-        self.call_id: str = str(cid) if cid is not None else self.tracker.new_call_id()
+        cls = call_id.__class__
+        if cls is UUID:  # LangChain's run ids
+            self.call_id: str = str(call_id)
+        elif cls is str and call_id and call_id.isascii():  # type: ignore[attr-defined]
+            self.call_id = call_id  # type: ignore[assignment]
+        else:
+            cid = _validate.call_id(call_id)
+            self.call_id = str(cid) if cid is not None else self.tracker.new_call_id()
         self.t0 = time.perf_counter()
         # next() on a count is atomic: exactly one of finish/fail/abandon/cancel wins.
         self._once = itertools.count()
@@ -108,20 +142,18 @@ class _InFlight:
         self, estimate: Callable[[], int], kind: str, model: str | None, provider: str | None
     ) -> None:
         """Reserve against the budgets that apply (estimating only when one does)."""
-        tracker = self.tracker
-        token = STACK.set(self.attribution.stack)
-        try:
-            if tracker.budget_applies(self.attribution.session_id):
-                tracker.check_budget(
-                    estimate(),
-                    kind=kind,
-                    model=model,
-                    provider=provider,
-                    call_id=self.call_id,
-                    session_id=self.attribution.session_id,
-                )
-        finally:
-            STACK.reset(token)
+        a = self.attribution
+        if not a.budgeted:
+            return
+        with _attached(a):
+            self.tracker.check_budget(
+                estimate(),
+                kind=kind,
+                model=model,
+                provider=provider,
+                call_id=self.call_id,
+                session_id=a.session_id,
+            )
 
     def _release(self) -> None:
         self.tracker.release(self.call_id)
@@ -188,7 +220,7 @@ class LLMCall(_InFlight):
         Usage of successive chunks is added up; pass the final chunk's totals to
         :meth:`finish` instead when the provider reports cumulative counts.
         """
-        with guarded("LLMCall.add_chunk"):
+        with _G_ADD_CHUNK:
             self.chunks += 1
             if text:
                 self._chars += len(text)
@@ -245,8 +277,7 @@ class LLMCall(_InFlight):
             cost_usd = usage.cost_usd
         elif cost_usd is None and self._usage is not None:
             cost_usd = self._usage.cost_usd
-        token = STACK.set(a.stack)
-        try:
+        with _attached(a):
             self.tracker.record_llm(
                 model or self.model,
                 inp,
@@ -269,8 +300,6 @@ class LLMCall(_InFlight):
                 customer_id=a.customer_id,
                 tags=a.tags,
             )
-        finally:
-            STACK.reset(token)
 
     def finish(
         self,
@@ -299,7 +328,7 @@ class LLMCall(_InFlight):
         """
         if not self._claim():
             return False
-        with guarded("LLMCall.finish"):
+        with _G_FINISH:
             self._record(
                 usage,
                 output_text,
@@ -322,7 +351,7 @@ class LLMCall(_InFlight):
         """Record a failed call (no tokens unless ``usage`` says some were billed)."""
         if not self._claim():
             return False
-        with guarded("LLMCall.fail"):
+        with _G_FAIL:
             err = error if isinstance(error, str) else type(error).__name__
             self._record(
                 usage,
@@ -351,7 +380,7 @@ class LLMCall(_InFlight):
         """
         if not self._claim():
             return False
-        with guarded("LLMCall.abandon"):
+        with _G_ABANDON:
             self._record(
                 usage,
                 None,
@@ -368,7 +397,7 @@ class LLMCall(_InFlight):
         """The call was not made after all: give the reservation back, record nothing."""
         if not self._claim():
             return False
-        with guarded("LLMCall.cancel"):
+        with _G_CANCEL:
             self._release()
         return True
 
@@ -400,8 +429,7 @@ class EmbeddingCall(_InFlight):
         cost_usd: Decimal | float | None,
     ) -> None:
         a = self.attribution
-        token = STACK.set(a.stack)
-        try:
+        with _attached(a):
             self.tracker.record_embedding(
                 self.model,
                 input_tokens,
@@ -418,8 +446,6 @@ class EmbeddingCall(_InFlight):
                 customer_id=a.customer_id,
                 tags=a.tags,
             )
-        finally:
-            STACK.reset(token)
 
     def finish(
         self,
@@ -438,8 +464,11 @@ class EmbeddingCall(_InFlight):
                 if cost_usd is None:
                     cost_usd = usage.cost_usd
             if input_tokens is None:
-                input_tokens = sum(estimate_tokens(t, self.model) for t in self._texts or ())
                 estimated = True
+                try:
+                    input_tokens = sum(estimate_tokens(t, self.model) for t in self._texts or ())
+                except Exception:  # unusable texts: record the call anyway, it was made
+                    input_tokens = 0
             self._record(input_tokens, estimated, True, None, cost_usd)
         return True
 
@@ -501,7 +530,7 @@ class ToolCall(_InFlight):
         if not self._claim():
             return False
         try:
-            with guarded("ToolCall.finish"):
+            with guarded("ToolCall.finish"), _attached(self.attribution):
                 a = self.attribution
                 self.tracker.record_tool_call(
                     self.name,
@@ -574,16 +603,22 @@ def start_llm(
         BudgetExceeded: the call would overspend a budget (nothing was booked).
         TypeError, ValueError: on bad arguments.
     """
-    _validate.name("model", model, optional=False)
-    _validate.name("provider", provider)
-    _validate.kind(kind, _LLM_KINDS)
+    if model.__class__ is not str or not model or not model.isascii():
+        _validate.name("model", model, optional=False)
+    if provider is not None and (
+        provider.__class__ is not str or not provider or not provider.isascii()
+    ):
+        _validate.name("provider", provider)
+    if kind.__class__ is not str or kind not in _LLM_KINDS:
+        _validate.kind(kind, _LLM_KINDS)
     if prompt_tokens is not None:
         prompt_tokens = _validate.count("prompt_tokens", prompt_tokens)
-    _validate.flag("check_budget", check_budget)
+    if check_budget is not True and check_budget is not False:
+        _validate.flag("check_budget", check_budget)
     a = _attribution(attribution, tracker, session_id, agent_id, customer_id, tool, tags)
     call = LLMCall(a, model, provider, kind, call_id, prompt, prompt_tokens)
     if check_budget:
-        with guarded("start_llm"):
+        with _G_START:
             call._reserve(call.prompt_tokens, "llm", model, provider)
     return call
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, ParamSpec, TypeVar
 
 from .. import _default_tracker, _validate
 from ..scope import STACK, Scope, innermost
@@ -27,9 +26,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@dataclass(frozen=True, slots=True)
-class Attribution:
-    """Who a call is billed to, captured when it started.
+class Attribution(NamedTuple):
+    """Who a call is billed to, captured when it started (an immutable tuple).
 
     Attributes:
         tracker: The tracker the call is recorded into.
@@ -63,6 +61,23 @@ class Attribution:
         scope = self.scope
         return scope.session_id if scope is not None else None
 
+    def replace(self, **changes: object) -> Attribution:
+        """A copy with some fields changed (``attribution.replace(session_id="s2")``)."""
+        return self._replace(**changes)  # type: ignore[arg-type]
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether a budget may apply to a call made here (decided without building one)."""
+        if self.tracker.ledger.active:
+            return True
+        scope = self.scope
+        return scope is not None and bool(scope.budget_refs)
+
+
+def _plain(value: object) -> bool:
+    """``value`` is ``None`` or a non-empty ASCII str: valid without further checks."""
+    return value is None or (type(value) is str and value.isascii() and bool(value))
+
 
 def capture(
     tracker: Tracker | None = None,
@@ -87,10 +102,13 @@ def capture(
         TypeError, ValueError: on bad arguments (naming the argument).
     """
     tracker = resolve_tracker(tracker)
-    _validate.names(session_id=session_id, agent_id=agent_id, customer_id=customer_id, tool=tool)
-    return Attribution(
-        tracker, STACK.get(), session_id, agent_id, customer_id, tool, _validate.tags(tags)
-    )
+    if not (_plain(session_id) and _plain(agent_id) and _plain(customer_id) and _plain(tool)):
+        _validate.names(
+            session_id=session_id, agent_id=agent_id, customer_id=customer_id, tool=tool
+        )
+    if tags is not None:
+        tags = _validate.tags(tags)
+    return Attribution(tracker, STACK.get(), session_id, agent_id, customer_id, tool, tags)
 
 
 @contextlib.contextmanager
@@ -124,7 +142,14 @@ def resolve_tracker(tracker: Tracker | None) -> Tracker:
     """``tracker``, or the default one; a ``TypeError`` for anything but a tracker."""
     if tracker is None:
         return _default_tracker.get()
+    if tracker.__class__ in _TRACKER_TYPES:
+        return tracker
     # Duck-typed: this layer sits below the tracker module and must not import it.
-    if not callable(getattr(tracker, "record_llm", None)) or not hasattr(tracker, "prices"):
+    if not callable(getattr(tracker, "record_llm", None)) or not hasattr(tracker, "ledger"):
         raise TypeError(f"tracker must be an agentmeter.Tracker, got {type(tracker).__name__}")
+    _TRACKER_TYPES.add(tracker.__class__)
     return tracker
+
+
+# Classes already seen to be trackers (Tracker and its subclasses): checked once.
+_TRACKER_TYPES: set[type] = set()

@@ -210,6 +210,28 @@ class UsageCounts:
     """Whether a valid count of the whole output was found (False: estimate it)."""
 
     def __post_init__(self) -> None:
+        i, o = self.input_tokens, self.output_tokens
+        cr, cw, rs = self.cache_read_tokens, self.cache_write_tokens, self.reasoning_tokens
+        if (  # the common case in one expression; anything else gets the full checks
+            i.__class__ is int
+            and o.__class__ is int
+            and cr.__class__ is int
+            and cw.__class__ is int
+            and rs.__class__ is int
+            and self.audio_input_tokens.__class__ is int
+            and self.audio_output_tokens.__class__ is int
+            and cr >= 0
+            and cw >= 0
+            and cr + cw <= i
+            and 0 <= rs <= o
+            and 0 <= self.audio_input_tokens <= i
+            and 0 <= self.audio_output_tokens <= o
+            and self.cost_usd is None
+            and self.malformed == ()
+            and self.reported_input.__class__ is bool
+            and self.reported_output.__class__ is bool
+        ):
+            return
         for name in _COUNT_FIELDS:
             value = getattr(self, name)
             if value.__class__ is not int and (
