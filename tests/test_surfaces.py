@@ -88,11 +88,11 @@ def _same(label: str, expected: dict[str, Usage], got: dict[str, Any]) -> None:
 
 
 @settings(
-    max_examples=25,
+    max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(program=st.lists(op, min_size=1, max_size=40))
+@given(program=st.lists(op, min_size=1, max_size=30))
 def test_every_surface_shows_the_live_numbers(tmp_path: Path, program: list[Any]) -> None:
     db = tmp_path / f"surfaces-{abs(hash(tuple(program)))}.db"
     tracker = Tracker()
