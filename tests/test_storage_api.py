@@ -176,6 +176,18 @@ def test_partial_hours_equal_the_events(db_url: str, seed: int, hours: int) -> N
             s1 = [e for e in sel if e.session_id == "s1"]
             if s1:
                 assert store.session("s1", lo, hi) == replay(s1).session("s1")
+            stats = store.tool_stats(since=lo, until=hi)
+            for name, st in stats.items():  # over all sessions: the latest calls by time
+                calls = sorted(
+                    (e.timestamp.timestamp(), e.call_id)
+                    for e in sel
+                    if e.kind == "tool" and e.tool == name
+                )
+                assert st.recent_call_ids == tuple(c for _, c in calls[-8:]), (lo, hi, name)
+            live = replay(sel).tool_stats()
+            assert {k: v.model_dump(exclude={"recent_call_ids"}) for k, v in stats.items()} == {
+                k: v.model_dump(exclude={"recent_call_ids"}) for k, v in live.items()
+            }
             tagged = [e for e in sel if _matches(e, {"team": "search"})]
             assert store.totals(lo, hi, tags={"team": "search"}) == expected_usage(tagged)
             by_team: dict[str, list[UsageEvent]] = {}

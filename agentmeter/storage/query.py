@@ -90,7 +90,6 @@ TIME_BUCKETS = ("hour", "day")
 _SERIES_BY = ("model", "customer", "agent", "tool", "session", "provider")
 _CASTS = [float if name in _fields.FLOAT_FIELDS else int for name in _fields.FIELDS]
 _TAG_PREFIX = "tag:"
-_RECENT_PER_STATEMENT = 200  # SQLite allows 500 terms in a compound SELECT
 
 
 def to_epoch(value: datetime | float | int | None) -> float | None:
@@ -842,30 +841,126 @@ class UsageStore:
     def _recent(
         self, f: _Filter, owner_col: str, accs: Mapping[tuple[str | None, str], _tools.ToolAcc]
     ) -> None:
-        """Fill the last few call ids of each (owner, tool): one indexed LIMIT query each."""
+        """Fill the last few call ids of each (owner, tool): one indexed ``LIMIT`` query
+        each ((tool, session, id) / (customer, tool, id) indexes), one statement compiled
+        once and executed per pair."""
         if not accs:
             return
         base = [_E.kind == "tool", *self._raw_conds(f), *self._time_cond(f)]
-        pairs = list(accs)
-        for i in range(0, len(pairs), _RECENT_PER_STATEMENT):
-            subs = []
-            for n, (owner, tool) in enumerate(pairs[i : i + _RECENT_PER_STATEMENT]):
-                owner_cond = _E[owner_col].is_(None) if owner is None else _E[owner_col] == owner
-                inner = (
-                    sa.select(sa.literal(n).label("n"), _E.id, _E.call_id)
-                    .where(*base, _E.tool == tool, owner_cond)
-                    .order_by(_E.id.desc())
-                    .limit(_tools.RECENT_IDS)
-                    .subquery()
+        tool: Any = sa.bindparam("tool")
+        owner: Any = sa.bindparam("owner")
+
+        def stmt(owner_cond: Any) -> Any:
+            return (
+                sa.select(_E.call_id)
+                .where(*base, _E.tool == tool, owner_cond)
+                .order_by(_E.id.desc())
+                .limit(_tools.RECENT_IDS)
+            )
+
+        named, unowned = stmt(_E[owner_col] == owner), stmt(_E[owner_col].is_(None))
+        with self._engine.connect() as conn:
+            for (who, name), acc in accs.items():
+                if who is None:
+                    rows = conn.execute(unowned, {"tool": name}).fetchall()
+                else:
+                    rows = conn.execute(named, {"tool": name, "owner": who}).fetchall()
+                acc.recent.extend(str(r[0]) for r in reversed(rows))
+
+    def _latest_by_tool(self, f: _Filter, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """The latest call ids of each tool (by time), over every session.
+
+        The hourly rollup says from which hour on the last few calls lie; the events of
+        those hours are read through the time index, newest first.
+        """
+        out: dict[str, tuple[str, ...]] = {}
+        base = [_E.kind == "tool", *self._raw_conds(f), *self._time_cond(f)]
+        for name in names:
+            tf = _Filter(f.lo, f.hi, (*f.eq, ("tool", name)), f.tags)
+            src = self._source(tf, finest="hour")
+            hours = (
+                sa.select(src.c.hour, _sum(src.c.events))
+                .where(src.c.kind == "tool")
+                .group_by(src.c.hour)
+                .order_by(src.c.hour.desc())
+                .limit(_tools.RECENT_IDS)
+            )
+            seen, cutoff = 0, None
+            for hour, n in self._fetch(hours):
+                seen += int(n)
+                cutoff = int(hour)
+                if seen >= _tools.RECENT_IDS:
+                    break
+            if cutoff is None:
+                out[name] = ()
+                continue
+            # coalesce(): not the tool index (all of the tool's calls), the time index.
+            stmt = (
+                sa.select(_E.call_id)
+                .where(*base, sa.func.coalesce(_E.tool, "") == name, _E.ts >= cutoff - 1)
+                .order_by(_E.ts.desc(), _E.id.desc())
+                .limit(_tools.RECENT_IDS)
+            )
+            out[name] = tuple(str(r[0]) for r in reversed(self._fetch(stmt)))
+        return out
+
+    def _by_tool(self, f: _Filter) -> dict[str, ToolStats]:
+        """``{tool: ToolStats}`` over every session, grouped by tool alone (no per-session
+        work): calls, durations and histogram of the tool calls, usage of the calls made
+        inside the tool, the category of its last call, its latest call ids by time."""
+        s = self._source(f)
+        c = s.c
+        is_tool = [c.kind == "tool", c.tool != ""]
+        accs: dict[str, _tools.ToolAcc] = {}
+        if f.value("model") is None and f.value("provider") is None:  # tool calls have neither
+            stmt = (
+                sa.select(
+                    c.tool,
+                    _sum(c.events),
+                    _sum(c.failed),
+                    _sum(c.latency_ms),
+                    sa.func.min(c.latency_min),
+                    sa.func.max(c.latency_max),
                 )
-                subs.append(sa.select(inner.c.n, inner.c.id, inner.c.call_id))
-            stmt: Any = subs[0] if len(subs) == 1 else sa.union_all(*subs)
-            found: dict[int, list[tuple[int, str]]] = {}
-            for n, ident, cid in self._fetch(stmt):
-                found.setdefault(int(n), []).append((int(ident), str(cid)))
-            for n, ids in found.items():
-                acc = accs[pairs[i + n]]
-                acc.recent.extend(cid for _, cid in sorted(ids))
+                .where(*is_tool)
+                .group_by(c.tool)
+            )
+            for name, calls, failed, total, lo, hi in self._fetch(stmt):
+                acc = accs[str(name)] = _tools.ToolAcc()
+                acc.calls, acc.failed = int(calls), int(failed)
+                acc.ok, acc.total = acc.calls - acc.failed, float(total)
+                acc.min = None if lo is None else float(lo)
+                acc.max = None if hi is None else float(hi)
+            cat = (
+                sa.select(c.tool, c.category, sa.func.max(c.category_seq))
+                .where(*is_tool, c.category != "", c.category_seq.is_not(None))
+                .group_by(c.tool, c.category)
+            )
+            best: dict[str, tuple[int, str]] = {}
+            for name, category, seq in self._fetch(cat):
+                pick = (int(seq), str(category))
+                if pick > best.get(str(name), (-1, "")):
+                    best[str(name)] = pick
+            for name, (_, category) in best.items():
+                accs[name].category = category
+            lat = self._latency_source(f)
+            if lat is not None and accs:
+                lk = [lat.c.tool, lat.c.bucket]
+                hist = sa.select(*lk, _sum(lat.c.calls)).where(lat.c.tool != "").group_by(*lk)
+                for name, b, n in self._fetch(hist):
+                    target = accs.get(str(name))
+                    if target is not None:
+                        target.hist[int(b)] = target.hist.get(int(b), 0) + int(n)
+        llm_stmt = sa.select(c.tool, *self._usage_cols(s)).where(c.tool != "").group_by(c.tool)
+        llm = {str(r[0]): _row(r[1:]) for r in self._fetch(llm_stmt)}
+        latest = self._latest_by_tool(f, accs)
+        out: dict[str, ToolStats] = {}
+        for name in sorted(set(accs) | set(llm)):
+            stats = _tools.build(name, accs.get(name), llm.get(name))
+            if name in latest:
+                stats = stats.model_copy(update={"recent_call_ids": latest[name]})
+            out[name] = stats
+        return out
 
     # ------------------------------------------------------- tracker views
     def snapshot(
@@ -986,7 +1081,11 @@ class UsageStore:
         tags: Mapping[str, str] | None = None,
     ) -> dict[str, ToolStats]:
         """``{tool: ToolStats}`` over everything, of one session, or of one customer
-        (empty when the session / customer has nothing, as the tracker's)."""
+        (empty when the session / customer has nothing, as the tracker's).
+
+        Over everything, each tool's ``recent_call_ids`` are its latest calls by time
+        (of any session), and its category that of its last call naming one.
+        """
         kw: dict[str, Any] = {
             "agent": agent, "model": model, "provider": provider, "tool": tool, "tags": tags,
         }  # fmt: skip
@@ -997,7 +1096,7 @@ class UsageStore:
                 return dict(self.customer(customer, since, until, **kw).tools)
         except NotFoundError:
             return {}
-        return dict(self.tools_snapshot(since, until, **kw).by_tool)
+        return self._by_tool(_filter(since, until, **kw))
 
     # -------------------------------------------------------------- reset
     def reset(

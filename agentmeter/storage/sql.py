@@ -100,6 +100,14 @@ def _pid_alive(pid: int) -> bool:
 def _counters(group: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
     """The rollup counters (``COUNTERS`` order) of stored rows ``(event id, row)``
     sharing one key; column sums in C (``zip`` / ``sum``), not per event in Python."""
+    if len(group) == 1:
+        ident, r = group[0]
+        cost, lat, cat = r[_COST], r[_LAT], r[_CAT]
+        return [
+            1, r[_IN], r[_OUT], r[_CR], r[_CW], r[_RS], 1 if r[_STATUS] == "error" else 0,
+            r[_EST], cost or 0, 1 if cost is None else 0, float(lat or 0.0), lat, lat,
+            r[_SAVED], cat or "", ident if cat else None,
+        ]  # fmt: skip
     rows = [r for _, r in group]
     cols = list(zip(*rows, strict=True))
     costs = cols[_COST]
