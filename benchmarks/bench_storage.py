@@ -103,7 +103,7 @@ def added_cost_us(n: int, workdir: Path, repeat: int) -> tuple[float, float, flo
 
 
 def floor_us(repeat: int) -> float:
-    """DESIGN.md's "floor": ``with lock: a += x; b += y; c += 1`` (~0.45 us on an idle machine)."""
+    """The "floor": ``with lock: a += x; b += y; c += 1`` (~0.45 us on an idle machine)."""
     import threading
 
     lock = threading.Lock()
@@ -164,7 +164,7 @@ def rows(quick: bool = False) -> list[dict[str, str]]:
         {
             "operation": "floor (context): `with lock: a += x; b += y; c += 1`",
             "measured": f"{floor:.2f} us",
-            "anchor": "0.45 us on the reference machine (DESIGN.md)",
+            "anchor": "0.45 us on the reference machine the targets were set on",
             "target": "-",
             "verdict": f"machine runs {floor / 0.45:.1f}x slower than the reference",
         },
