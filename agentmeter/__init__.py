@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _default_tracker
+# _display and frames register themselves as the value objects' renderers (_render).
+from . import _default_tracker, _display, frames  # noqa: F401
 from .budget import Budget, BudgetStore, InMemoryBudgetStore, Reservation
 from .errors import AgentMeterError, BudgetExceeded, BudgetStoreUnavailable, NotFoundError
 from .models import (
@@ -39,9 +40,6 @@ from .models import (
 from .pricing import UnpricedModelWarning, normalise_model
 from .scope import Scope, register_call_id_provider, run_in_context
 from .tracker import Tracker
-
-# The renderers register themselves for the value objects' display hooks (_render).
-from . import _display, frames  # noqa: E402, F401, I001
 
 try:
     __version__ = version("agentmeter-core")

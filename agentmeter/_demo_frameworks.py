@@ -43,8 +43,9 @@ def run_langchain(tracker: Tracker, say: Say) -> None:
         """Query the database (it is down today)."""
         raise ConnectionError("database unavailable")
 
-    model = UsageChat(model_name="gpt-4o-mini", provider="openai",
-                      tool_script=["search_docs", "flaky_database"])
+    model = UsageChat(
+        model_name="gpt-4o-mini", provider="openai", tool_script=["search_docs", "flaky_database"]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The failing tool's error goes back to the model as a ToolMessage(status="error").

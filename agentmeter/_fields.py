@@ -49,14 +49,30 @@ def zeros() -> list[int | float]:
 # folding cheap: an LLM row carries 10 values, not all 19 counters.
 LLM, EMBEDDING, TOOL, CACHE = "L", "E", "T", "C"
 LAYOUTS: dict[str, tuple[int, ...]] = {
-    LLM: tuple(INDEX[f] for f in (
-        "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-        "reasoning_tokens", "failed_llm_calls", "estimated_calls", "cost_micros",
-        "unpriced_calls", "llm_latency_ms",
-    )),
-    EMBEDDING: tuple(INDEX[f] for f in (
-        "embedding_tokens", "estimated_calls", "cost_micros", "unpriced_calls",
-    )),
+    LLM: tuple(
+        INDEX[f]
+        for f in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "failed_llm_calls",
+            "estimated_calls",
+            "cost_micros",
+            "unpriced_calls",
+            "llm_latency_ms",
+        )
+    ),
+    EMBEDDING: tuple(
+        INDEX[f]
+        for f in (
+            "embedding_tokens",
+            "estimated_calls",
+            "cost_micros",
+            "unpriced_calls",
+        )
+    ),
     TOOL: tuple(INDEX[f] for f in ("failed_tool_calls", "tool_duration_ms")),
     CACHE: tuple(INDEX[f] for f in ("cache_hits", "cache_misses", "tokens_saved")),
 }

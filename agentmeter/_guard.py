@@ -5,7 +5,8 @@ callbacks, subscribers) catches its own errors and hands them to :func:`swallow`
 error is logged and swallowed -- in production and in a user's own test suite
 alike -- and re-raised only in *strict mode*, which is chosen, never guessed:
 ``AGENTMETER_STRICT=1`` in the environment, or :func:`set_strict` (the
-``agentmeter_strict`` fixture of :mod:`agentmeter.testing` uses it). :class:`~agentmeter.BudgetExceeded` (and
+``agentmeter_strict`` fixture of :mod:`agentmeter.testing` uses it).
+:class:`~agentmeter.BudgetExceeded` (and
 :class:`~agentmeter.BudgetStoreUnavailable`: an unenforceable budget is not
 passed silently) and argument errors (``ValueError`` / ``TypeError`` raised by
 validation) always propagate.
@@ -53,7 +54,7 @@ def swallow(exc: BaseException, where: str) -> None:
     logger.exception("agentmeter: internal error in %s (ignored): %r", where, exc)
 
 
-class guarded(contextlib.ContextDecorator):  # noqa: N801 - used like a function
+class guarded(contextlib.ContextDecorator):  # lower case: used like a function
     """Keep agentmeter's own errors out of the host program.
 
     As a context manager or a decorator: an exception raised inside is logged

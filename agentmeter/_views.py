@@ -116,14 +116,16 @@ def customer_usage(
     )
 
 
-def snapshot(
-    cells: CellRows, tools: ToolRows, customer_tools: ToolRows | None = None
-) -> Snapshot:
+def snapshot(cells: CellRows, tools: ToolRows, customer_tools: ToolRows | None = None) -> Snapshot:
     """A full snapshot from copied cells and tool accumulators (per session, and per
     customer in ``customer_tools``)."""
     total = _fields.zeros()
     by: dict[str, dict[Any, list[Any]]] = {
-        "model": {}, "provider": {}, "session": {}, "agent": {}, "customer": {}
+        "model": {},
+        "provider": {},
+        "session": {},
+        "agent": {},
+        "customer": {},
     }
     tool_llm: dict[tuple[str | None, str], list[Any]] = {}
     ctool_llm: dict[tuple[str, str], list[Any]] = {}

@@ -72,7 +72,7 @@ class Budget(BaseModel):
             d = Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
         except ArithmeticError:  # decimal.InvalidOperation: "abc", ""
             raise ValueError(f"max_cost_usd must be a number of dollars, got {v!r}") from None
-        if not d.is_finite() or d.is_signed() and d != 0:
+        if not d.is_finite() or (d.is_signed() and d != 0):
             raise ValueError(f"max_cost_usd must be a finite number >= 0, got {v!r}")
         if d.as_tuple().exponent < -6:  # type: ignore[operator]
             # Budgets are kept in micro-dollars: a finer limit would be rounded silently.

@@ -164,8 +164,10 @@ def run_demo(
                 if fw.available(package):
                     part(tracker, say)
                 else:
-                    say(f"skipped: {package} is not installed "
-                        f"(pip install -e integrations/{package.split('_')[1]})")
+                    say(
+                        f"skipped: {package} is not installed "
+                        f"(pip install -e integrations/{package.split('_')[1]})"
+                    )
     finally:
         if sink is not None:
             tracker.remove_sink(sink)

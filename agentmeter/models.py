@@ -108,7 +108,6 @@ class Usage(BaseModel):
             return NotImplemented
         return Usage.from_row([a + b for a, b in zip(self.to_row(), other.to_row(), strict=True)])
 
-
     def __repr__(self) -> str:
         return _render.text("usage_repr", self)
 
@@ -191,7 +190,6 @@ class ToolStats(BaseModel):
         """Share of calls that succeeded."""
         return self.ok / self.calls if self.calls else None
 
-
     def __str__(self) -> str:
         return _render.text("tool_stats_text", {self.tool: self})
 
@@ -263,7 +261,6 @@ class BudgetStatus(BaseModel):
         """True when some limit has nothing left."""
         return any(v <= 0 for v in self.remaining.values())
 
-
     def __str__(self) -> str:
         return _render.text("budget_text", self)
 
@@ -282,7 +279,6 @@ class SessionUsage(BaseModel):
     by_agent: dict[str, Usage] = Field(default_factory=dict)
     tools: dict[str, ToolStats] = Field(default_factory=dict)
     budget: BudgetStatus | None = None
-
 
     def __repr__(self) -> str:
         return _render.text("session_repr", self)
@@ -355,7 +351,6 @@ class Snapshot(BaseModel):
     by_customer_tool: dict[str, dict[str, ToolStats]] = Field(
         default_factory=dict, description="Tool stats per customer, then per tool"
     )
-
 
     def __repr__(self) -> str:
         return _render.text("snapshot_repr", self)

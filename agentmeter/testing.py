@@ -84,6 +84,11 @@ def record_fake_llm(
     input_tokens = max(1, len(prompt) // 4)
     call_id = tracker.new_call_id()
     tracker.check_budget(input_tokens, model=model, call_id=call_id, session_id=session_id)
-    tracker.record_llm(model=model, input_tokens=input_tokens, output_tokens=output_tokens,
-                       call_id=call_id, session_id=session_id)
+    tracker.record_llm(
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        call_id=call_id,
+        session_id=session_id,
+    )
     return input_tokens + output_tokens

@@ -48,8 +48,13 @@ def us(seconds: float) -> str:
 
 def row(operation: str, measured: str, anchor: str, target: str, ok: bool) -> dict[str, str]:
     """One table row in the common format of every benchmark module."""
-    return {"operation": operation, "measured": measured, "anchor": anchor, "target": target,
-            "verdict": "meets target" if ok else "MISSES target"}
+    return {
+        "operation": operation,
+        "measured": measured,
+        "anchor": anchor,
+        "target": target,
+        "verdict": "meets target" if ok else "MISSES target",
+    }
 
 
 def table(rows: list[dict[str, str]]) -> str:

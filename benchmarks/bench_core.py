@@ -70,9 +70,15 @@ def bench_record(floor: float, n: int) -> list[dict[str, str]]:
             anchor = f"seed_000, 3 buckets, unpriced: {us(sp)} = {sp / floor:.1f}x floor"
         except Exception as exc:  # the anchor's API differs from what we expect
             anchor = f"seed_000 not measurable: {exc!r}"
-    rows.append(row("record_llm, priced, 3 nested scopes, session + model breakdown",
-                    f"{us(per)} = {per / floor:.2f}x floor", anchor, "<= 5x floor",
-                    per / floor <= 5))
+    rows.append(
+        row(
+            "record_llm, priced, 3 nested scopes, session + model breakdown",
+            f"{us(per)} = {per / floor:.2f}x floor",
+            anchor,
+            "<= 5x floor",
+            per / floor <= 5,
+        )
+    )
     return rows
 
 
@@ -96,6 +102,7 @@ def bench_metered(floor: float, n: int) -> list[dict[str, str]]:
     anchor = "-"
     seed = _seed000()
     if seed is not None:
+
         def run_seed(k: int) -> None:
             push, pop = seed.push_bucket, seed.pop_bucket
             for _ in range(k):
@@ -107,8 +114,15 @@ def bench_metered(floor: float, n: int) -> list[dict[str, str]]:
 
         so = best_per_op(run_seed, n) - best_per_op(run_plain, n)
         anchor = f"seed_000 push+pop bucket: {us(so)} = {so / floor:.1f}x floor"
-    return [row("@metered sync call overhead", f"{us(overhead)} = {overhead / floor:.2f}x floor",
-                anchor, "<= 5x floor", overhead / floor <= 5)]
+    return [
+        row(
+            "@metered sync call overhead",
+            f"{us(overhead)} = {overhead / floor:.2f}x floor",
+            anchor,
+            "<= 5x floor",
+            overhead / floor <= 5,
+        )
+    ]
 
 
 def bench_price(floor: float, n: int) -> list[dict[str, str]]:
@@ -129,8 +143,15 @@ def bench_price(floor: float, n: int) -> list[dict[str, str]]:
 
     per = best_per_op(ours, n)
     anchor = best_per_op(theirs, max(200, n // 500), repeats=3)
-    return [row("cost of one call after the first lookup (tiered model)", us(per),
-                f"genai-prices calc_price: {us(anchor)}", "<= 1 us", per <= 1e-6)]
+    return [
+        row(
+            "cost of one call after the first lookup (tiered model)",
+            us(per),
+            f"genai-prices calc_price: {us(anchor)}",
+            "<= 1 us",
+            per <= 1e-6,
+        )
+    ]
 
 
 def _threaded_run(per_thread: int) -> tuple[float, bool]:
@@ -178,9 +199,15 @@ def bench_threads(floor: float, per_thread: int) -> list[dict[str, str]]:
     runs = [_threaded_run(per_thread) for _ in range(3)]
     exact = all(ok for _, ok in runs)
     ratio = min(per for per, _ in runs) / single_per
-    return [row(f"8 threads x {per_thread:,} records",
-                f"{'exact' if exact else 'NOT EXACT'}, {ratio:.2f}x single-thread per op",
-                "seed_000: exact, 1.6x", "exact, <= 2x", exact and ratio <= 2)]
+    return [
+        row(
+            f"8 threads x {per_thread:,} records",
+            f"{'exact' if exact else 'NOT EXACT'}, {ratio:.2f}x single-thread per op",
+            "seed_000: exact, 1.6x",
+            "exact, <= 2x",
+            exact and ratio <= 2,
+        )
+    ]
 
 
 def _rss_bytes() -> int:
@@ -206,10 +233,16 @@ def bench_tool_calls(total: int) -> list[dict[str, str]]:
     st = t.snapshot().by_tool["search"]
     assert st.calls == total + 20_000
     linear = (t2 - t1) / (t1 - t0)
-    return [row(f"{total:,} tool calls on one tool, distinct call ids",
-                f"{t2 - t0:.1f} s, 2nd half / 1st half = {linear:.2f}, RSS growth "
-                f"{growth / 2**20:.1f} MB", "seed_000: quadratic (~2.5 h), 73 MB",
-                "linear, < 10 MB growth", linear < 1.5 and growth < 10 * 2**20)]
+    return [
+        row(
+            f"{total:,} tool calls on one tool, distinct call ids",
+            f"{t2 - t0:.1f} s, 2nd half / 1st half = {linear:.2f}, RSS growth "
+            f"{growth / 2**20:.1f} MB",
+            "seed_000: quadratic (~2.5 h), 73 MB",
+            "linear, < 10 MB growth",
+            linear < 1.5 and growth < 10 * 2**20,
+        )
+    ]
 
 
 def bench_many_names(total: int, names: int, every: int) -> list[dict[str, str]]:

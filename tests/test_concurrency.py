@@ -68,7 +68,11 @@ async def test_200_tasks_each_own_session_and_scope():
     for n in range(200):
         u = scopes[n].usage
         assert (u.llm_calls, u.input_tokens, u.output_tokens, u.tool_calls) == (
-            40, 20 * 3 + 20 * n, 20 * n + 20, 20)
+            40,
+            20 * 3 + 20 * n,
+            20 * n + 20,
+            20,
+        )
         assert snap.by_session[f"task{n}"] == u
         assert snap.by_session_tool[f"task{n}"]["fetch"].input_tokens == 20 * n
     assert snap.totals.llm_calls == 200 * 40

@@ -183,6 +183,7 @@ def test_tool_seen_by_decorator_and_framework_counts_once(tracker):
     current: dict[str, str | None] = {"id": None}
     agentmeter.register_call_id_provider(lambda: current["id"])
     try:
+
         @tracker.metered_tool
         def search() -> None:
             _llm(tracker, 3)

@@ -46,7 +46,10 @@ def test_cli_demo_entry_point(tmp_path):
     assert main(["demo", "--seed", "3", "--plain", "--no-db"]) == 0
     proc = subprocess.run(
         [sys.executable, "-m", "agentmeter.cli", "demo", "--db", str(tmp_path / "x.db")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "total:" in proc.stdout and "by session:" in proc.stdout

@@ -11,12 +11,20 @@ def test_one_event_per_call_with_attribution(tracker):
     events: list[UsageEvent] = []
     tracker.subscribe(events.append)
     with tracker.meter("turn", session_id="s1", agent_id="a1"):
-        tracker.record_llm(model="gpt-4o", input_tokens=10, output_tokens=2, provider="openai",
-                           latency_ms=5.0, call_id="c1", metadata={"customer": "acme"})
+        tracker.record_llm(
+            model="gpt-4o",
+            input_tokens=10,
+            output_tokens=2,
+            provider="openai",
+            latency_ms=5.0,
+            call_id="c1",
+            metadata={"customer": "acme"},
+        )
         tracker.record_llm(model="gpt-4o", input_tokens=10, output_tokens=2, call_id="c1")  # dup
         tracker.record_embedding(model="text-embedding-3-small", input_tokens=4)
-        tracker.record_tool_call(tool="search", ok=False, duration_ms=3.0, error="Timeout",
-                                 category="web")
+        tracker.record_tool_call(
+            tool="search", ok=False, duration_ms=3.0, error="Timeout", category="web"
+        )
         tracker.record_cache_hit(tokens_saved=9)
         tracker.record_cache_miss()
     assert [e.kind for e in events] == ["chat", "embedding", "tool", "cache_hit", "cache_miss"]

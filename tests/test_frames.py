@@ -20,10 +20,16 @@ def tracker() -> Tracker:
         for sid, n in (("s1", 3), ("s2", 5)):
             with t.meter("turn", session_id=sid, agent_id="planner"):
                 for i in range(n):
-                    t.record_llm(model="gpt-4o-mini", input_tokens=1_000 + i, output_tokens=50,
-                                 cache_read_tokens=512, provider="openai")
-                    t.record_tool_call(tool="search", ok=i % 2 == 0, duration_ms=5.0 + i,
-                                       category="web")
+                    t.record_llm(
+                        model="gpt-4o-mini",
+                        input_tokens=1_000 + i,
+                        output_tokens=50,
+                        cache_read_tokens=512,
+                        provider="openai",
+                    )
+                    t.record_tool_call(
+                        tool="search", ok=i % 2 == 0, duration_ms=5.0 + i, category="web"
+                    )
                 t.record_llm(model="local-llama", input_tokens=70, output_tokens=7)
                 t.record_embedding(model="text-embedding-3-small", input_tokens=300)
     return t
@@ -130,9 +136,7 @@ def test_events_frame() -> None:
     assert df["total_tokens"].sum() == 220
 
 
-def test_missing_pandas_names_the_extra(
-    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_pandas_names_the_extra(tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
     with pytest.raises(ImportError, match=r"pip install 'agentmeter-core\[pandas\]'"):
         frames.snapshot_frame(tracker.snapshot(), "tool")

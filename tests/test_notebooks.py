@@ -211,6 +211,7 @@ def quickstart(kernel_dir: Path, tmp_path: Path) -> Any:
 def test_quickstart_renders_tables_and_plots(quickstart: Any, tmp_path: Path) -> None:
     """The quickstart's outputs hold agentmeter's HTML tables and PNG plots, all valid."""
     import html5lib
+
     tables = _outputs(quickstart, "text/html")
     pngs = _outputs(quickstart, "image/png")
     ours = [t for t in tables if 'class="agentmeter"' in t]

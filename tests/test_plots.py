@@ -34,8 +34,9 @@ def tracker() -> Tracker:
 
         @t.metered_tool(category="search")
         def search() -> None:
-            t.record_llm(model="gpt-4o-mini", input_tokens=2_000, output_tokens=100,
-                         cache_read_tokens=1_000)
+            t.record_llm(
+                model="gpt-4o-mini", input_tokens=2_000, output_tokens=100, cache_read_tokens=1_000
+            )
 
         @t.metered_tool
         def local() -> None:
@@ -79,9 +80,7 @@ def test_tokens_per_tool(tracker: Tracker) -> None:
     # the biggest spender is drawn on top
     assert [t.get_text() for t in ax.get_yticklabels()][-1] == "search"
     assert "4,200" in texts(ax)
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {
-        "input", "cache read", "output"
-    }
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"input", "cache read", "output"}
 
 
 def test_cost_marks_unpriced_instead_of_zero(tracker: Tracker) -> None:
@@ -127,7 +126,9 @@ def test_tool_calls_and_latency(tracker: Tracker) -> None:
     assert any(t.startswith("calc (n=30") and "p95" in t for t in legend)
     # p50 and p95 are drawn where the stats say
     xs = sorted(
-        seg[0][0] for coll in ax.collections if hasattr(coll, "get_segments")
+        seg[0][0]
+        for coll in ax.collections
+        if hasattr(coll, "get_segments")
         for seg in coll.get_segments()
     )
     assert any(x == pytest.approx(calc.p50_ms) for x in xs)

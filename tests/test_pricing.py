@@ -32,7 +32,9 @@ def _genai_micros(model: str, inp: int, out: int, cr: int = 0, cw: int = 0) -> i
 def test_normalise_model():
     assert normalise_model("azure/gpt-4o-mini") == ("gpt-4o-mini", "azure")
     assert normalise_model("openrouter/anthropic/claude-3.5-sonnet") == (
-        "claude-3.5-sonnet", "openrouter")
+        "claude-3.5-sonnet",
+        "openrouter",
+    )
     assert normalise_model(" GPT-4o ") == ("gpt-4o", None)
     assert normalise_model("models/gemini-2.5-flash") == ("gemini-2.5-flash", None)
 
@@ -47,8 +49,17 @@ def test_real_model_names_are_priced_like_their_canonical_model(name, canonical)
 
 @settings(max_examples=60, deadline=None)
 @given(
-    model=st.sampled_from(["gpt-4o-mini", "gpt-4o", "claude-3-5-sonnet", "claude-sonnet-4-5",
-                           "gemini-2.5-flash", "gemini-1.5-pro", "o1"]),
+    model=st.sampled_from(
+        [
+            "gpt-4o-mini",
+            "gpt-4o",
+            "claude-3-5-sonnet",
+            "claude-sonnet-4-5",
+            "gemini-2.5-flash",
+            "gemini-1.5-pro",
+            "o1",
+        ]
+    ),
     inp=st.integers(0, 400_000),
     out=st.integers(0, 50_000),
     frac_cr=st.floats(0, 1),
@@ -85,8 +96,9 @@ def test_source_order_provider_cost_then_override_then_genai(tracker):
 
 def test_override_with_cache_rates_and_provider():
     book = PriceBook()
-    book.set_price("my-model", input_per_mtok=10, output_per_mtok=20, cache_read_per_mtok=1,
-                   provider="acme")
+    book.set_price(
+        "my-model", input_per_mtok=10, output_per_mtok=20, cache_read_per_mtok=1, provider="acme"
+    )
     with pytest.warns(UnpricedModelWarning):  # a provider's price is not everyone's price
         assert book.rates("my-model") is None
     rates = book.rates("my-model", "acme")

@@ -32,6 +32,7 @@ def _cost(r: Rec) -> int:
         return rates.cost_micros(r.inp, 0)
     return rates.cost_micros(r.inp, r.out, min(r.cr, r.inp), 0)
 
+
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "no-such-model-x"]
 
 
@@ -111,16 +112,22 @@ def run(t: Tracker, node: Node, scopes: list) -> None:
 
 def do(t: Tracker, r: Rec) -> None:
     if r.kind == "llm":
-        t.record_llm(model=r.model, input_tokens=r.inp, output_tokens=r.out,
-                     cache_read_tokens=min(r.cr, r.inp), ok=r.ok)
+        t.record_llm(
+            model=r.model,
+            input_tokens=r.inp,
+            output_tokens=r.out,
+            cache_read_tokens=min(r.cr, r.inp),
+            ok=r.ok,
+        )
     elif r.kind == "emb":
         t.record_embedding(model=r.model, input_tokens=r.inp)
     elif r.kind == "tool":
         t.record_tool_call(tool=r.model, ok=r.ok, duration_ms=float(r.out))
     else:
         try:  # cache_read above input: rejected, must count nothing
-            t.record_llm(model=r.model, input_tokens=r.inp, output_tokens=r.out,
-                         cache_read_tokens=r.inp + 1)
+            t.record_llm(
+                model=r.model, input_tokens=r.inp, output_tokens=r.out, cache_read_tokens=r.inp + 1
+            )
         except ValueError:
             return
         raise AssertionError("bad record accepted")
@@ -148,17 +155,41 @@ def check(t: Tracker, programs: list[Node], scopes: list) -> None:
         inherited = scope.session_id if node.session is None else None
         e = expected(node, inherited, {})
         u = scope.usage
-        assert (u.input_tokens, u.output_tokens, u.embedding_tokens, u.llm_calls, u.tool_calls,
-                u.failed_tool_calls, u.cost_micros) == tuple(e.values())
+        assert (
+            u.input_tokens,
+            u.output_tokens,
+            u.embedding_tokens,
+            u.llm_calls,
+            u.tool_calls,
+            u.failed_tool_calls,
+            u.cost_micros,
+        ) == tuple(e.values())
     snap = t.snapshot()
     u = snap.totals
-    assert (u.input_tokens, u.output_tokens, u.embedding_tokens, u.llm_calls, u.tool_calls,
-            u.failed_tool_calls, u.cost_micros) == tuple(grand.values())
+    assert (
+        u.input_tokens,
+        u.output_tokens,
+        u.embedding_tokens,
+        u.llm_calls,
+        u.tool_calls,
+        u.failed_tool_calls,
+        u.cost_micros,
+    ) == tuple(grand.values())
     for sid, e in per_session.items():
         s = snap.by_session.get(sid)
-        got = (0, 0, 0, 0, 0, 0, 0) if s is None else (
-            s.input_tokens, s.output_tokens, s.embedding_tokens, s.llm_calls, s.tool_calls,
-            s.failed_tool_calls, s.cost_micros)
+        got = (
+            (0, 0, 0, 0, 0, 0, 0)
+            if s is None
+            else (
+                s.input_tokens,
+                s.output_tokens,
+                s.embedding_tokens,
+                s.llm_calls,
+                s.tool_calls,
+                s.failed_tool_calls,
+                s.cost_micros,
+            )
+        )
         assert got == tuple(e.values()), sid
     assert sum(c.usage.cost_micros for c in snap.cells) == u.cost_micros
 

@@ -303,8 +303,13 @@ def test_forked_children_store_their_events(tmp_path):
             print(UsageStore(sys.argv[1]).snapshot().totals.llm_calls)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "201"
 

@@ -10,12 +10,26 @@ from agentmeter import Snapshot, Tracker
 
 
 def test_record_llm_counts_every_field(tracker):
-    tracker.record_llm(model="gpt-4o-mini", input_tokens=1000, output_tokens=200,
-                       cache_read_tokens=400, cache_write_tokens=100, reasoning_tokens=50,
-                       provider="openai", latency_ms=12.5, session_id="s1", agent_id="a1")
+    tracker.record_llm(
+        model="gpt-4o-mini",
+        input_tokens=1000,
+        output_tokens=200,
+        cache_read_tokens=400,
+        cache_write_tokens=100,
+        reasoning_tokens=50,
+        provider="openai",
+        latency_ms=12.5,
+        session_id="s1",
+        agent_id="a1",
+    )
     u = tracker.snapshot().totals
-    assert (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
-            u.reasoning_tokens) == (1000, 200, 400, 100, 50)
+    assert (
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+    ) == (1000, 200, 400, 100, 50)
     assert u.llm_calls == 1 and u.failed_llm_calls == 0 and u.estimated_calls == 0
     assert u.llm_latency_ms == 12.5
     assert u.total_tokens == 1200
@@ -26,10 +40,17 @@ def test_record_llm_counts_every_field(tracker):
 
 
 def test_breakdowns_by_model_provider_session_agent(tracker):
-    tracker.record_llm(model="gpt-4o", input_tokens=10, output_tokens=1, provider="openai",
-                       session_id="s1", agent_id="a")
-    tracker.record_llm(model="gpt-4o-mini", input_tokens=20, output_tokens=2, session_id="s2",
-                       agent_id="a")
+    tracker.record_llm(
+        model="gpt-4o",
+        input_tokens=10,
+        output_tokens=1,
+        provider="openai",
+        session_id="s1",
+        agent_id="a",
+    )
+    tracker.record_llm(
+        model="gpt-4o-mini", input_tokens=20, output_tokens=2, session_id="s2", agent_id="a"
+    )
     tracker.record_embedding(model="text-embedding-3-small", input_tokens=7, session_id="s1")
     snap = tracker.snapshot()
     assert snap.by_model["gpt-4o"].input_tokens == 10
@@ -87,8 +108,9 @@ def test_cache_hits_and_misses(tracker):
 
 def test_snapshot_is_frozen_and_json_round_trips(tracker):
     tracker.record_llm(model="gpt-4o", input_tokens=10, output_tokens=2, session_id="s")
-    tracker.record_tool_call(tool="search", ok=False, duration_ms=3.5, category="web",
-                             session_id="s")
+    tracker.record_tool_call(
+        tool="search", ok=False, duration_ms=3.5, category="web", session_id="s"
+    )
     snap = tracker.snapshot()
     with pytest.raises(Exception):
         snap.totals.input_tokens = 5  # type: ignore[misc]
@@ -121,14 +143,15 @@ def test_reset_keeps_open_scope_totals(tracker):
 def test_merge_equals_doing_all_the_work_in_one_tracker():
     a, b, both = Tracker(), Tracker(), Tracker()
     for t in (a, both):
-        t.record_llm(model="gpt-4o", input_tokens=10, output_tokens=2, session_id="s1",
-                     agent_id="x")
-        t.record_tool_call(tool="search", ok=True, duration_ms=5.0, category="web",
-                           session_id="s1")
+        t.record_llm(
+            model="gpt-4o", input_tokens=10, output_tokens=2, session_id="s1", agent_id="x"
+        )
+        t.record_tool_call(tool="search", ok=True, duration_ms=5.0, category="web", session_id="s1")
     for t in (b, both):
         t.record_llm(model="claude-3-5-sonnet", input_tokens=7, output_tokens=3, session_id="s2")
-        t.record_tool_call(tool="search", ok=False, duration_ms=50.0, category="web",
-                           session_id="s1")
+        t.record_tool_call(
+            tool="search", ok=False, duration_ms=50.0, category="web", session_id="s1"
+        )
     merged = Tracker()
     merged.merge(a.snapshot())
     merged.merge(Snapshot.model_validate_json(b.snapshot().model_dump_json()))
@@ -172,8 +195,9 @@ def test_close_session_returns_final_usage_and_frees_it(tracker):
 
 def test_tool_stats_per_session_and_overall(tracker):
     for sid, ok in (("a", True), ("a", False), ("b", True)):
-        tracker.record_tool_call(tool="search", ok=ok, duration_ms=10.0, session_id=sid,
-                                 category="web")
+        tracker.record_tool_call(
+            tool="search", ok=ok, duration_ms=10.0, session_id=sid, category="web"
+        )
     assert tracker.tool_stats()["search"].calls == 3
     assert tracker.tool_stats("a")["search"].failed == 1
     assert tracker.snapshot().by_category["web"].calls == 3

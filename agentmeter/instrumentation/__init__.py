@@ -55,7 +55,14 @@ from ._calls import (
     start_tool,
 )
 from ._context import Attribution, attached, capture, run_attached
-from ._tokens import count_tokens, estimate_messages, estimate_tokens, has_tokenizer
+from ._tokens import (
+    count_tokens,
+    encoding_for_model,
+    estimate_messages,
+    estimate_tokens,
+    has_tokenizer,
+    message_text,
+)
 from ._usage import (
     UsageCounts,
     from_anthropic,
@@ -81,6 +88,7 @@ __all__ = [
     "attached",
     "capture",
     "count_tokens",
+    "encoding_for_model",
     "estimate_messages",
     "estimate_tokens",
     "from_anthropic",
@@ -94,6 +102,7 @@ __all__ = [
     "guarded",
     "has_tokenizer",
     "merge_cumulative",
+    "message_text",
     "normalise_usage",
     "register_call_id_provider",
     "reported_cost",

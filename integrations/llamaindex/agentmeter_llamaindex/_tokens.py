@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agentmeter.instrumentation._tokens import (
+from agentmeter.instrumentation import (
     encoding_for_model,
     estimate_messages,
     estimate_tokens,
     has_tokenizer,
 )
-from agentmeter.instrumentation._tokens import message_text as _message_text
+from agentmeter.instrumentation import message_text as _message_text
 
 __all__ = ["count", "count_messages", "encoding_for", "is_openai_tokenized", "message_text"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from agentmeter.instrumentation._usage import UsageCounts, from_llamaindex, normalise_usage
+from agentmeter.instrumentation import UsageCounts, from_llamaindex, normalise_usage
 
 __all__ = ["Counts", "from_additional_kwargs", "from_raw", "from_response", "merge"]
 
