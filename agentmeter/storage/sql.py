@@ -248,8 +248,10 @@ class RollupWriter:
     ) -> None:
         """Add stored rows (with their event ids) to the rollup tables of both levels
         (``daily=False``: the hourly ones only)."""
-        main: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
-        tags: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
+        # Events grouped by hourly key and tag set: each event's counters are summed
+        # once (in C); the key's row, its tag pairs' rows and the daily rows are merges
+        # of those few sums.
+        groups: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
         lat: dict[tuple[Any, ...], int] = {}
         for item in items:
             r = item[1]
@@ -260,37 +262,70 @@ class RollupWriter:
                 r[_AGENT] or "",
                 r[_TOOL] or "",
             )
-            key = (hour, cust, sess, agent, r[_MODEL] or "", r[_PROVIDER] or "", tool, r[_KIND])
-            group = main.get(key)
+            key = (
+                hour,
+                cust,
+                sess,
+                agent,
+                r[_MODEL] or "",
+                r[_PROVIDER] or "",
+                tool,
+                r[_KIND],
+                r[_TAGS],
+            )
+            group = groups.get(key)
             if group is None:
-                main[key] = [item]
+                groups[key] = [item]
             else:
                 group.append(item)
-            if r[_TAGS]:
-                for pair in json.loads(r[_TAGS]).items():
-                    tags.setdefault((*pair, *key), []).append(item)
             if r[_BUCKET] is not None and r[_KIND] == "tool":
                 lk = (hour, cust, sess, agent, tool, r[_BUCKET])
                 lat[lk] = lat.get(lk, 0) + 1
-        if not main:
+        if not groups:
             return
-        # The day of a row is the day of its hour (the period is the first key field,
-        # after the tag pair in the tag rollup).
-        day_main = _by_day(main, 0)
-        day_tags = _by_day(tags, 2)
-        day_lat: dict[tuple[Any, ...], int] = {}
-        for k, n in lat.items():
-            dk = (day_of_hour(k[0]), *k[1:])
-            day_lat[dk] = day_lat.get(dk, 0) + n
+        parts: dict[tuple[Any, ...], list[list[Any]]] = {}
+        tag_parts: dict[tuple[Any, ...], list[list[Any]]] = {}
+        pairs: dict[str, list[tuple[str, str]]] = {}
+        for gk, g in groups.items():
+            counters = _counters(g)
+            key, tags = gk[:-1], gk[-1]
+            parts.setdefault(key, []).append(counters)
+            if tags:
+                found = pairs.get(tags)
+                if found is None:
+                    found = pairs[tags] = list(json.loads(tags).items())
+                for tag_key, tag_value in found:
+                    tag_parts.setdefault((tag_key, tag_value, *key), []).append(counters)
+        main = {k: _merge(v) for k, v in parts.items()}
+        tag_rows = {k: _merge(v) for k, v in tag_parts.items()}
+        levels = [("hour", main, lat, tag_rows)]
+        if daily:  # the day of a row is the day of its hour
+            day_main: dict[tuple[Any, ...], list[list[Any]]] = {}
+            for k, c in main.items():
+                day_main.setdefault((day_of_hour(k[0]), *k[1:]), []).append(c)
+            day_tags: dict[tuple[Any, ...], list[list[Any]]] = {}
+            for k, c in tag_rows.items():
+                day_tags.setdefault((k[0], k[1], day_of_hour(k[2]), *k[3:]), []).append(c)
+            day_lat: dict[tuple[Any, ...], int] = {}
+            for k, n in lat.items():
+                dk = (day_of_hour(k[0]), *k[1:])
+                day_lat[dk] = day_lat.get(dk, 0) + n
+            levels.append(
+                (
+                    "day",
+                    {k: _merge(v) for k, v in day_main.items()},
+                    day_lat,
+                    {k: _merge(v) for k, v in day_tags.items()},
+                )
+            )
         # Sorted keys, tables in one order: every writer locks rollup rows alike.
-        levels = [("hour", main, lat, tags), ("day", day_main, day_lat, day_tags)]
-        for period, m, lt, tg in levels if daily else levels[:1]:
+        for period, m, lt, tg in levels:
             main_sql, lat_sql, tags_sql = self._sql[period]
-            conn.exec_driver_sql(main_sql, [(*k, *_counters(g)) for k, g in sorted(m.items())])
+            conn.exec_driver_sql(main_sql, [(*k, *c) for k, c in sorted(m.items())])
             if lt:
                 conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(lt.items())])
             if tg:
-                conn.exec_driver_sql(tags_sql, [(*k, *_counters(g)) for k, g in sorted(tg.items())])
+                conn.exec_driver_sql(tags_sql, [(*k, *c) for k, c in sorted(tg.items())])
 
     def add_days(
         self,
@@ -318,22 +353,7 @@ class RollupWriter:
             conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(counts.items())])
 
 
-def _by_day(
-    groups: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]], at: int
-) -> dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]]:
-    """Hourly groups merged into daily ones (the period is key field ``at``)."""
-    days: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
-    for k, g in groups.items():
-        dk = (*k[:at], day_of_hour(k[at]), *k[at + 1 :])
-        cur = days.get(dk)
-        if cur is None:
-            days[dk] = list(g)
-        else:
-            cur.extend(g)
-    return days
-
-
-def _merge(rows: list[Sequence[Any]]) -> list[Any]:
+def _merge(rows: Sequence[Sequence[Any]]) -> list[Any]:
     """Rollup counters (``COUNTERS`` order) of several rows merged into one."""
     if len(rows) == 1:
         return list(rows[0])
