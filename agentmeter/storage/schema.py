@@ -1,4 +1,4 @@
-"""The database schema (version 2): raw events, hourly rollups, and a schema-version table.
+"""The database schema (version 2): raw events, hourly and daily rollups, a version table.
 
 Tables (SQLAlchemy Core, portable across SQLite and PostgreSQL):
 
@@ -32,7 +32,7 @@ Tables (SQLAlchemy Core, portable across SQLite and PostgreSQL):
 - ``agentmeter_schema``: a single row with the schema version. A database
   written by a newer agentmeter is refused with :class:`SchemaError` instead of
   being misread. (Alembic's own revision is kept in
-  ``agentmeter_alembic_version``; see :mod:`agentmeter.storage.migrate`.)
+  ``agentmeter_alembic_version``; see :mod:`agentmeter.storage.migrations`.)
 
 The SQL sink writes the rollup rows of a batch in the same transaction as its
 raw events (see :mod:`agentmeter.storage.sql`), so the rollups always equal a
