@@ -173,7 +173,7 @@ def _pages(client: Any) -> dict[str, str]:
             "&bucket=hour"
         ),
         "sessions table (page 1)": "/sessions",
-        "sessions table, search q=00042": "/sessions?q=00042",
+        f"sessions table, search q={sid[-3:]}": f"/sessions?q={sid[-3:]}",
         "one session": f"/session?id={sid}",
         "customers table": "/customers",
         "one customer": f"/customer?id={cid}",
