@@ -24,7 +24,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from agentmeter import Tracker, get_tracker
 
-from ._instrument import STREAM_USAGE_FIX, Instrumentor, StreamUsageWarning
+from ._instrument import Instrumentor
+from ._llm import STREAM_USAGE_FIX, StreamUsageWarning
 from .callback import AgentMeterCallbackHandler
 
 try:
@@ -111,6 +112,3 @@ def uninstrument() -> None:
 def instrumentor() -> Instrumentor | None:
     """The active :class:`Instrumentor`, or ``None``."""
     return _current
-
-
-_active = instrumentor

@@ -3,8 +3,8 @@
 LlamaIndex's instrumentation dispatcher swallows every exception its handlers
 raise, so it cannot stop a call. The ``CallbackManager`` can: an exception from a
 handler's ``on_event_start`` propagates out of ``llm.chat()`` / ``complete()`` /
-the embedding methods *before* the model is called. This handler reserves budget
-there (:meth:`agentmeter.Tracker.check_budget`) and raises
+the embedding methods *before* the model is called. This handler starts an
+``agentmeter.instrumentation`` call there, which reserves the budget and raises
 :class:`agentmeter.BudgetExceeded` when the call would overspend.
 
 Metering itself is done by the instrumentation (creating the handler calls
@@ -24,27 +24,23 @@ from llama_index_instrumentation.dispatcher import active_instrument_tags
 
 import agentmeter
 from agentmeter import Tracker
-from agentmeter._guard import swallow
-from agentmeter.errors import BudgetExceeded
+from agentmeter.instrumentation import EmbeddingCall, LLMCall, guarded, start_embedding, start_llm
 
-from . import _tokens
-from ._instrument import Instrumentor, _tag, model_of
+from ._common import count, count_messages, model_of, tag
+from ._instrument import Instrumentor
 
 __all__ = ["AgentMeterCallbackHandler"]
 
 _WATCHED = (CBEventType.LLM, CBEventType.EMBEDDING)
 _IGNORED = [t for t in CBEventType if t not in _WATCHED]
 
-
 # Reservations of calls still in flight that this handler remembers. A stream that is
 # never iterated keeps its reservation until the budget store's reservation TTL, or
 # until this many newer calls pushed it out.
 _MAX_RESERVED = 1_000
 
-
-def _budget_may_apply(tracker: Tracker) -> bool:
-    """Cheap "is there any budget to check?" so that no prompt is tokenized for nothing."""
-    return tracker.budget_applies()
+_G_START = guarded("AgentMeterCallbackHandler.on_event_start")
+_G_END = guarded("AgentMeterCallbackHandler.on_event_end")
 
 
 class AgentMeterCallbackHandler(BaseCallbackHandler):
@@ -71,22 +67,23 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         self.tracker = tracker if tracker is not None else agentmeter.get_tracker()
         self._instrumentor: Instrumentor | None = None
         if instrument:
-            from . import _active
             from . import instrument as _instrument
+            from . import instrumentor
 
-            current = _active()
+            current = instrumentor()
             # Reuse the user's instrumentation (and its options) when it meters this
             # tracker already; instrumenting again with defaults would replace it.
             if current is not None and current.tracker is self.tracker:
                 self._instrumentor = current
             else:
                 self._instrumentor = _instrument(self.tracker)
-        self._reserved: dict[str, str] = {}
+        # event id -> the call whose reservation is held until the event ends
+        self._reserved: dict[str, LLMCall | EmbeddingCall] = {}
 
     def _nested(self, span_id: str | None) -> bool:
-        from . import _active
+        from . import instrumentor
 
-        inst = _active()
+        inst = instrumentor()
         return inst is not None and inst.tracker is self.tracker and inst.is_nested_llm(span_id)
 
     def on_event_start(
@@ -102,49 +99,53 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         Raises:
             agentmeter.BudgetExceeded: the call would exceed a budget; it is not made.
         """
-        try:
-            if event_type not in _WATCHED or not _budget_may_apply(self.tracker):
+        with _G_START:
+            # A cheap "is there any budget?" first, so that no prompt is tokenized for nothing.
+            if event_type not in _WATCHED or not self.tracker.budget_applies():
                 return event_id
             span_id = active_span_id.get()
             llm = event_type is CBEventType.LLM
             if llm and self._nested(span_id):
                 return event_id  # the outer call already reserved for it
             payload = payload or {}
-            model_dict = payload.get(EventPayload.SERIALIZED) or {}
-            model, provider, _ = model_of(model_dict)
-            tokens = 0
+            model, provider, _ = model_of(payload.get(EventPayload.SERIALIZED) or {})
+            # The session the call will be recorded under: instrument_tags win over
+            # scopes (as in the instrumentation), so the session's budget applies.
+            session = tag(active_instrument_tags.get(), "session_id")
+            call: LLMCall | EmbeddingCall
             if llm:
                 prompt = payload.get(EventPayload.PROMPT)
                 messages = payload.get(EventPayload.MESSAGES)
+                tokens = 0
                 if isinstance(prompt, str):
-                    tokens = _tokens.count(prompt, model)
+                    tokens = count(prompt, model)
                 elif messages:
-                    tokens = _tokens.count_messages(messages, model)
-            # The LLM is recorded under its span id, which settles this reservation;
-            # an embedding batch is recorded under an id not known yet: released at its end.
-            call_id = span_id if llm and span_id is not None else f"li-cb-{event_id}"
-            # The session the call will be recorded under: instrument_tags win over
-            # scopes (as in the instrumentation), so the session's budget applies.
-            session = _tag(active_instrument_tags.get() or {}, "session_id")
-            reservation = self.tracker.check_budget(
-                tokens,
-                kind="llm" if llm else "embedding",
-                model=model,
-                provider=provider,
-                call_id=call_id,
-                session_id=session,
-            )
-            if reservation is not None:
-                reserved = self._reserved
-                reserved[event_id] = call_id
-                if len(reserved) > _MAX_RESERVED:
-                    # A stream that is never iterated never ends its event: give back
-                    # the oldest such reservation rather than hold it (and memory) forever.
-                    self.tracker.release(reserved.pop(next(iter(reserved))))
-        except BudgetExceeded:
-            raise
-        except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_event_start")
+                    tokens = count_messages(messages, model)
+                # Booked under the LLM span id, the id the instrumentation records the
+                # call with: the recorded usage settles it.
+                call = start_llm(
+                    model,
+                    provider=provider,
+                    call_id=span_id if span_id is not None else f"li-cb-{event_id}",
+                    prompt_tokens=tokens,
+                    tracker=self.tracker,
+                    session_id=session,
+                )
+            else:
+                # An embedding is recorded under an id not known yet: released at its end.
+                call = start_embedding(
+                    model,
+                    provider=provider,
+                    call_id=f"li-cb-{event_id}",
+                    tracker=self.tracker,
+                    session_id=session,
+                )
+            reserved = self._reserved
+            reserved[event_id] = call
+            if len(reserved) > _MAX_RESERVED:
+                # A stream that is never iterated never ends its event: give back the
+                # oldest such reservation rather than hold it (and memory) forever.
+                reserved.pop(next(iter(reserved))).cancel()
         return event_id
 
     def on_event_end(
@@ -155,16 +156,20 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Give the reservation back when the call failed or was not recorded under it."""
-        try:
-            call_id = self._reserved.pop(event_id, None)
-            if call_id is None:
+        with _G_END:
+            call = self._reserved.pop(event_id, None)
+            if call is None:
                 return
             failed = bool(payload) and EventPayload.EXCEPTION in payload  # type: ignore[operator]
-            metered = self._instrumentor is not None and self._instrumentor._attached
-            if failed or event_type is not CBEventType.LLM or not metered:
-                self.tracker.release(call_id)
-        except Exception as exc:
-            swallow(exc, "AgentMeterCallbackHandler.on_event_end")
+            inst = self._instrumentor
+            recorded = (
+                isinstance(call, LLMCall)
+                and inst is not None
+                and inst.attached
+                and not call.call_id.startswith("li-cb-")
+            )
+            if failed or not recorded:
+                call.cancel()
 
     def start_trace(self, trace_id: str | None = None) -> None:
         """Nothing to do at trace start."""

@@ -8,7 +8,6 @@ from typing import Any
 
 import agentmeter_llamaindex as ami
 import pytest
-from agentmeter_llamaindex import _tokens, _usage
 from llama_index.core.base.llms.types import (
     ChatMessage,
     CompletionResponse,
@@ -20,8 +19,10 @@ from llama_index.core.instrumentation.dispatcher import instrument_tags
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.mock import MockLLM
+from llama_index.core.utils import get_tokenizer
 
 import agentmeter
+from agentmeter.instrumentation import UsageCounts, from_llamaindex, normalise_usage
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::agentmeter.UnpricedModelWarning"),
@@ -30,6 +31,11 @@ pytestmark = [
 ]
 
 MSGS = [ChatMessage(role="user", content="hello there, how are you?")]
+
+
+def count(text: str) -> int:
+    """llama-index's own count (its default tokenizer): what MockLLM calls are estimated with."""
+    return len(get_tokenizer()(text))
 
 
 def events(tracker: agentmeter.Tracker) -> list[agentmeter.UsageEvent]:
@@ -66,7 +72,7 @@ def test_complete_estimated_with_the_tokenizer(
     seen = events(li_tracker)
     MockLLM().complete("the quick brown fox")
     usage = li_tracker.snapshot().by_model["MockLLM"]
-    n = _tokens.count("the quick brown fox")
+    n = count("the quick brown fox")
     assert (usage.llm_calls, usage.input_tokens, usage.output_tokens) == (1, n, n)
     assert usage.estimated_calls == 1
     assert seen[0].kind == "completion" and seen[0].estimated
@@ -99,8 +105,8 @@ def test_chat_over_complete_counts_once(
     assert totals.llm_calls == 1
     # The call that reached the model is the completion of the formatted prompt.
     prompt = llm.messages_to_prompt(MSGS) if mode != "astream" else "hello there, how are you?"
-    assert totals.input_tokens == _tokens.count(prompt)
-    assert totals.output_tokens == _tokens.count(prompt)  # MockLLM echoes the prompt
+    assert totals.input_tokens == count(prompt)
+    assert totals.output_tokens == count(prompt)  # MockLLM echoes the prompt
     assert not inst._llm  # nothing left pending
 
 
@@ -239,13 +245,51 @@ def test_anthropic_stream_usage_merged(
 
 
 def test_usage_parser_rejects_junk() -> None:
-    assert _usage.from_raw({"usage": None}) is None
-    assert _usage.from_raw({"content": "x"}) is None
+    # The integration reads usage with agentmeter's normaliser: these are its rules.
+    assert normalise_usage({"usage": None}) is None
+    assert normalise_usage({"content": "x"}) is None
     # junk counts are "not reported" (then estimated), never a silent 0
-    assert _usage.from_raw({"usage": {"prompt_tokens": -3, "completion_tokens": "x"}}) is None
+    junk = normalise_usage({"usage": {"prompt_tokens": -3, "completion_tokens": "x"}})
+    assert junk is not None and not junk.reported_input and not junk.reported_output
+    assert set(junk.malformed) == {"prompt_tokens", "completion_tokens"}
     # cache parts larger than the input never make an invalid record
-    odd = {"usage": {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}}
-    assert _usage.from_raw(odd) == _usage.Counts(9, 0, 9)
+    odd = normalise_usage(
+        {"usage": {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}}
+    )
+    assert odd is not None
+    assert (odd.input_tokens, odd.cache_read_tokens, odd.output_tokens) == (9, 9, 0)
+    assert odd.reported_input and not odd.reported_output
+    response = CompletionResponse(text="ok", additional_kwargs={"prompt_tokens": 9})
+    assert from_llamaindex(response) == UsageCounts(9, 0, reported_output=False)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"prompt_tokens": -3, "completion_tokens": "x"},
+        {"prompt_tokens": float("nan"), "completion_tokens": None},
+        {"prompt_tokens": True, "completion_tokens": [1]},
+    ],
+    ids=["negative-and-string", "nan", "bool-and-list"],
+)
+def test_malformed_usage_is_recorded_estimated_not_dropped(
+    inst: ami.Instrumentor, li_tracker: agentmeter.Tracker, extra: dict[str, Any]
+) -> None:
+    seen = events(li_tracker)
+    _Raw(extra=extra).complete("a prompt of some length")
+    u = li_tracker.snapshot().totals
+    assert (u.llm_calls, u.estimated_calls, u.failed_llm_calls) == (1, 1, 0)
+    assert u.input_tokens == count("a prompt of some length") and u.output_tokens == count("ok")
+    assert seen[0].estimated and seen[0].status == "ok"
+
+
+def test_partly_reported_usage_estimates_the_rest(
+    inst: ami.Instrumentor, li_tracker: agentmeter.Tracker
+) -> None:
+    """A report of the input alone: the input is the provider's, the output estimated."""
+    _Raw(extra={"prompt_tokens": 900}).complete("x")
+    u = li_tracker.snapshot().totals
+    assert (u.input_tokens, u.output_tokens, u.estimated_calls) == (900, count("ok"), 1)
 
 
 def test_failed_call_is_a_failed_call(
