@@ -29,8 +29,15 @@ def main(argv: list[str]) -> int:
             mod = importlib.import_module(name)
             rows += mod.rows(quick=quick)
         except ImportError as exc:
-            rows.append({"operation": name, "measured": f"skipped: {exc}", "anchor": "-",
-                         "target": "-", "verdict": "skipped"})
+            rows.append(
+                {
+                    "operation": name,
+                    "measured": f"skipped: {exc}",
+                    "anchor": "-",
+                    "target": "-",
+                    "verdict": "skipped",
+                }
+            )
     print(table(rows))
     return 0
 
