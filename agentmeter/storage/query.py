@@ -265,15 +265,21 @@ class UsageStore:
         The hour bounds use the writer's own hour arithmetic, so an event is never
         counted both in a rollup hour and in a partial hour read from the events.
         """
+        # One lower and one upper bound on ts (the tightest): the time index is then
+        # searched over that range only (SQLite would take the first bound it sees).
+        # The hour bounds are widened by a second for the arithmetic's rounding, then
+        # applied exactly with the hour expression.
+        lows = [b for b in (lo, None if hour_lo is None else hour_lo - 1) if b is not None]
+        highs = [b for b in (hi, None if hour_hi is None else hour_hi + 1) if b is not None]
         conds: list[Any] = []
-        if lo is not None:
-            conds.append(_E.ts >= lo)
-        if hi is not None:
-            conds.append(_E.ts < hi)
+        if lows:
+            conds.append(_E.ts >= max(lows))
+        if highs:
+            conds.append(_E.ts < min(highs))
         if hour_lo is not None:
-            conds += [_E.ts >= hour_lo - 1, self._hour_expr(_E.ts) >= hour_lo]
+            conds.append(self._hour_expr(_E.ts) >= hour_lo)
         if hour_hi is not None:
-            conds += [_E.ts < hour_hi + 1, self._hour_expr(_E.ts) < hour_hi]
+            conds.append(self._hour_expr(_E.ts) < hour_hi)
         return conds
 
     def _time_cond(self, f: _Filter) -> list[Any]:
@@ -815,20 +821,22 @@ class UsageStore:
             by_session[skey].category = category
         for ckey, (_, category) in best_c.items():
             by_customer[ckey].category = category
-        # Latency histograms.
+        # Latency histograms: the rows as stored (per period and agent too), summed here
+        # -- a GROUP BY would sort as many rows as it returns.
         lat = self._latency_source(f)
         if lat is not None:
-            lk = [lat.c.session_id, lat.c.customer_id, lat.c.tool, lat.c.bucket]
-            hist = sa.select(*lk, _sum(lat.c.calls)).where(lat.c.tool != "").group_by(*lk)
-            for sess, cust, tool, b, n in self._fetch(hist):
+            lk = [lat.c.session_id, lat.c.customer_id, lat.c.tool, lat.c.bucket, lat.c.calls]
+            for sess, cust, tool, b, n in self._fetch(sa.select(*lk).where(lat.c.tool != "")):
                 if sessions:
-                    sacc = by_session.get((_none(sess), str(tool)))
+                    sacc = by_session.get((sess or None, tool))
                     if sacc is not None:
-                        sacc.hist[int(b)] = sacc.hist.get(int(b), 0) + int(n)
-                if customers and cust != "":
-                    cacc2 = by_customer.get((str(cust), str(tool)))
+                        h = sacc.hist
+                        h[b] = h.get(b, 0) + int(n)
+                if customers and cust:
+                    cacc2 = by_customer.get((cust, tool))
                     if cacc2 is not None:
-                        cacc2.hist[int(b)] = cacc2.hist.get(int(b), 0) + int(n)
+                        h = cacc2.hist
+                        h[b] = h.get(b, 0) + int(n)
         if sessions:
             self._recent(f, "session_id", by_session)
         if customers:
