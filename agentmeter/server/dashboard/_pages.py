@@ -420,6 +420,23 @@ def choose_bucket(view: View, span: tuple[datetime | None, datetime | None]) -> 
     return "hour" if length <= HOURLY_UP_TO else "day"
 
 
+def series_auto(
+    src: Source, view: View, by: str | None, **eq: str
+) -> tuple[str, SeriesRows | None]:
+    """(bucket, rows) of the range's time series. With ``auto`` and no start, the span
+    of the data decides: read by day (a few rows) and, if its first and last days are
+    at most HOURLY_UP_TO apart, again by hour -- cheaper than asking the raw events for the span."""
+    if view.bucket != "auto" or view.r.since is not None:
+        bucket = choose_bucket(view, (None, None))
+        return bucket, src.series(bucket, by, view.r, **eq)
+    rows = src.series("day", by, view.r, **eq)
+    if rows:
+        first, last = rows[0][0], rows[-1][0]
+        if last - first <= HOURLY_UP_TO:  # at most 4 calendar days: 96 bars or fewer
+            return "hour", src.series("hour", by, view.r, **eq)
+    return "day", rows
+
+
 @dataclass
 class Chart:
     buckets: list[datetime]
@@ -581,10 +598,6 @@ Page = tuple[str, str]  # (heading, body HTML)
 
 def overview_page(src: Source, view: View) -> Page:
     r = view.r
-    span: tuple[datetime | None, datetime | None] = (None, None)
-    if not src.live and view.bucket == "auto" and r.since is None:
-        span = src.time_range()
-    bucket = choose_bucket(view, span)
     jobs: dict[str, Callable[[], Any]] = {
         "n_sessions": lambda: src.count_keys("session", r),
         "n_customers": lambda: src.count_keys("customer", r),
@@ -592,12 +605,12 @@ def overview_page(src: Source, view: View) -> Page:
         "agents": lambda: src.top("agent", r, TOP),
         "models": lambda: src.top("model", r, TOP),
         "tools": lambda: src.tools(r),
-        "series": lambda: src.series(bucket, view.stack, r),
+        "series": lambda: series_auto(src, view, view.stack),
     }
     if src.live:
         jobs["totals"] = lambda: src.totals(r)
     got = run_all(src, jobs)
-    rows: SeriesRows | None = got["series"]
+    bucket, rows = got["series"]
     # A database's series groups add up to its totals (events without the key are the
     # None group): one read less than asking for the totals apart.
     totals: Usage = got["totals"] if rows is None else sum((u for _, _, u in rows), Usage())
@@ -839,17 +852,14 @@ def session_page(src: Source, view: View) -> Page:
 def customer_page(src: Source, view: View) -> Page:
     cid = _need_id(view, "customer")
     c = src.customer(cid, view.r)
-    span: tuple[datetime | None, datetime | None] = (None, None)
-    if not src.live and view.bucket == "auto" and view.r.since is None:
-        span = src.time_range()
     out: list[str] = [] if src.live else [picker(view, hidden={"id": cid})]
     out.append(range_note(view, src))
     out.append(
         cards([*usage_cards(c.usage), ("sessions", "sessions", fmt_count(len(c.by_session)), "")])
     )
     if not src.live:
-        bucket = choose_bucket(view, span)
-        chart = gather(src.series(bucket, "model", view.r, customer=cid) or [], bucket, view)
+        bucket, rows = series_auto(src, view, "model", customer=cid)
+        chart = gather(rows or [], bucket, view)
         if chart is not None:
             out.append(
                 figure(
