@@ -13,7 +13,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _harness import table
 
-MODULES = ["bench_core", "bench_langchain", "bench_llamaindex", "bench_storage", "bench_scaleout"]
+MODULES = [
+    "bench_core",
+    "bench_langchain",
+    "bench_llamaindex",
+    "bench_storage",
+    "bench_store_reads",
+    "bench_dashboard",
+    "bench_scaleout",
+]
 
 
 def main(argv: list[str]) -> int:
