@@ -296,13 +296,27 @@ def _json(value: Any) -> str | None:
         return json.dumps(repr(value))
 
 
+_TAGS_JSON: dict[tuple[Any, ...], str] = {}  # tag sets repeat: dump each once
+
+
 def tags_json(tags: Any) -> str | None:
     """Tags as canonical JSON (sorted keys, no spaces); ``None`` for no tags."""
     if not tags:
         return None
-    return json.dumps(
-        {str(k): str(v) for k, v in tags.items()}, sort_keys=True, separators=(",", ":")
-    )
+    try:
+        key = tuple(tags.items())
+        text = _TAGS_JSON.get(key)
+    except TypeError:  # an unhashable value: not cached
+        key, text = (), None
+    if text is None:
+        text = json.dumps(
+            {str(k): str(v) for k, v in tags.items()}, sort_keys=True, separators=(",", ":")
+        )
+        if key:
+            if len(_TAGS_JSON) >= 4096:
+                _TAGS_JSON.clear()
+            _TAGS_JSON[key] = text
+    return text
 
 
 def tag_patterns(key: str, value: str) -> tuple[str, str]:
