@@ -17,7 +17,8 @@ Run ``python benchmarks/bench_store_reads.py [--quick]``; prints a markdown tabl
   (``RollupWriter.write``: raw insert with ``RETURNING``, rollup upserts), cached
   under ``$TMPDIR/agentmeter-bench/`` by size and schema version (a 10M build
   takes minutes; never in the repository).
-- **A read's time**: best of 5 after one warm-up, in this process, on an open
+- **A read's time**: best of 7 after one warm-up, the two databases read in turn
+  (a change of load hits both alike), in this process, on an open
   ``UsageStore`` (``totals()``, ``snapshot()``, ``by("customer")``,
   ``timeseries("day")``, ``tool_stats()``), ``agentmeter report`` (``cli.main``
   with stdout captured: open, read, format, print) and ``GET /api/v1/usage``
@@ -199,64 +200,79 @@ def _build(path: Path, n: int, days: int) -> None:
         Path(f"{tmp}{suffix}").unlink(missing_ok=True)
 
 
-def _best(fn: Callable[[], object], repeat: int = 5) -> tuple[float, float]:
-    """(wall, process CPU) seconds of one call, each the best of ``repeat``, after a
-    warm-up (the page cache, the first connection)."""
-    fn()
-    wall = cpu = math.inf
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
+def _interleaved(fns: list[Callable[[], object]], repeat: int = 7) -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds of one call of each function, each the best of
+    ``repeat``, the functions called in turn (so that a change of the machine's load
+    hits them alike), after a warm-up call each (page cache, first connection)."""
+    for fn in fns:
         fn()
-        wall = min(wall, time.perf_counter() - t0)
-        cpu = min(cpu, time.process_time() - c0)
-    return wall, cpu
+    best = [(math.inf, math.inf) for _ in fns]
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            best[i] = (min(best[i][0], wall), min(best[i][1], cpu))
+    return best
 
 
-def measure(path: Path) -> dict[str, tuple[float, float]]:
-    """(wall, CPU) seconds per read over the database at ``path``."""
+def measure(paths: list[Path]) -> list[dict[str, tuple[float, float]]]:
+    """(wall, CPU) seconds per read over each database, measured interleaved."""
     from fastapi.testclient import TestClient
 
     from agentmeter import cli
     from agentmeter.server import create_app
     from agentmeter.storage import UsageStore
 
-    out: dict[str, tuple[float, float]] = {}
-    with UsageStore(path) as store:
-        out["UsageStore.totals()"] = _best(store.totals)
-        out["UsageStore.snapshot()"] = _best(store.snapshot)
-        out['UsageStore.by("customer")'] = _best(lambda: store.by("customer"))
-        out['UsageStore.timeseries("day", by="model")'] = _best(
-            lambda: store.timeseries("day", by="model")
-        )
-        out["UsageStore.tool_stats()"] = _best(store.tool_stats)
-        since = START + 7 * 86400 + 1234.5  # partial hours at both ends
-        out["UsageStore.totals(since, until) not on hours"] = _best(
-            lambda: store.totals(since, since + 3 * 86400)
-        )
+    since = START + 7 * 86400 + 1234.5  # partial hours at both ends
+    out: list[dict[str, tuple[float, float]]] = [{} for _ in paths]
+    stores = [UsageStore(p) for p in paths]
+    exits = contextlib.ExitStack()
+    clients = [exits.enter_context(TestClient(create_app(db_url=str(p)))) for p in paths]
+    try:
+        reads: dict[str, Callable[[UsageStore], object]] = {
+            "UsageStore.totals()": lambda st: st.totals(),
+            "UsageStore.snapshot()": lambda st: st.snapshot(),
+            'UsageStore.by("customer")': lambda st: st.by("customer"),
+            'UsageStore.timeseries("day", by="model")': lambda st: st.timeseries("day", by="model"),
+            "UsageStore.tool_stats()": lambda st: st.tool_stats(),
+            "UsageStore.totals(since, until) not on hours": lambda st: st.totals(
+                since, since + 3 * 86400
+            ),
+        }
+        for name, read in reads.items():
+            timed = _interleaved([lambda st=st, read=read: read(st) for st in stores])
+            for i, t in enumerate(timed):
+                out[i][name] = t
 
-    def report() -> None:
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
-            code = cli.main(["report", "--db", str(path), "-q"])
-        if code != 0:
-            raise RuntimeError(f"agentmeter report failed ({code})")
+        def report(path: Path) -> None:
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+                code = cli.main(["report", "--db", str(path), "-q"])
+            if code != 0:
+                raise RuntimeError(f"agentmeter report failed ({code})")
 
-    out["agentmeter report (cli.main, default sections)"] = _best(report)
-    with TestClient(create_app(db_url=str(path))) as client:
+        name = "agentmeter report (cli.main, default sections)"
+        for i, t in enumerate(_interleaved([lambda p=p: report(p) for p in paths])):
+            out[i][name] = t
 
-        def usage() -> None:
-            response = client.get("/api/v1/usage")
-            response.raise_for_status()
+        def usage(client: TestClient) -> None:
+            client.get("/api/v1/usage").raise_for_status()
 
-        out["GET /api/v1/usage (TestClient)"] = _best(usage)
+        name = "GET /api/v1/usage (TestClient)"
+        for i, t in enumerate(_interleaved([lambda c=c: usage(c) for c in clients])):
+            out[i][name] = t
+    finally:
+        for st in stores:
+            st.close()
+        exits.close()
     return out
 
 
 def rows(quick: bool = False) -> list[dict[str, str]]:
     """The benchmark rows: operation, measured, anchor, target, verdict."""
     large = 1_000_000 if quick else 10_000_000
-    small_db, large_db = database(100_000), database(large)
-    small, big = measure(small_db), measure(large_db)
+    small, big = measure([database(100_000), database(large)])
     label = f"{large / 1e6:.0f}M"
     table = []
     load = os.getloadavg()[0]
