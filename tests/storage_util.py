@@ -355,6 +355,34 @@ def rollup_mismatches(url: str) -> dict[str, Any]:
             f"FROM agentmeter_rollup_latency{suffix}",
         )
 
+    # The global (session-free) daily tables: the same GROUP BY with the session blanked.
+    p_main, p_tags = daily.format(h=hour), daily.format(h=t_hour)
+    gkey = key.replace("session_id", "''")
+    queries["rollup_global"] = (
+        cat.format(
+            q=raw_main.replace(f"SELECT {hour} AS h", f"SELECT {p_main} AS h").replace(
+                "coalesce(session_id, '')", "''"
+            )
+        ),
+        f"SELECT day, {gkey}, {counter_cols} FROM agentmeter_rollup_global",
+    )
+    queries["tags_global"] = (
+        cat.format(
+            q=raw_tags.replace(f"{t_hour} AS h", f"{p_tags} AS h").replace(
+                "coalesce(e.session_id, '')", "''"
+            )
+        ),
+        f"SELECT tag_key, tag_value, day, {gkey}, {counter_cols} "
+        "FROM agentmeter_rollup_tags_global",
+    )
+    queries["latency_global"] = (
+        raw_lat.replace(f"SELECT {hour},", f"SELECT {p_main},").replace(
+            "coalesce(session_id, '')", "''"
+        ),
+        "SELECT day, customer_id, '', agent_id, tool, bucket, calls "
+        "FROM agentmeter_rollup_latency_global",
+    )
+
     from decimal import Decimal
 
     def norm(rows: Any) -> set[tuple[Any, ...]]:

@@ -63,6 +63,7 @@ from .schema import (
     DAY,
     DIMS,
     EVENTS,
+    GLOBAL,
     HOUR,
     HOURLY,
     LLM_KINDS,
@@ -357,7 +358,11 @@ class UsageStore:
         table = level.main if tag is None else level.tags
         t = table.c
         period = t[level.period]
-        cols = [period.label("hour"), *(t[d] for d in DIMS), *(t[c] for c in COUNTERS)]
+        cols = [
+            period.label("hour"),
+            *(t[d] if d in level.dims else sa.literal("").label(d) for d in DIMS),
+            *(t[c] for c in COUNTERS),
+        ]
         conds: list[Any] = [t[col] == value for col, value in f.eq]
         if lo is not None:
             conds.append(period >= lo)
@@ -382,12 +387,14 @@ class UsageStore:
         return True, h_lo, h_hi
 
     def _plan(
-        self, f: _Filter, finest: str = "day"
+        self, f: _Filter, finest: str = "day", session: bool = True
     ) -> tuple[list[tuple[Level, int | None, int | None]], list[tuple[int | None, int | None]]]:
         """How to read ``f``'s time range: rollup segments ``(level, lo, hi)`` -- whole
-        days from the daily tables, the other whole hours from the hourly ones -- and
-        raw-event segments ``(hour_lo, hour_hi)`` for the partial hours at the ends.
-        Callers check :meth:`_split` first (no whole hour: raw events only)."""
+        days from the daily tables (the global, session-free ones when the read needs no
+        session: ``session=False`` and no session filter), the other whole hours from
+        the hourly ones -- and raw-event segments ``(hour_lo, hour_hi)`` for the
+        partial hours at the ends. Callers check :meth:`_split` first (no whole hour:
+        raw events only)."""
         _, h_lo, h_hi = self._split(f)
         raw: list[tuple[int | None, int | None]] = []
         if f.lo is not None and h_lo is not None and f.lo < h_lo:
@@ -400,14 +407,17 @@ class UsageStore:
         d_hi = None if h_hi is None else h_hi // DAY * DAY
         if d_lo is not None and d_hi is not None and d_lo >= d_hi:
             return [(HOURLY, h_lo, h_hi)], raw
-        segs: list[tuple[Level, int | None, int | None]] = [(DAILY, d_lo, d_hi)]
+        days = DAILY if session or f.value("session_id") is not None else GLOBAL
+        segs: list[tuple[Level, int | None, int | None]] = [(days, d_lo, d_hi)]
         if h_lo is not None and d_lo is not None and h_lo < d_lo:
             segs.append((HOURLY, h_lo, d_lo))
         if h_hi is not None and d_hi is not None and d_hi < h_hi:
             segs.append((HOURLY, d_hi, h_hi))
         return segs, raw
 
-    def _source(self, f: _Filter, tag_key: str | None = None, finest: str = "day") -> _Src:
+    def _source(
+        self, f: _Filter, tag_key: str | None = None, finest: str = "day", session: bool = True
+    ) -> _Src:
         """Rows shaped like rollup rows covering exactly the events matching ``f``."""
         # Which rollup answers: the main one without tags; the tag rollup for one pair
         # (the filter's, or the by-dimension's key); none for several pairs.
@@ -427,7 +437,7 @@ class UsageStore:
         if not rollups:
             part = self._raw_part(f, tag_key)
             return _Src(part.subquery("src"))
-        segs, raws = self._plan(f, finest)
+        segs, raws = self._plan(f, finest, session)
         parts: list[Any] = [
             self._rollup_part(f, tag, level, lo, hi, tag_key is not None) for level, lo, hi in segs
         ]
@@ -435,7 +445,7 @@ class UsageStore:
         sel: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
         return _Src(sel.subquery("src"))
 
-    def _latency_source(self, f: _Filter) -> _Src | None:
+    def _latency_source(self, f: _Filter, session: bool = True) -> _Src | None:
         """Tool calls per hour / customer / session / agent / tool / latency bucket."""
         if f.value("model") is not None or f.value("provider") is not None:
             return None  # tool calls have neither
@@ -457,11 +467,12 @@ class UsageStore:
 
         if f.tags or not self._split(f)[0]:
             return _Src(raw().subquery("lat"))
-        segs, raws = self._plan(f)
+        segs, raws = self._plan(f, session=session)
         parts: list[Any] = []
         for level, lo, hi in segs:
             t = level.latency.c
             period = t[level.period]
+            sess = t.session_id if "session_id" in level.latency_dims else sa.literal("")
             conds: list[Any] = [t[col] == value for col, value in f.eq]
             if lo is not None:
                 conds.append(period >= lo)
@@ -469,8 +480,8 @@ class UsageStore:
                 conds.append(period < hi)
             parts.append(
                 sa.select(
-                    period.label("hour"), t.customer_id, t.session_id, t.agent_id, t.tool,
-                    t.bucket, t.calls,
+                    period.label("hour"), t.customer_id, sess.label("session_id"), t.agent_id,
+                    t.tool, t.bucket, t.calls,
                 ).where(*conds)
             )  # fmt: skip
         parts += [raw(a, b) for a, b in raws]
@@ -559,7 +570,7 @@ class UsageStore:
             since, until, customer=customer, session=session, agent=agent, model=model,
             provider=provider, tool=tool, tags=tags,
         )  # fmt: skip
-        s = self._source(f)
+        s = self._source(f, session=False)
         return int(self._fetch(sa.select(_sum(s.c.events)))[0][0] or 0)
 
     def time_range(self) -> tuple[datetime | None, datetime | None]:
@@ -592,7 +603,7 @@ class UsageStore:
         return self._totals(f)
 
     def _totals(self, f: _Filter, conn: sa.Connection | None = None) -> Usage:
-        s = self._source(f)
+        s = self._source(f, session=False)
         return Usage.from_row(_row(self._fetch(sa.select(*self._usage_cols(s)), conn)[0]))
 
     def by(
@@ -622,7 +633,7 @@ class UsageStore:
             raise ValueError("limit and offset must be >= 0")
         tag_key = self._tag_key(dimension)
         self._check_dimension(dimension)
-        s = self._source(f, tag_key)
+        s = self._source(f, tag_key, session=dimension == "session")
         col, _ = self._dim_col(s, dimension)
         total = _sum(s.c.input_tokens + s.c.output_tokens)
         stmt = (
@@ -668,7 +679,7 @@ class UsageStore:
             provider=provider, tool=tool, tags=tags,
         )  # fmt: skip
         self._check_dimension(dimension)
-        s = self._source(f, self._tag_key(dimension))
+        s = self._source(f, self._tag_key(dimension), session=dimension == "session")
         col, _ = self._dim_col(s, dimension)
         stmt = sa.select(sa.func.count(sa.distinct(col))).where(col != "")
         return int(self._fetch(stmt)[0][0])
@@ -702,7 +713,7 @@ class UsageStore:
             since, until, customer=customer, session=session, agent=agent, model=model,
             provider=provider, tool=tool, tags=tags,
         )  # fmt: skip
-        s = self._source(f, finest=bucket)
+        s = self._source(f, finest=bucket, session=by == "session")
         when = s.c.hour if bucket == "hour" else s.c.hour - s.c.hour % DAY
         when = when.label("t")
         keys: list[Any] = [when]
@@ -916,7 +927,7 @@ class UsageStore:
         """``{tool: ToolStats}`` over every session, grouped by tool alone (no per-session
         work): calls, durations and histogram of the tool calls, usage of the calls made
         inside the tool, the category of its last call, its latest call ids by time."""
-        s = self._source(f)
+        s = self._source(f, session=False)
         c = s.c
         is_tool = [c.kind == "tool", c.tool != ""]
         accs: dict[str, _tools.ToolAcc] = {}
@@ -951,7 +962,7 @@ class UsageStore:
                     best[str(name)] = pick
             for name, (_, category) in best.items():
                 accs[name].category = category
-            lat = self._latency_source(f)
+            lat = self._latency_source(f, session=False)
             if lat is not None and accs:
                 lk = [lat.c.tool, lat.c.bucket]
                 hist = sa.select(*lk, _sum(lat.c.calls)).where(lat.c.tool != "").group_by(*lk)
@@ -1132,7 +1143,10 @@ class UsageStore:
         with self._engine.connect() as conn:
             self._begin_exclusive(conn)
             gone = self._totals(f, conn)
-            n = int(self._fetch(sa.select(_sum(self._source(f).c.events)), conn)[0][0] or 0)
+            n = int(
+                self._fetch(sa.select(_sum(self._source(f, session=False).c.events)), conn)[0][0]
+                or 0
+            )
             rollups, h_lo, h_hi = self._split(f)
             hours: set[int] = set()  # deleted in part: rebuilt from the events left
             days: set[int] = set()  # deleted in part: rebuilt from the hourly rows left
@@ -1151,20 +1165,39 @@ class UsageStore:
                 hours = {hour_of(b) for b in (f.lo, f.hi) if b is not None}
             days |= {day_of_hour(h) for h in hours}
 
-            def delete(table: sa.Table, period: str, lo: int | None, hi: int | None) -> None:
-                t = table.c
+            # The global (session-free) days: without a session filter, whole days go
+            # like the daily ones; with one, every day the session touched is rebuilt
+            # from the daily rows left (the global rows cannot tell sessions apart).
+            g_eq = [(c, v) for c, v in f.eq if c in GLOBAL.dims]
+            by_session = len(g_eq) < len(f.eq)
+            g_days = set(days)
+            if by_session and whole_days is not None:
+                t = DAILY.main.c
                 conds = [t[col] == value for col, value in f.eq]
+                if whole_days[0] is not None:
+                    conds.append(t.day >= whole_days[0])
+                if whole_days[1] is not None:
+                    conds.append(t.day < whole_days[1])
+                found = self._fetch(sa.select(t.day).where(*conds).distinct(), conn)
+                g_days |= {int(r[0]) for r in found}
+
+            def conds_of(table: sa.Table, eq: list[tuple[str, str]]) -> list[Any]:
+                return [table.c[col] == value for col, value in eq]
+
+            def delete(
+                table: sa.Table, period: str, lo: int | None, hi: int | None, eq: Any = f.eq
+            ) -> None:
+                conds = conds_of(table, eq)
                 if lo is not None:
-                    conds.append(t[period] >= lo)
+                    conds.append(table.c[period] >= lo)
                 if hi is not None:
-                    conds.append(t[period] < hi)
+                    conds.append(table.c[period] < hi)
                 conn.execute(table.delete().where(*conds))
 
-            def delete_in(table: sa.Table, period: str, starts: set[int]) -> None:
+            def delete_in(table: sa.Table, period: str, starts: set[int], eq: Any = f.eq) -> None:
                 if starts:
-                    t = table.c
-                    eq = [t[col] == value for col, value in f.eq]
-                    conn.execute(table.delete().where(*eq, t[period].in_(sorted(starts))))
+                    conds = conds_of(table, eq)
+                    conn.execute(table.delete().where(*conds, table.c[period].in_(sorted(starts))))
 
             for table in HOURLY.tables:
                 if rollups:
@@ -1174,6 +1207,10 @@ class UsageStore:
                 if whole_days is not None:
                     delete(table, "day", *whole_days)
                 delete_in(table, "day", days)
+            for table in GLOBAL.tables:
+                if whole_days is not None and not by_session:
+                    delete(table, "day", *whole_days, eq=g_eq)
+                delete_in(table, "day", g_days, eq=g_eq)
             conn.execute(EVENTS.delete().where(*self._raw_conds(f), *self._time_cond(f)))
             writer = self._writer or RollupWriter(self._engine.dialect)
             self._writer = writer
@@ -1188,17 +1225,20 @@ class UsageStore:
                     ((int(r[0]), tuple(r[1:])) for r in self._fetch(rest, conn)),
                     daily=False,
                 )
+
+            def rows_in_days(
+                table: sa.Table, period: str, starts: set[int], eq: Any
+            ) -> list[Sequence[Any]]:
+                p = table.c[period]
+                in_days = sa.or_(*(sa.and_(p >= d, p < d + DAY) for d in sorted(starts)))
+                return self._fetch(sa.select(table).where(*conds_of(table, eq), in_days), conn)
+
             if days:  # the days from their hourly rows (now up to date)
-
-                def hourly(table: sa.Table) -> list[Sequence[Any]]:
-                    t = table.c
-                    eq = [t[col] == value for col, value in f.eq]
-                    in_days = sa.or_(
-                        *(sa.and_(t.hour >= d, t.hour < d + DAY) for d in sorted(days))
-                    )
-                    return self._fetch(sa.select(table).where(*eq, in_days), conn)
-
-                writer.add_days(conn, *(hourly(t) for t in HOURLY.tables))
+                hourly = [rows_in_days(t, "hour", days, f.eq) for t in HOURLY.tables]
+                writer.add_rows(conn, HOURLY, DAILY, *hourly)
+            if g_days:  # the global days from the daily rows (now up to date)
+                daily = [rows_in_days(t, "day", g_days, g_eq) for t in DAILY.tables]
+                writer.add_rows(conn, DAILY, GLOBAL, *daily)
             conn.commit()
         return {
             "events": n,

@@ -29,6 +29,11 @@ Tables (SQLAlchemy Core, portable across SQLite and PostgreSQL):
   ``agentmeter_rollup_tags_daily``: the same three per UTC day (column ``day``),
   so that a read over weeks or months of history reads one row per day and key,
   not 24.
+- ``agentmeter_rollup_global``, ``agentmeter_rollup_latency_global``,
+  ``agentmeter_rollup_tags_global``: per UTC day *without* the session dimension,
+  for the reads that neither filter nor group by session (totals, by customer /
+  agent / model / tool, time series, tool statistics over all sessions): their
+  cost does not grow with the number of sessions, which grows with history.
 - ``agentmeter_schema``: a single row with the schema version. A database
   written by a newer agentmeter is refused with :class:`SchemaError` instead of
   being misread. (Alembic's own revision is kept in
@@ -56,6 +61,9 @@ __all__ = [
     "DAY",
     "DIMS",
     "EVENTS",
+    "GLOBAL",
+    "GLOBAL_DIMS",
+    "GLOBAL_LATENCY_DIMS",
     "HOUR",
     "HOURLY",
     "LATENCY_DIMS",
@@ -63,11 +71,14 @@ __all__ = [
     "LLM_KINDS",
     "ROLLUP",
     "ROLLUP_DAILY",
+    "ROLLUP_GLOBAL",
     "ROLLUP_LATENCY",
     "ROLLUP_LATENCY_DAILY",
+    "ROLLUP_LATENCY_GLOBAL",
     "ROLLUP_TABLES",
     "ROLLUP_TAGS",
     "ROLLUP_TAGS_DAILY",
+    "ROLLUP_TAGS_GLOBAL",
     "SCHEMA",
     "SCHEMA_VERSION",
     "Level",
@@ -183,75 +194,92 @@ def _counter_columns() -> list[sa.Column[Any]]:
     return cols
 
 
-def _rollup(name: str, period: str) -> sa.Table:
+def _rollup(name: str, period: str, dims: tuple[str, ...] = DIMS) -> sa.Table:
     return sa.Table(
         name,
         metadata,
         sa.Column(period, sa.BigInteger, nullable=False),
-        *_dim_columns(DIMS),
+        *_dim_columns(dims),
         *_counter_columns(),
-        sa.PrimaryKeyConstraint(period, *DIMS, name=f"pk_{name}"),
-        sa.Index(f"ix_{name}_session", "session_id", period),
+        sa.PrimaryKeyConstraint(period, *dims, name=f"pk_{name}"),
+        *([sa.Index(f"ix_{name}_session", "session_id", period)] if "session_id" in dims else []),
         sa.Index(f"ix_{name}_customer", "customer_id", period),
         sqlite_with_rowid=False,
     )
 
 
-def _latency(name: str, period: str) -> sa.Table:
+def _latency(name: str, period: str, dims: tuple[str, ...] = LATENCY_DIMS) -> sa.Table:
     return sa.Table(
         name,
         metadata,
         sa.Column(period, sa.BigInteger, nullable=False),
-        *_dim_columns(LATENCY_DIMS),
+        *_dim_columns(dims),
         sa.Column("bucket", sa.Integer, nullable=False),
         sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
-        sa.PrimaryKeyConstraint(period, *LATENCY_DIMS, "bucket", name=f"pk_{name}"),
-        sa.Index(f"ix_{name}_session", "session_id", period),
+        sa.PrimaryKeyConstraint(period, *dims, "bucket", name=f"pk_{name}"),
+        *([sa.Index(f"ix_{name}_session", "session_id", period)] if "session_id" in dims else []),
         sa.Index(f"ix_{name}_customer", "customer_id", period),
         sqlite_with_rowid=False,
     )
 
 
-def _tags(name: str, period: str) -> sa.Table:
+def _tags(name: str, period: str, dims: tuple[str, ...] = DIMS) -> sa.Table:
     return sa.Table(
         name,
         metadata,
         sa.Column("tag_key", sa.Text, nullable=False),
         sa.Column("tag_value", sa.Text, nullable=False),
         sa.Column(period, sa.BigInteger, nullable=False),
-        *_dim_columns(DIMS),
+        *_dim_columns(dims),
         *_counter_columns(),
-        sa.PrimaryKeyConstraint("tag_key", "tag_value", period, *DIMS, name=f"pk_{name}"),
+        sa.PrimaryKeyConstraint("tag_key", "tag_value", period, *dims, name=f"pk_{name}"),
         sqlite_with_rowid=False,
     )
 
 
 @dataclass(frozen=True)
 class Level:
-    """One rollup granularity: its period column (``hour`` / ``day``: the epoch of the
-    period's start), its length in seconds, and its three tables."""
+    """One rollup granularity: its name, its period column (``hour`` / ``day``: the
+    epoch of the period's start), its key dimensions (the global level has no
+    session), and its three tables."""
 
+    name: str
     period: str
-    seconds: int
     main: sa.Table
     latency: sa.Table
     tags: sa.Table
+    dims: tuple[str, ...] = DIMS
+    latency_dims: tuple[str, ...] = LATENCY_DIMS
 
     @property
     def tables(self) -> tuple[sa.Table, sa.Table, sa.Table]:
         return (self.main, self.latency, self.tags)
 
 
+GLOBAL_DIMS = tuple(d for d in DIMS if d != "session_id")
+GLOBAL_LATENCY_DIMS = tuple(d for d in LATENCY_DIMS if d != "session_id")
 ROLLUP = _rollup("agentmeter_rollup", "hour")
 ROLLUP_LATENCY = _latency("agentmeter_rollup_latency", "hour")
 ROLLUP_TAGS = _tags("agentmeter_rollup_tags", "hour")
 ROLLUP_DAILY = _rollup("agentmeter_rollup_daily", "day")
 ROLLUP_LATENCY_DAILY = _latency("agentmeter_rollup_latency_daily", "day")
 ROLLUP_TAGS_DAILY = _tags("agentmeter_rollup_tags_daily", "day")
-HOURLY = Level("hour", HOUR, ROLLUP, ROLLUP_LATENCY, ROLLUP_TAGS)
-DAILY = Level("day", DAY, ROLLUP_DAILY, ROLLUP_LATENCY_DAILY, ROLLUP_TAGS_DAILY)
-LEVELS = (HOURLY, DAILY)
-ROLLUP_TABLES = (*HOURLY.tables, *DAILY.tables)
+ROLLUP_GLOBAL = _rollup("agentmeter_rollup_global", "day", GLOBAL_DIMS)
+ROLLUP_LATENCY_GLOBAL = _latency("agentmeter_rollup_latency_global", "day", GLOBAL_LATENCY_DIMS)
+ROLLUP_TAGS_GLOBAL = _tags("agentmeter_rollup_tags_global", "day", GLOBAL_DIMS)
+HOURLY = Level("hourly", "hour", ROLLUP, ROLLUP_LATENCY, ROLLUP_TAGS)
+DAILY = Level("daily", "day", ROLLUP_DAILY, ROLLUP_LATENCY_DAILY, ROLLUP_TAGS_DAILY)
+GLOBAL = Level(
+    "global",
+    "day",
+    ROLLUP_GLOBAL,
+    ROLLUP_LATENCY_GLOBAL,
+    ROLLUP_TAGS_GLOBAL,
+    GLOBAL_DIMS,
+    GLOBAL_LATENCY_DIMS,
+)
+LEVELS = (HOURLY, DAILY, GLOBAL)
+ROLLUP_TABLES = (*HOURLY.tables, *DAILY.tables, *GLOBAL.tables)
 
 SCHEMA = sa.Table(
     "agentmeter_schema",

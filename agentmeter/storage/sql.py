@@ -27,7 +27,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain, count
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,9 @@ from .migrations import upgrade as ensure_schema
 from .schema import (
     COLUMNS,
     COUNTERS,
-    DIMS,
     EVENTS,
-    LATENCY_DIMS,
     LEVELS,
+    Level,
     day_of_hour,
     hour_of,
     to_row,
@@ -155,12 +154,12 @@ class RollupWriter:
         self._cols = ", ".join(quote(c) for c in COLUMNS)
         self._row_marks = "(" + ", ".join([self._mark] * len(COLUMNS)) + ")"
         self._inserts: dict[int, str] = {}
-        # Per level (hourly, daily): the upserts of its main, latency and tag tables.
+        # Per level (hourly, daily, global): the upserts of its main, latency and tag tables.
         self._sql: dict[str, tuple[str, str, str]] = {}
         for level in LEVELS:
             p = level.period
             t = quote(level.latency.name)
-            key = (p, *LATENCY_DIMS, "bucket")
+            key = (p, *level.latency_dims, "bucket")
             cols = ", ".join(quote(c) for c in (*key, "calls"))
             marks = ", ".join([self._mark] * (len(key) + 1))
             latency = (
@@ -168,10 +167,10 @@ class RollupWriter:
                 f"ON CONFLICT ({', '.join(quote(c) for c in key)}) "
                 f"DO UPDATE SET calls = {t}.calls + excluded.calls"
             )
-            self._sql[p] = (
-                self._upsert(level.main, (p, *DIMS)),
+            self._sql[level.name] = (
+                self._upsert(level.main, (p, *level.dims)),
                 latency,
-                self._upsert(level.tags, ("tag_key", "tag_value", p, *DIMS)),
+                self._upsert(level.tags, ("tag_key", "tag_value", p, *level.dims)),
             )
 
     def _upsert(self, table: sa.Table, key: tuple[str, ...]) -> str:
@@ -298,59 +297,104 @@ class RollupWriter:
                     tag_parts.setdefault((tag_key, tag_value, *key), []).append(counters)
         main = {k: _merge(v) for k, v in parts.items()}
         tag_rows = {k: _merge(v) for k, v in tag_parts.items()}
-        levels = [("hour", main, lat, tag_rows)]
-        if daily:  # the day of a row is the day of its hour
-            day_main: dict[tuple[Any, ...], list[list[Any]]] = {}
-            for k, c in main.items():
-                day_main.setdefault((day_of_hour(k[0]), *k[1:]), []).append(c)
-            day_tags: dict[tuple[Any, ...], list[list[Any]]] = {}
-            for k, c in tag_rows.items():
-                day_tags.setdefault((k[0], k[1], day_of_hour(k[2]), *k[3:]), []).append(c)
-            day_lat: dict[tuple[Any, ...], int] = {}
-            for k, n in lat.items():
-                dk = (day_of_hour(k[0]), *k[1:])
-                day_lat[dk] = day_lat.get(dk, 0) + n
+        levels: list[tuple[str, Any, Any, Any]] = [("hourly", main, lat, tag_rows)]
+        if daily:
+            # The day of a row is the day of its hour; the global rows drop the session.
+            day_main = _project(main, 0, _to_day)
+            day_tags = _project(tag_rows, 2, _to_day)
+            day_lat = _project_counts(lat, _to_day)
+            levels.append(("daily", day_main, day_lat, day_tags))
             levels.append(
                 (
-                    "day",
-                    {k: _merge(v) for k, v in day_main.items()},
-                    day_lat,
-                    {k: _merge(v) for k, v in day_tags.items()},
+                    "global",
+                    _project(day_main, 0, _no_session),
+                    _project_counts(day_lat, _no_session),
+                    _project(day_tags, 2, _no_session),
                 )
             )
         # Sorted keys, tables in one order: every writer locks rollup rows alike.
-        for period, m, lt, tg in levels:
-            main_sql, lat_sql, tags_sql = self._sql[period]
+        for name, m, lt, tg in levels:
+            main_sql, lat_sql, tags_sql = self._sql[name]
             conn.exec_driver_sql(main_sql, [(*k, *c) for k, c in sorted(m.items())])
             if lt:
                 conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(lt.items())])
             if tg:
                 conn.exec_driver_sql(tags_sql, [(*k, *c) for k, c in sorted(tg.items())])
 
-    def add_days(
+    def add_rows(
         self,
         conn: sa.Connection,
+        source: Level,
+        target: Level,
         main: Iterable[Sequence[Any]],
         latency: Iterable[Sequence[Any]],
         tags: Iterable[Sequence[Any]],
     ) -> None:
-        """Add hourly rollup rows (as stored: period, key, counters) to the daily tables
-        (used to rebuild the days a reset deleted partly)."""
-        main_sql, lat_sql, tags_sql = self._sql["day"]
+        """Add rollup rows as stored at ``source`` (period, key, counters) to the tables
+        of ``target`` (days from hours, the global key from the session one) -- how a
+        reset rebuilds the days it deleted in part."""
+        to_day = source.period == "hour" and target.period == "day"
+        pick = [source.dims.index(d) for d in target.dims]
+        lpick = [source.latency_dims.index(d) for d in target.latency_dims]
+        main_sql, lat_sql, tags_sql = self._sql[target.name]
+        width = len(source.dims)
         for rows, at, sql in ((main, 0, main_sql), (tags, 2, tags_sql)):
-            days: dict[tuple[Any, ...], list[Any]] = {}
-            width = at + 1 + len(DIMS)
+            merged: dict[tuple[Any, ...], list[Any]] = {}
             for r in rows:
-                key = (*r[:at], day_of_hour(int(r[at])), *r[at + 1 : width])
-                days.setdefault(key, []).append(r[width:])
-            if days:
-                conn.exec_driver_sql(sql, [(*k, *_merge(v)) for k, v in sorted(days.items())])
+                period = int(r[at])
+                dims = r[at + 1 : at + 1 + width]
+                key = (
+                    *r[:at],
+                    day_of_hour(period) if to_day else period,
+                    *(dims[i] for i in pick),
+                )
+                merged.setdefault(key, []).append(r[at + 1 + width :])
+            if merged:
+                conn.exec_driver_sql(sql, [(*k, *_merge(v)) for k, v in sorted(merged.items())])
         counts: dict[tuple[Any, ...], int] = {}
+        lwidth = len(source.latency_dims)
         for r in latency:
-            key = (day_of_hour(int(r[0])), *r[1:-1])
+            period = int(r[0])
+            dims = r[1 : 1 + lwidth]
+            key = (
+                day_of_hour(period) if to_day else period,
+                *(dims[i] for i in lpick),
+                r[1 + lwidth],
+            )
             counts[key] = counts.get(key, 0) + int(r[-1])
         if counts:
             conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(counts.items())])
+
+
+def _to_day(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
+    return (*key[:at], day_of_hour(key[at]), *key[at + 1 :])
+
+
+def _no_session(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
+    # The key is (period, customer, session, ...): the session follows the customer.
+    return (*key[: at + 2], *key[at + 3 :])
+
+
+def _project(
+    rows: dict[tuple[Any, ...], list[Any]],
+    at: int,
+    fn: Callable[[tuple[Any, ...], int], tuple[Any, ...]],
+) -> dict[tuple[Any, ...], list[Any]]:
+    """Counter rows re-keyed by ``fn`` (the period is key field ``at``) and merged."""
+    parts: dict[tuple[Any, ...], list[list[Any]]] = {}
+    for k, c in rows.items():
+        parts.setdefault(fn(k, at), []).append(c)
+    return {k: _merge(v) for k, v in parts.items()}
+
+
+def _project_counts(
+    counts: dict[tuple[Any, ...], int], fn: Callable[[tuple[Any, ...], int], tuple[Any, ...]]
+) -> dict[tuple[Any, ...], int]:
+    out: dict[tuple[Any, ...], int] = {}
+    for k, n in counts.items():
+        nk = fn(k, 0)
+        out[nk] = out.get(nk, 0) + n
+    return out
 
 
 def _merge(rows: Sequence[Sequence[Any]]) -> list[Any]:

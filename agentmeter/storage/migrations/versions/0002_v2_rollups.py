@@ -10,7 +10,8 @@ Create Date: 2026-12-01
 - ``agentmeter_rollup``, ``agentmeter_rollup_latency``, ``agentmeter_rollup_tags``
   (per hour) are created and filled from the existing events with one ``GROUP BY``
   each, in the same transaction: every stored event is counted once; their daily
-  twins (``*_daily``, per UTC day) are filled from the hourly rows.
+  twins (``*_daily``, per UTC day) are filled from the hourly rows, the global
+  ones (``*_global``, per day without the session) from the daily rows.
 - ``agentmeter_schema.version`` becomes 2.
 
 Frozen: a revision never imports agentmeter's live schema.
@@ -92,11 +93,22 @@ _TABLES = (
     "agentmeter_rollup_tags_daily",
     "agentmeter_rollup_latency_daily",
     "agentmeter_rollup_daily",
+    "agentmeter_rollup_tags_global",
+    "agentmeter_rollup_latency_global",
+    "agentmeter_rollup_global",
 )
+GLOBAL_DIMS = tuple(d for d in DIMS if d != "session_id")
+GLOBAL_LATENCY_DIMS = tuple(d for d in LATENCY_DIMS if d != "session_id")
 
 
-def _create(suffix: str, period: str) -> None:
-    """The three rollup tables of one granularity (``hour`` or ``day`` periods)."""
+def _create(
+    suffix: str,
+    period: str,
+    dims: tuple[str, ...] = DIMS,
+    latency_dims: tuple[str, ...] = LATENCY_DIMS,
+) -> None:
+    """The three rollup tables of one granularity (``hour`` or ``day`` periods; the
+    global ones without the session)."""
     main, latency, tags = (
         f"agentmeter_rollup{suffix}",
         f"agentmeter_rollup_latency{suffix}",
@@ -105,32 +117,34 @@ def _create(suffix: str, period: str) -> None:
     op.create_table(
         main,
         sa.Column(period, sa.BigInteger, nullable=False),
-        *_dims(DIMS),
+        *_dims(dims),
         *_counters(),
-        sa.PrimaryKeyConstraint(period, *DIMS, name=f"pk_{main}"),
+        sa.PrimaryKeyConstraint(period, *dims, name=f"pk_{main}"),
         sqlite_with_rowid=False,
     )
-    op.create_index(f"ix_{main}_session", main, ["session_id", period])
+    if "session_id" in dims:
+        op.create_index(f"ix_{main}_session", main, ["session_id", period])
     op.create_index(f"ix_{main}_customer", main, ["customer_id", period])
     op.create_table(
         latency,
         sa.Column(period, sa.BigInteger, nullable=False),
-        *_dims(LATENCY_DIMS),
+        *_dims(latency_dims),
         sa.Column("bucket", sa.Integer, nullable=False),
         sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
-        sa.PrimaryKeyConstraint(period, *LATENCY_DIMS, "bucket", name=f"pk_{latency}"),
+        sa.PrimaryKeyConstraint(period, *latency_dims, "bucket", name=f"pk_{latency}"),
         sqlite_with_rowid=False,
     )
-    op.create_index(f"ix_{latency}_session", latency, ["session_id", period])
+    if "session_id" in latency_dims:
+        op.create_index(f"ix_{latency}_session", latency, ["session_id", period])
     op.create_index(f"ix_{latency}_customer", latency, ["customer_id", period])
     op.create_table(
         tags,
         sa.Column("tag_key", sa.Text, nullable=False),
         sa.Column("tag_value", sa.Text, nullable=False),
         sa.Column(period, sa.BigInteger, nullable=False),
-        *_dims(DIMS),
+        *_dims(dims),
         *_counters(),
-        sa.PrimaryKeyConstraint("tag_key", "tag_value", period, *DIMS, name=f"pk_{tags}"),
+        sa.PrimaryKeyConstraint("tag_key", "tag_value", period, *dims, name=f"pk_{tags}"),
         sqlite_with_rowid=False,
     )
 
@@ -161,6 +175,7 @@ def upgrade() -> None:
             op.drop_table(name)
     for suffix, period in (("", "hour"), ("_daily", "day")):
         _create(suffix, period)
+    _create("_global", "day", GLOBAL_DIMS, GLOBAL_LATENCY_DIMS)
 
     # Backfill: every stored event once, by the writer's own hour arithmetic; the
     # days from the hours (the day of an event is the day of its hour).
@@ -209,12 +224,31 @@ def upgrade() -> None:
         f"SELECT {day}, {lat_key}, bucket, sum(calls) FROM agentmeter_rollup_latency "
         "GROUP BY 1, 2, 3, 4, 5, 6"
     )
+    gkey = ", ".join(GLOBAL_DIMS)
+    glat = ", ".join(GLOBAL_LATENCY_DIMS)
+    op.execute(
+        f"INSERT INTO agentmeter_rollup_global (day, {gkey}, {COUNTER_COLS}) "
+        f"SELECT day, {gkey}, {merged} FROM agentmeter_rollup_daily "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7"
+    )
+    op.execute(
+        f"INSERT INTO agentmeter_rollup_tags_global (tag_key, tag_value, day, {gkey}, "
+        f"{COUNTER_COLS}) SELECT tag_key, tag_value, day, {gkey}, {merged} "
+        "FROM agentmeter_rollup_tags_daily GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
+    )
+    op.execute(
+        f"INSERT INTO agentmeter_rollup_latency_global (day, {glat}, bucket, calls) "
+        f"SELECT day, {glat}, bucket, sum(calls) FROM agentmeter_rollup_latency_daily "
+        "GROUP BY 1, 2, 3, 4, 5"
+    )
     # The category of the last event that named one (the event id kept in category_seq).
     for table in (
         "agentmeter_rollup",
         "agentmeter_rollup_tags",
         "agentmeter_rollup_daily",
         "agentmeter_rollup_tags_daily",
+        "agentmeter_rollup_global",
+        "agentmeter_rollup_tags_global",
     ):
         op.execute(
             f"UPDATE {table} SET category = coalesce((SELECT c.category FROM {EVENTS} c "
