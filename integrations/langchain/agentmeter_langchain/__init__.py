@@ -17,6 +17,8 @@ before it is sent::
 from __future__ import annotations
 
 from ._context import current_tool_run_id
+from ._quiet import install as _install_quiet_budget_stops
+from ._quiet import set_quiet_budget_stops
 from .embeddings import MeteredEmbeddings
 from .handler import AgentMeterCallbackHandler, UnreportedUsageWarning
 from .instrument import instrument, instrumented_handler, uninstrument
@@ -28,5 +30,10 @@ __all__ = [
     "current_tool_run_id",
     "instrument",
     "instrumented_handler",
+    "set_quiet_budget_stops",
     "uninstrument",
 ]
+
+# A budget refusal reaches the caller as BudgetExceeded, without LangChain's
+# "Error in ... callback" warning (see _quiet.py for why a logging filter).
+_install_quiet_budget_stops()
