@@ -28,6 +28,8 @@ from . import _default_tracker, _display, frames  # noqa: F401
 from .budget import Budget, BudgetStore, InMemoryBudgetStore, Reservation
 from .errors import AgentMeterError, BudgetExceeded, BudgetStoreUnavailable, NotFoundError
 from .models import (
+    BudgetAlert,
+    BudgetRefusal,
     BudgetStatus,
     CustomerUsage,
     SessionUsage,
@@ -67,6 +69,10 @@ current_scope = _default.current_scope
 check_budget = _default.check_budget
 release = _default.release
 set_budget = _default.set_budget
+budget_status = _default.budget_status
+subscribe_alerts = _default.subscribe_alerts
+unsubscribe_alerts = _default.unsubscribe_alerts
+set_tool_price = _default.set_tool_price
 set_price = _default.set_price
 configure = _default.configure
 snapshot = _default.snapshot
@@ -83,7 +89,9 @@ unsubscribe = _default.unsubscribe
 __all__ = [
     "AgentMeterError",
     "Budget",
+    "BudgetAlert",
     "BudgetExceeded",
+    "BudgetRefusal",
     "BudgetStatus",
     "BudgetStore",
     "BudgetStoreUnavailable",
@@ -101,6 +109,7 @@ __all__ = [
     "UsageCell",
     "UsageEvent",
     "__version__",
+    "budget_status",
     "check_budget",
     "close_session",
     "configure",
@@ -124,9 +133,12 @@ __all__ = [
     "session",
     "set_budget",
     "set_price",
+    "set_tool_price",
     "snapshot",
     "snapshot_and_reset",
     "subscribe",
+    "subscribe_alerts",
     "tool_stats",
     "unsubscribe",
+    "unsubscribe_alerts",
 ]

@@ -352,7 +352,11 @@ def budget_table(status: BudgetStatus) -> Table:
                 fmt_pct(share) if share is not None else DASH,
             ]
         )
-    state = "exhausted" if status.exhausted else "within limits"
+    state = status.state
+    if status.refused is not None:
+        state = f"refused a call ({status.refused.limit}, requested {status.refused.requested})"
+    if status.period is not None and status.resets_at is not None:
+        state += f"; {status.period} period, resets {status.resets_at.isoformat()}"
     return Table(
         headers=["limit", "max", "used", "reserved", "remaining", "% of max"],
         rows=rows,
@@ -489,7 +493,9 @@ def session_repr(s: SessionUsage) -> str:
     """``<SessionUsage 's1': 1,234 tokens, $0.0012, 3 LLM calls, 2 tool calls>``."""
     extra = ""
     if s.budget is not None:
-        extra = ", budget exhausted" if s.budget.exhausted else ", within budget"
+        extra = {"refused": ", budget refused a call", "exhausted": ", budget exhausted"}.get(
+            s.budget.state, ", within budget"
+        )
     return f"<SessionUsage {s.session_id!r}: {_summary(s.usage)}{extra}>"
 
 

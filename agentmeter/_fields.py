@@ -73,7 +73,8 @@ LAYOUTS: dict[str, tuple[int, ...]] = {
             "unpriced_calls",
         )
     ),
-    TOOL: tuple(INDEX[f] for f in ("failed_tool_calls", "tool_duration_ms")),
+    # A tool row's cost is its price per call (agentmeter.set_tool_price), 0 when unpriced.
+    TOOL: tuple(INDEX[f] for f in ("failed_tool_calls", "tool_duration_ms", "cost_micros")),
     CACHE: tuple(INDEX[f] for f in ("cache_hits", "cache_misses", "tokens_saved")),
 }
 COUNTS: dict[str, int | None] = {

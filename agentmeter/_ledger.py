@@ -1,24 +1,65 @@
-"""The tracker's budget bookkeeping: which budgets apply, reservations, settlement.
+"""The tracker's budget bookkeeping: which budgets apply, reservations, settlement, alerts.
 
 The numbers themselves live in a :class:`~agentmeter.BudgetStore`; this module
-decides which store keys a call touches (the budgets of the enclosing scopes and
-of the session), books reservations before calls and settles them after.
+decides which store keys a call touches, books reservations before calls and
+settles them after, and notices when a settled spend crossed an alert threshold.
+
+A call counts against:
+
+- the budgets of its enclosing scopes (``meter(budget=...)``);
+- its session's budget (its own, or the default session budget);
+- every budget set with :meth:`~agentmeter.Tracker.set_budget` on attribution keys
+  the call matches -- ``customer_id="acme"``, ``agent="planner"``, or several keys
+  at once (``customer_id="acme", model="gpt-4o"`` counts the calls matching both);
+- for a tool call, each of those budgets' ``tool_limits`` entry for the tool (a key
+  of its own, ``<budget key>/tool:<name>``).
+
+All of them are reserved all-or-nothing, so the tightest refuses. A budget with a
+period counts into the key of its current period (see :mod:`agentmeter._periods`).
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
-from .budget import ZERO, Budget, BudgetRef, BudgetStore, InMemoryBudgetStore, Reservation, Spend
+from . import _periods
+from .budget import (
+    _LIMIT_NAMES,
+    ZERO,
+    Budget,
+    BudgetRef,
+    BudgetStore,
+    InMemoryBudgetStore,
+    Reservation,
+    Spend,
+    _public,
+)
 from .budget import status as budget_status
-from .models import BudgetStatus
+from .errors import BudgetExceeded
+from .models import BudgetAlert, BudgetRefusal, BudgetStatus
 
 if TYPE_CHECKING:
     from .scope import Scope
 
-_PENDING_MAX = 65_536  # reservations awaiting settlement; the oldest is dropped past this
+logger = logging.getLogger("agentmeter")
+
+_PENDING_MAX = 65_536  # reservations awaiting settlement; the oldest is released past this
+
+# The attribution keys a budget can be set on, in the order keys are built from them.
+DIMS: tuple[str, ...] = ("session_id", "customer_id", "agent", "model", "tool")
+_KEY_WORD = {
+    "session_id": "session",
+    "customer_id": "customer",
+    "agent": "agent",
+    "model": "model",
+    "tool": "tool",
+}
 
 # The last reservation made without a call id in this thread / task: the next record
 # without a call id settles it (plain ``check_budget(); record_llm(...)`` code).
@@ -26,19 +67,48 @@ _UNNAMED: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
     "agentmeter_unnamed_reservation", default=None
 )
 
+AlertHandler = Callable[[list[BudgetAlert]], None]
+
+
+def _esc(value: str) -> str:
+    # Key separators inside a name must not make two budgets share a key.
+    return value.replace("%", "%25").replace("/", "%2F").replace("|", "%7C")
+
+
+def attr_ref(attribution: Mapping[str, str], budget: Budget) -> BudgetRef:
+    """The ref of a budget set on attribution keys (``{"customer_id": "acme"}``)."""
+    parts = [(d, attribution[d]) for d in DIMS if d in attribution]
+    key = "/".join(f"{_KEY_WORD[d]}:{_esc(v)}" for d, v in parts)
+    owner = " / ".join(f"{_KEY_WORD[d]} {v!r}" for d, v in parts)
+    return BudgetRef(key, owner, budget, budget.limits(), key, dict(parts), None, key)
+
 
 class BudgetLedger:
     """Budgets of one tracker. ``active`` is the hot path's "anything to do?" flag."""
 
     def __init__(
-        self, store: BudgetStore | None, default_budget: Budget | None, key_prefix: str
+        self,
+        store: BudgetStore | None,
+        default_budget: Budget | None,
+        key_prefix: str,
+        clock: _periods.Clock | None = None,
     ) -> None:
-        self.store: BudgetStore = store or InMemoryBudgetStore()
+        self.clock: _periods.Clock = clock or _periods.as_clock(None)
+        self.store: BudgetStore = store or InMemoryBudgetStore(clock=self.clock)
         self.default_budget = default_budget
         self.session_refs: dict[str, BudgetRef] = {}
+        # Budgets on other attribution keys: {dims: {values: ref}}, so finding the
+        # ones a call matches costs one dict lookup per combination of keys in use.
+        self.attr: dict[tuple[str, ...], dict[tuple[str, ...], BudgetRef]] = {}
         self.pending: dict[str, Reservation] = {}
         self.prefix = key_prefix
         self.active = default_budget is not None  # session budgets may apply
+        self.on_alerts: AlertHandler | None = None
+        self._windows: dict[str, BudgetRef] = {}  # base key -> ref of its current period
+        self._tool_refs: dict[tuple[str, str], BudgetRef] = {}  # (base, tool) -> limit ref
+        self._refusals: dict[str, tuple[float | None, BudgetRefusal]] = {}  # root base -> last
+        self._fired: dict[str, set[tuple[int, float]]] = {}  # period key -> thresholds fired
+        self._alert_lock = threading.Lock()
 
     def _drop(self, key: str) -> None:
         # A shared store (Redis) holds one budget for every process: one process
@@ -47,8 +117,8 @@ class BudgetLedger:
             self.store.drop(key)
 
     def update_active(self) -> None:
-        """Recompute :attr:`active` after the session or default budgets changed."""
-        self.active = self.default_budget is not None or bool(self.session_refs)
+        """Recompute :attr:`active` after the session, default or attribute budgets changed."""
+        self.active = self.default_budget is not None or bool(self.session_refs or self.attr)
 
     # -- which budgets apply ----------------------------------------------------
     def session_ref(self, session_id: str) -> BudgetRef | None:
@@ -60,23 +130,109 @@ class BudgetLedger:
             )
         return ref
 
-    def refs(self, scope: Scope | None, session_id: str | None) -> tuple[BudgetRef, ...]:
-        """Every budget a call in ``scope`` for ``session_id`` counts against."""
+    def refs(
+        self,
+        scope: Scope | None,
+        session_id: str | None,
+        customer_id: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        tool: str | None = None,
+        tool_call: bool = False,
+    ) -> tuple[BudgetRef, ...]:
+        """Every budget a call with this attribution counts against (current periods)."""
         refs = scope.budget_refs if scope is not None else ()
-        if self.active and session_id is not None:
-            ref = self.session_ref(session_id)
-            if ref is not None:
-                refs = (*refs, ref)
+        if self.active:
+            if session_id is not None:
+                ref = self.session_ref(session_id)
+                if ref is not None:
+                    refs = (*refs, ref)
+            if self.attr:
+                values = (session_id, customer_id, agent, model, tool)
+                for dims, table in self.attr.items():
+                    try:
+                        look = tuple(values[DIMS.index(d)] for d in dims)
+                    except ValueError:  # pragma: no cover - dims are always DIMS members
+                        continue
+                    if None in look:
+                        continue
+                    ref = table.get(look)  # type: ignore[arg-type]
+                    if ref is not None:
+                        refs = (*refs, ref)
+        if not refs:
+            return refs
+        if tool_call and tool is not None:
+            limited = tuple(
+                self._tool_ref(r, tool)
+                for r in refs
+                if r.budget.tool_limits and tool in r.budget.tool_limits
+            )
+            if limited:
+                refs = (*refs, *limited)
+        for r in refs:
+            if r.budget.period is not None:
+                now = self.clock()
+                return tuple(self._resolve(x, now) for x in refs)
         return refs
+
+    def _tool_ref(self, ref: BudgetRef, tool: str) -> BudgetRef:
+        """The ref of ``ref``'s limit on calls of ``tool`` (a key of its own)."""
+        base = ref.base or ref.key
+        cached = self._tool_refs.get((base, tool))
+        if cached is None:
+            limit = (ref.budget.tool_limits or {})[tool]
+            key = f"{base}/tool:{_esc(tool)}"
+            cached = BudgetRef(
+                key,
+                f"{ref.owner}, tool {tool!r}",
+                ref.budget,
+                Spend(-1, -1, -1, -1, -1, limit),
+                key,
+                {**ref.attribution, "tool": tool},
+                tool,
+                ref.root or base,
+            )
+            self._tool_refs[(base, tool)] = cached
+        return cached
+
+    def _resolve(self, ref: BudgetRef, now: float) -> BudgetRef:
+        """``ref`` for the period containing ``now`` (unchanged without a period)."""
+        budget = ref.budget
+        if budget.period is None:
+            return ref
+        base = ref.base or ref.key
+        cur = self._windows.get(base)
+        if cur is not None and cur.period_start <= now < cur.resets_at:  # type: ignore[operator]
+            return cur
+        start, end, iso = _periods.window(budget.period, budget.timezone, now)
+        new = dataclasses.replace(
+            ref,
+            key=f"{base}|{iso}",
+            base=base,
+            root=ref.root or base,
+            period_start=start,
+            resets_at=end,
+            expires_at=end + _periods.EXPIRY_MARGIN_S,
+        )
+        self._windows[base] = new
+        if cur is not None:
+            with self._alert_lock:
+                self._fired.pop(cur.key, None)  # the old period's alerts are done
+        return new
 
     def scope_ref(self, scope: Scope) -> BudgetRef:
         """A budget ref for a scope that has its own budget."""
         assert scope.budget is not None
+        key = f"scope:{self.prefix}{scope.uid}"
         return BudgetRef(
-            f"scope:{self.prefix}{scope.uid}",
+            key,
             f"scope {'/'.join(scope.path)!r}",
             scope.budget,
             scope.budget.limits(),
+            key,
+            {"scope": "/".join(scope.path)},
+            None,
+            key,
         )
 
     def scope_status(self, scope: Scope) -> BudgetStatus | None:
@@ -86,8 +242,68 @@ class BudgetLedger:
         return self.status(scope.budget_refs[-1])
 
     def drop_scope(self, scope: Scope) -> None:
-        """Forget a finished scope's budget state."""
-        self.store.drop(f"scope:{self.prefix}{scope.uid}")
+        """Forget a finished scope's budget state (its keys, its limit refs, its period)."""
+        base = f"scope:{self.prefix}{scope.uid}"
+        budget = scope.budget
+        bases = [base]
+        if budget is not None and budget.tool_limits:
+            for tool in budget.tool_limits:
+                bases.append(f"{base}/tool:{_esc(tool)}")
+                self._tool_refs.pop((base, tool), None)
+        for b in bases:
+            cur = self._windows.pop(b, None)
+            self.store.drop(b if cur is None else cur.key)
+            if cur is not None:
+                with self._alert_lock:
+                    self._fired.pop(cur.key, None)
+        self._refusals.pop(base, None)
+
+    # -- setting budgets ---------------------------------------------------------
+    def set_budget(
+        self,
+        attribution: Mapping[str, str],
+        budget: Budget | None,
+        spent_so_far: Callable[[], Spend] | None = None,
+    ) -> None:
+        """Attach (or with ``None`` remove) a budget on attribution keys."""
+        if set(attribution) == {"session_id"}:
+            self.set_session_budget(attribution["session_id"], budget, spent_so_far or _zero)
+            return
+        dims = tuple(d for d in DIMS if d in attribution)
+        values = tuple(attribution[d] for d in dims)
+        table = self.attr.get(dims)
+        old = table.pop(values, None) if table is not None else None
+        if old is not None:
+            self._forget(old)
+            if not table:
+                del self.attr[dims]
+        if budget is not None:
+            self.attr.setdefault(dims, {})[values] = attr_ref(attribution, budget)
+        self.update_active()
+
+    def _forget(self, ref: BudgetRef) -> None:
+        """A budget was replaced or removed: drop its keys (in a private store)."""
+        base = ref.base or ref.key
+        keys = [base]
+        for tool in ref.budget.tool_limits or ():
+            keys.append(f"{base}/tool:{_esc(tool)}")
+            self._tool_refs.pop((base, tool), None)
+        for k in keys:
+            cur = self._windows.pop(k, None)
+            self._drop(k if cur is None else cur.key)
+        self._refusals.pop(base, None)
+
+    def budget_for(self, attribution: Mapping[str, str]) -> BudgetRef | None:
+        """The budget set on exactly these attribution keys, if any."""
+        if set(attribution) == {"session_id"}:
+            return self.session_refs.get(attribution["session_id"])
+        dims = tuple(d for d in DIMS if d in attribution)
+        table = self.attr.get(dims)
+        return None if table is None else table.get(tuple(attribution[d] for d in dims))
+
+    def attribute_budgets(self) -> list[dict[str, str]]:
+        """The attribution of every budget set on keys other than a lone session."""
+        return [dict(ref.attribution) for table in self.attr.values() for ref in table.values()]
 
     # -- session budgets ---------------------------------------------------------
     def set_session_budget(
@@ -100,15 +316,15 @@ class BudgetLedger:
         store that other processes fed).
         """
         old = self.session_refs.pop(session_id, None)
-        if budget is None:
-            if old is not None:
-                self._drop(old.key)
-        else:
+        if old is not None:
+            self._forget(old)
+        if budget is not None:
             ref = _ref_for(session_id, budget)
-            if old is None and self.store.usage(ref.key)[0] == ZERO:
+            cur = self._resolve(ref, self.clock()) if ref.periodic else ref
+            if old is None and self.store.usage(cur.key)[0] == ZERO:
                 spent = spent_so_far()
                 if spent != ZERO:
-                    self.store.settle(ref.key, None, spent)
+                    self._settle_key(cur, None, spent)
             self.session_refs[session_id] = ref
         self.update_active()
 
@@ -116,7 +332,7 @@ class BudgetLedger:
         """Drop a closed session's budget."""
         ref = self.session_refs.pop(session_id, None)
         if ref is not None:
-            self._drop(ref.key)
+            self._forget(ref)
         self.update_active()
 
     def session_status(self, session_id: str) -> BudgetStatus | None:
@@ -125,9 +341,29 @@ class BudgetLedger:
         return None if ref is None else self.status(ref)
 
     def status(self, ref: BudgetRef) -> BudgetStatus:
-        """A budget's limits against its store's used and reserved amounts."""
-        used, reserved = self.store.usage(ref.key)
-        return budget_status(ref.owner, ref.budget, used, reserved)
+        """A budget's limits against its store's used and reserved amounts (this period)."""
+        budget = ref.budget
+        now = self.clock() if budget.period is not None else 0.0
+        cur = self._resolve(ref, now)
+        used, reserved = self.store.usage(cur.key)
+        extra: dict[str, tuple[int, int, int]] = {}
+        for tool, limit in (budget.tool_limits or {}).items():
+            t = self._resolve(self._tool_ref(ref, tool), now)
+            tu, tr = self.store.usage(t.key)
+            extra[f"tool_limits[{tool}]"] = (limit, tu[5], tr[5])
+        refused = self._refusals.get(cur.root or cur.key)
+        tz = budget.timezone
+        return budget_status(
+            ref.owner,
+            budget,
+            used,
+            reserved,
+            extra,
+            period=budget.period_label,
+            period_start=_periods.to_datetime(cur.period_start, tz),
+            resets_at=_periods.to_datetime(cur.resets_at, tz),
+            refused=refused[1] if refused is not None and refused[0] == cur.period_start else None,
+        )
 
     # -- reserve / release / settle ---------------------------------------------
     def reserve(
@@ -140,22 +376,54 @@ class BudgetLedger:
     ) -> Reservation:
         """Book ``request`` on every ref, all or nothing; raises BudgetExceeded."""
         done: list[BudgetRef] = []
+        store = self.store
         try:
             for ref in refs:
-                self.store.reserve(ref.key, ref.owner, ref.limits, request, rid)
+                if ref.expires_at is None:
+                    store.reserve(ref.key, ref.owner, ref.limits, request, rid)
+                else:
+                    store.reserve(
+                        ref.key, ref.owner, ref.limits, request, rid, expires_at=ref.expires_at
+                    )
                 done.append(ref)
+        except BudgetExceeded as exc:
+            for ref in done:
+                store.release(ref.key, rid)
+            self._refused(refs[len(done)], exc)
+            raise
         except BaseException:
             for ref in done:
-                self.store.release(ref.key, rid)
+                store.release(ref.key, rid)
             raise
         reservation = Reservation(rid, request, refs, release)
         pending = self.pending
         pending[rid] = reservation
         if len(pending) > _PENDING_MAX:
-            pending.pop(next(iter(pending)), None)
+            # Too many never settled: give the oldest back in the store too, so it
+            # neither leaks there nor counts against the budget until its TTL.
+            old = pending.pop(next(iter(pending)), None)
+            if old is not None:
+                for ref in old.refs:
+                    store.release(ref.key, old.call_id)
         if unnamed:
             _UNNAMED.set(reservation)
         return reservation
+
+    def _refused(self, ref: BudgetRef, exc: BudgetExceeded) -> None:
+        """Remember the refusal: the budget's status reports it for the rest of the period."""
+        try:
+            limit = exc.limit_name
+            if ref.tool is not None:
+                limit = f"tool_limits[{ref.tool}]"
+            refusal = BudgetRefusal(
+                limit=limit,
+                requested=exc.requested,
+                at=_periods.to_datetime(self.clock()),
+                message=str(exc),
+            )
+            self._refusals[ref.root or ref.base or ref.key] = (ref.period_start, refusal)
+        except Exception:  # bookkeeping must not mask the refusal itself
+            logger.exception("agentmeter: could not note a budget refusal")
 
     def release(self, rid: str) -> None:
         """Give back a reservation whose call was not made."""
@@ -165,9 +433,13 @@ class BudgetLedger:
                 self.store.release(ref.key, res.call_id)
 
     def settle(
-        self, scope: Scope | None, session_id: str | None, call_id: object, spend: Spend
+        self, scope: Scope | None, key: tuple[Any, ...], call_id: object, spend: Spend
     ) -> None:
-        """Count a finished call's spend, replacing its reservation if it had one."""
+        """Count a finished call's spend, replacing its reservation if it had one.
+
+        ``key`` is the recorder's row key of the call (its attribution). Alerts the
+        spend set off are delivered after every store operation, outside every lock.
+        """
         res = None
         if self.pending:
             if call_id is None:
@@ -177,16 +449,102 @@ class BudgetLedger:
                     res = self.pending.pop(unnamed.call_id, None)
             else:
                 res = self.pending.pop(str(call_id), None)
-        refs = self.refs(scope, session_id)
+        refs = self.refs(scope, key[0], key[7], key[3], key[1], key[4], spend[5] > 0)
+        alerts: list[BudgetAlert] | None = None
         if res is None:
             for ref in refs:
-                self.store.settle(ref.key, None, spend)
-            return
-        booked = {r.key for r in res.refs}
-        keyed = {r.key: r for r in (*refs, *res.refs)}
-        for key in keyed:
-            self.store.settle(key, res.call_id if key in booked else None, spend)
+                a = self._settle_key(ref, None, spend)
+                if a:
+                    alerts = a if alerts is None else alerts + a
+        else:
+            # The booked keys take the spend (even when the period rolled over since
+            # the call started); a budget that applies now but was not booked (set
+            # while the call was in flight) takes it without a reservation.
+            booked = {r.base or r.key for r in res.refs}
+            for ref in res.refs:
+                a = self._settle_key(ref, res.call_id, spend)
+                if a:
+                    alerts = a if alerts is None else alerts + a
+            for ref in refs:
+                if (ref.base or ref.key) not in booked:
+                    a = self._settle_key(ref, None, spend)
+                    if a:
+                        alerts = a if alerts is None else alerts + a
+        if alerts and self.on_alerts is not None:
+            self.on_alerts(alerts)
+
+    def _settle_key(self, ref: BudgetRef, rid: str | None, spend: Spend) -> list[BudgetAlert]:
+        store = self.store
+        if ref.expires_at is None:
+            used = store.settle(ref.key, rid, spend)
+        else:
+            used = store.settle(ref.key, rid, spend, expires_at=ref.expires_at)
+        if not ref.budget.alert_at:
+            return []
+        return self._crossed(ref, used, spend)
+
+    def _crossed(self, ref: BudgetRef, used: object, spend: Spend) -> list[BudgetAlert]:
+        """Alerts for the thresholds this spend made ``ref`` cross (each once a period)."""
+        budget = ref.budget
+        limits = ref.limits
+        fired = self._fired.get(ref.key)
+        n = len(budget.alert_at)
+        if fired is not None and len(fired) >= n * sum(1 for x in limits if x >= 0):
+            return []  # every threshold of every limit already fired this period
+        if not isinstance(used, Spend):
+            used = self.store.usage(ref.key)[0]
+        assert isinstance(used, Spend)
+        out: list[BudgetAlert] = []
+        crossed: list[tuple[int, float]] = []
+        for i, lim in enumerate(limits):
+            if lim < 0 or spend[i] <= 0:
+                continue
+            u = used[i]
+            for t in budget.alert_at:
+                if Decimal(u) >= Decimal(repr(t)) * lim:
+                    crossed.append((i, t))
+        if not crossed:
+            return out
+        with self._alert_lock:
+            fired = self._fired.setdefault(ref.key, set())
+            new = [c for c in crossed if c not in fired]
+            fired.update(new)
+        if not new:
+            return out
+        now = self.clock()
+        tz = budget.timezone
+        for i, t in new:
+            name = _LIMIT_NAMES[i] if ref.tool is None else f"tool_limits[{ref.tool}]"
+            out.append(
+                BudgetAlert(
+                    owner=ref.owner,
+                    key=dict(ref.attribution),
+                    limit=name,
+                    threshold=t,
+                    used=_public(i, used[i]),
+                    limit_value=_public(i, limits[i]),
+                    period=budget.period_label,
+                    period_start=_periods.to_datetime(ref.period_start, tz),
+                    resets_at=_periods.to_datetime(ref.resets_at, tz),
+                    at=_periods.to_datetime(now),
+                )
+            )
+        return out
+
+
+def _zero() -> Spend:
+    return ZERO
 
 
 def _ref_for(session_id: str, budget: Budget) -> BudgetRef:
-    return BudgetRef(f"session:{session_id}", f"session {session_id!r}", budget, budget.limits())
+    key = f"session:{session_id}"
+    return BudgetRef(
+        key,
+        f"session {session_id!r}",
+        budget,
+        budget.limits(),
+        key,
+        {"session_id": session_id},
+        None,
+        key,
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import AsyncGenerator, Callable, Generator
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _validate
@@ -34,6 +35,7 @@ class _Spec:
         "agent_id",
         "budget",
         "category",
+        "cost_usd",
         "customer_id",
         "name",
         "session_id",
@@ -53,6 +55,7 @@ class _Spec:
         category: str | None,
         customer_id: str | None = None,
         tags: dict[str, str] | None = None,
+        cost_usd: Decimal | float | None = None,
     ) -> None:
         self.tracker = tracker
         self.name = name
@@ -63,6 +66,7 @@ class _Spec:
         self.category = category
         self.customer_id = customer_id
         self.tags = tags
+        self.cost_usd = cost_usd
 
     def scope(self) -> Scope:
         return Scope(
@@ -215,6 +219,7 @@ def _start(spec: _Spec) -> ToolCall:
         agent_id=spec.agent_id,
         customer_id=spec.customer_id,
         tags=spec.tags,
+        cost_usd=spec.cost_usd,
     )
 
 
@@ -359,17 +364,28 @@ def metered_tool(
     budget: Budget | None = None,
     customer_id: str | None = None,
     tags: dict[str, str] | None = None,
+    cost_usd: Decimal | float | None = None,
 ) -> Any:
     """Implementation of :meth:`Tracker.metered_tool <agentmeter.Tracker.metered_tool>`."""
     tags = _check(session_id, agent_id, budget, customer_id, tags)
     if type(category) is not str:
         raise TypeError("category must be a str")
+    _validate.opt_cost_micros("cost_usd", cost_usd)
 
     def decorate(func: F) -> F:
         label = name or (func_or_name if isinstance(func_or_name, str) else None)
         label = label or getattr(func, "__name__", None) or repr(func)
         spec = _Spec(
-            tracker, label, session_id, agent_id, budget, label, category, customer_id, tags
+            tracker,
+            label,
+            session_id,
+            agent_id,
+            budget,
+            label,
+            category,
+            customer_id,
+            tags,
+            cost_usd,
         )
         return _wrap_tool(func, spec)  # type: ignore[return-value]
 

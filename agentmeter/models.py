@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
 __all__ = [
+    "BudgetAlert",
+    "BudgetRefusal",
     "BudgetStatus",
     "CustomerUsage",
     "SessionUsage",
@@ -235,8 +237,24 @@ class UsageCell(BaseModel):
     usage: Usage
 
 
+class BudgetRefusal(BaseModel):
+    """The last call a budget refused in its current period, and why."""
+
+    model_config = _FROZEN
+
+    limit: str = Field(description="The limit that refused, e.g. 'max_cost_usd'")
+    requested: int | Decimal = Field(description="What the refused call asked for")
+    at: datetime = Field(description="When it was refused")
+    message: str = Field(description="The BudgetExceeded message")
+
+
 class BudgetStatus(BaseModel):
-    """A budget's limits against what was spent and what calls in flight reserved."""
+    """A budget's limits against what was spent and what calls in flight reserved.
+
+    For a budget with a period, ``used`` / ``reserved`` / ``remaining`` are those
+    of the current period, which started at ``period_start`` and renews at
+    ``resets_at``. ``refused`` is the last call the budget refused in the period.
+    """
 
     model_config = _FROZEN
 
@@ -244,6 +262,10 @@ class BudgetStatus(BaseModel):
     limits: dict[str, int | Decimal]
     used: dict[str, int | Decimal]
     reserved: dict[str, int | Decimal]
+    period: str | None = Field(default=None, description="'day', 'week', 'month', '<n>s'")
+    period_start: datetime | None = None
+    resets_at: datetime | None = None
+    refused: BudgetRefusal | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -261,11 +283,51 @@ class BudgetStatus(BaseModel):
         """True when some limit has nothing left."""
         return any(v <= 0 for v in self.remaining.values())
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def state(self) -> str:
+        """``"refused"`` after a refusal this period, else ``"exhausted"`` / ``"within limits"``."""
+        if self.refused is not None:
+            return "refused"
+        return "exhausted" if self.exhausted else "within limits"
+
     def __str__(self) -> str:
         return _render.text("budget_text", self)
 
     def _repr_html_(self) -> str:
         return _render.text("budget_html", self)
+
+
+class BudgetAlert(BaseModel):
+    """A budget crossed one of its ``alert_at`` thresholds (fired once per period).
+
+    Delivered to the tracker's :meth:`~agentmeter.Tracker.subscribe_alerts`
+    callbacks and to every sink with an ``alert(alert)`` method, outside every
+    lock, after the spend that crossed the threshold was settled.
+    """
+
+    model_config = _FROZEN
+
+    owner: str = Field(description="What the budget belongs to, e.g. \"customer 'acme'\"")
+    key: dict[str, str] = Field(
+        description="The budget's attribution: session_id / customer_id / agent / model / "
+        "tool / scope"
+    )
+    limit: str = Field(description="The limit crossed, e.g. 'max_cost_usd'")
+    threshold: float = Field(description="The fraction of the limit crossed")
+    used: int | Decimal = Field(description="Spent so far in the period (dollars for cost)")
+    limit_value: int | Decimal
+    period: str | None = None
+    period_start: datetime | None = None
+    resets_at: datetime | None = None
+    at: datetime = Field(description="When the threshold was crossed")
+
+    def __str__(self) -> str:
+        when = f" ({self.period}, resets {self.resets_at.isoformat()})" if self.resets_at else ""
+        return (
+            f"budget of {self.owner}: {self.limit} at {self.threshold:.0%} "
+            f"(used {self.used} of {self.limit_value}){when}"
+        )
 
 
 class SessionUsage(BaseModel):

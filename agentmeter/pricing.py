@@ -280,6 +280,7 @@ class PriceBook:
         self._cache: dict[Any, ModelRates | None] = {}
         self._warned: set[str] = set()
         self._warn_lock = threading.Lock()
+        self._tool_prices: dict[str, int] = {}  # tool -> micro-USD per call
 
     def set_price(
         self,
@@ -322,6 +323,24 @@ class PriceBook:
         )
         self._overrides[(bare, prov)] = rates
         self._cache.clear()
+
+    def set_tool_price(self, tool: str, cost_usd: float | Decimal | int | None) -> None:
+        """Price every call of ``tool`` at ``cost_usd`` dollars (``None`` removes the price).
+
+        A priced tool's calls carry that cost (unless the record gives its own), it
+        counts in every aggregate the call belongs to, and a cost budget reserves
+        it before the tool runs.
+        """
+        _validate.name("tool", tool, optional=False)
+        micros = _validate.opt_cost_micros("cost_usd", cost_usd)
+        if micros is None:
+            self._tool_prices.pop(tool, None)
+        else:
+            self._tool_prices[tool] = micros
+
+    def tool_cost_micros(self, tool: str) -> int | None:
+        """A tool's price per call in micro-USD, ``None`` when it has none."""
+        return self._tool_prices.get(tool) if self._tool_prices else None
 
     def clear_overrides(self) -> None:
         """Forget every :meth:`set_price` override."""

@@ -19,13 +19,14 @@ any.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import weakref
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar, overload
 
-from . import _fields, _validate, _views, decorators
+from . import _fields, _periods, _validate, _views, decorators
 from ._events import EventBus, Sink, Subscriber, build_event
 from ._guard import swallow
 from ._ledger import BudgetLedger
@@ -33,6 +34,7 @@ from ._recorder import FOLD_AT, Key, Recorder
 from .budget import Budget, BudgetStore, Reservation, Spend
 from .errors import BudgetExceeded, NotFoundError
 from .models import (
+    BudgetAlert,
     BudgetStatus,
     CustomerUsage,
     SessionUsage,
@@ -45,6 +47,8 @@ from .pricing import PriceBook
 from .scope import STACK, Scope, innermost
 
 __all__ = ["Sink", "Subscriber", "Tracker"]
+
+logger = logging.getLogger("agentmeter")
 
 LLM, EMBEDDING, TOOL, CACHE = _fields.LLM, _fields.EMBEDDING, _fields.TOOL, _fields.CACHE
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
@@ -111,6 +115,10 @@ class Tracker:
     Args:
         budget_store: Where budget state lives (default: in this process's memory).
         default_session_budget: Budget given to every new session.
+        clock: What "now" is for budget periods, alerts and refusals: a callable
+            returning Unix seconds or an aware ``datetime`` (default
+            :func:`time.time`). Tests pass their own to drive time without sleeping;
+            the in-memory store the tracker creates uses it too (reservation TTL).
         dedup_window: How many recent ``call_id`` values are remembered to drop
             duplicates (bounded memory; duplicates arrive close together).
 
@@ -127,6 +135,7 @@ class Tracker:
         budget_store: BudgetStore | None = None,
         default_session_budget: Budget | None = None,
         dedup_window: int = 10_000,
+        clock: Callable[[], Any] | None = None,
     ) -> None:
         if budget_store is not None and not isinstance(budget_store, BudgetStore):
             raise TypeError("budget_store must implement the BudgetStore protocol")
@@ -137,7 +146,11 @@ class Tracker:
         self.prices = PriceBook()
         self._ids = itertools.count(1)
         self._id_prefix = _id_prefix()
-        self.ledger = BudgetLedger(budget_store, default_session_budget, self._id_prefix)
+        self.ledger = BudgetLedger(
+            budget_store, default_session_budget, self._id_prefix, _periods.as_clock(clock)
+        )
+        self._alert_subscribers: tuple[Callable[[BudgetAlert], object], ...] = ()
+        self.ledger.on_alerts = self._deliver_alerts
         _LIVE.add(self)  # a fork()ed child renames its call ids (see _after_fork)
 
     def renew_id_prefix(self) -> None:
@@ -186,6 +199,16 @@ class Tracker:
             cache_write_per_mtok=cache_write_per_mtok,
             provider=provider,
         )
+
+    def set_tool_price(self, tool: str, cost_usd: float | Decimal | int | None) -> None:
+        """Price each call of ``tool`` at ``cost_usd`` dollars (``None`` removes the price).
+
+        Agents pay per call for search APIs, scrapers and MCP servers: the cost lands
+        on the tool call's event and in every aggregate it belongs to (tool,
+        session, customer, agent, scope), and a cost budget reserves it before the
+        tool runs (through ``@metered_tool`` and ``start_tool``).
+        """
+        self.prices.set_tool_price(tool, cost_usd)
 
     # --------------------------------------------------------------- recording
     def record_llm(
@@ -308,6 +331,59 @@ class Tracker:
             _validate.metadata(metadata)
         if tags is not None:
             tags = _validate.tags(tags)
+        self._record_llm(
+            model,
+            input_tokens,
+            output_tokens,
+            cache_read_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
+            provider,
+            latency_ms,
+            cost,
+            call_id,
+            kind,
+            estimated,
+            session_id,
+            agent_id,
+            customer_id,
+            tool,
+            tags,
+            metadata,
+            ok,
+            error,
+        )
+
+    def _record_llm(
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int,
+        cache_write_tokens: int,
+        reasoning_tokens: int,
+        provider: str | None,
+        latency_ms: float | None,
+        cost: int | None,
+        call_id: object,
+        kind: str,
+        estimated: bool,
+        session_id: str | None,
+        agent_id: str | None,
+        customer_id: str | None,
+        tool: str | None,
+        tags: dict[str, str] | None,
+        metadata: dict[str, Any] | None,
+        ok: bool,
+        error: str | None,
+    ) -> None:
+        """:meth:`record_llm` after its checks, every argument positional.
+
+        The trusted entry of the calls in flight (``agentmeter.instrumentation``):
+        their arguments were checked when the call started and when it ended, so
+        they are not checked twice. Arguments must be as ``record_llm`` leaves them
+        (``cost`` in micro-dollars or ``None``: priced here; parts within wholes).
+        """
         try:
             # The hot path. The row key is cached per scope and model when nothing
             # overrides the scope's attribution, so folding groups rows by identity.
@@ -364,7 +440,7 @@ class Tracker:
             if ledger.active or ledger.pending or (scope is not None and scope.budget_refs):
                 ledger.settle(
                     scope,
-                    key[0],
+                    key,
                     call_id,
                     Spend(
                         input_tokens + output_tokens, input_tokens, output_tokens, cost or 0, 1, 0
@@ -491,6 +567,7 @@ class Tracker:
         tags: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
         error: str | None = None,
+        cost_usd: float | Decimal | None = None,
     ) -> None:
         """Record one tool call.
 
@@ -507,6 +584,9 @@ class Tracker:
             tags: Free-form ``{str: str}`` labels stored with the event.
             metadata: Free-form data passed to subscribers.
             error: Error description for a failed call.
+            cost_usd: What the call cost (a paid search API, a scraper, an MCP
+                server); default the tool's price (:meth:`set_tool_price`), else none.
+                It counts in the call's cost and every aggregate it belongs to.
         """
         _validate.name("tool", tool, optional=False)
         _validate.flag("ok", ok)
@@ -518,17 +598,20 @@ class Tracker:
         _validate.metadata(metadata)
         tags = _validate.tags(tags)
         error = _validate.error(error)
+        cost = _validate.opt_cost_micros("cost_usd", cost_usd)
         try:
             scope = self.current_scope()
             key = _key(scope, session_id, None, None, agent_id, tool, TOOL, customer_id)
             cid = str(call_id) if call_id is not None else self.new_call_id()
-            row = (key, 0 if ok else 1, duration_ms)
+            if cost is None:
+                cost = self.prices.tool_cost_micros(tool)
+            row = (key, 0 if ok else 1, duration_ms, cost or 0)
             rec = self.recorder
             if call_id is not None and not rec.first_time(call_id, row):
                 return
             rec.add_tool(key, tool, category, ok, duration_ms, cid)
             rec.append(row, None)
-            self._settle(scope, key, cid, Spend(0, 0, 0, 0, 0, 1))
+            self._settle(scope, key, cid, Spend(0, 0, 0, cost or 0, 0, 1))
             if self.events.listening:
                 self._emit(
                     cid,
@@ -540,7 +623,7 @@ class Tracker:
                     0,
                     0,
                     0,
-                    None,
+                    cost,
                     duration_ms,
                     key,
                     scope,
@@ -638,7 +721,7 @@ class Tracker:
         """Count a recorded call against its budgets, if any apply."""
         ledger = self.ledger
         if ledger.active or ledger.pending or (scope is not None and scope.budget_refs):
-            ledger.settle(scope, key[0], call_id, spend)
+            ledger.settle(scope, key, call_id, spend)
 
     def _emit(
         self,
@@ -794,7 +877,9 @@ class Tracker:
         cell_rows, tool_accs, found = self.recorder.customer(customer_id)
         if not found:
             raise NotFoundError("customer", customer_id)
-        return _views.customer_usage(customer_id, cell_rows, tool_accs, None)
+        ref = self.ledger.budget_for({"customer_id": customer_id})
+        budget = None if ref is None else self.ledger.status(ref)
+        return _views.customer_usage(customer_id, cell_rows, tool_accs, budget)
 
     def customers(self) -> list[str]:
         """Ids of the customers with recorded usage."""
@@ -937,6 +1022,7 @@ class Tracker:
         customer_id: str | None = None,
         budget: Budget | None = None,
         tags: dict[str, str] | None = None,
+        cost_usd: float | Decimal | None = None,
     ) -> Callable[[F], F]: ...
     def metered_tool(
         self,
@@ -950,13 +1036,16 @@ class Tracker:
         customer_id: str | None = None,
         budget: Budget | None = None,
         tags: dict[str, str] | None = None,
+        cost_usd: float | Decimal | None = None,
     ) -> Any:
         """Meter a tool function: calls, ok/failed, duration and the tokens spent inside.
 
         ``@metered_tool``, ``@metered_tool("web_search")``, ``@metered_tool(category="search")``.
         A failure is an exception raised by the tool (re-raised unchanged). When a
-        budget limits tool calls, a call over the limit raises
-        :class:`~agentmeter.BudgetExceeded` before the tool body runs.
+        budget limits tool calls (``max_tool_calls``, or ``tool_limits`` for this
+        tool) or cost, a call over the limit raises :class:`~agentmeter.BudgetExceeded`
+        before the tool body runs. ``cost_usd`` prices each call (default: the price
+        set with :meth:`set_tool_price`); a cost budget reserves it before the call.
         """
         return decorators.metered_tool(
             self,
@@ -968,29 +1057,103 @@ class Tracker:
             budget=budget,
             customer_id=customer_id,
             tags=tags,
+            cost_usd=cost_usd,
         )
 
     # ---------------------------------------------------------------- budgets
-    def set_budget(self, session_id: str, budget: Budget | None) -> None:
-        """Give a session a budget (``None`` removes it). Spend so far counts against it."""
-        _validate.name("session_id", session_id, optional=False)
+    def set_budget(
+        self,
+        session_id: str | None = None,
+        budget: Budget | None = None,
+        *,
+        customer_id: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        tool: str | None = None,
+    ) -> None:
+        """Attach a budget to attribution keys (``budget=None`` removes it).
+
+        ``set_budget("s1", Budget(...))`` gives a session a budget (its spend so far
+        in this process counts against it); ``set_budget(budget=..., customer_id=
+        "acme")`` a customer, and likewise ``agent``, ``model`` and ``tool``. With
+        several keys the budget counts only the calls matching all of them
+        (``customer_id="acme", model="gpt-4o"``). Every budget a call matches
+        applies at once -- with the enclosing scopes' -- and the tightest refuses.
+        A budget on other keys than a lone session starts from zero (or from what
+        its store already holds for the current period).
+        """
+        attribution = _attribution_of(session_id, customer_id, agent, model, tool)
         if budget is not None and not isinstance(budget, Budget):
             raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
+        if session_id is not None and len(attribution) == 1:
+            sid = session_id
 
-        def spent_so_far() -> Spend:
-            rows, tool_calls = self.recorder.session_spend(session_id)
-            return Spend(*_views.spend_of(rows, tool_calls))
+            def spent_so_far() -> Spend:
+                rows, tool_calls = self.recorder.session_spend(sid)
+                return Spend(*_views.spend_of(rows, tool_calls))
 
-        self.ledger.set_session_budget(session_id, budget, spent_so_far)
+            self.ledger.set_session_budget(sid, budget, spent_so_far)
+            return
+        self.ledger.set_budget(attribution, budget)
 
     def budgeted_sessions(self) -> list[str]:
         """Ids of the sessions that have a budget of their own."""
         return sorted(self.ledger.session_refs)
 
-    def budget_status(self, session_id: str) -> BudgetStatus | None:
-        """A session's budget against its spend, or ``None`` if it has no budget."""
-        _validate.name("session_id", session_id, optional=False)
-        return self.ledger.session_status(session_id)
+    def budgets(self) -> list[dict[str, str]]:
+        """The attribution keys of every budget set with :meth:`set_budget`."""
+        out = [{"session_id": s} for s in sorted(self.ledger.session_refs)]
+        return out + self.ledger.attribute_budgets()
+
+    def budget_status(
+        self,
+        session_id: str | None = None,
+        *,
+        customer_id: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        tool: str | None = None,
+    ) -> BudgetStatus | None:
+        """The budget set on these keys against its spend (current period), or ``None``.
+
+        After a refusal the status says so (``status.refused``, ``status.state ==
+        "refused"``) for the rest of the period.
+        """
+        attribution = _attribution_of(session_id, customer_id, agent, model, tool)
+        ref = self.ledger.budget_for(attribution)
+        return None if ref is None else self.ledger.status(ref)
+
+    def subscribe_alerts(self, callback: Callable[[BudgetAlert], object]) -> None:
+        """Call ``callback(alert)`` when a budget crosses one of its ``alert_at`` thresholds.
+
+        Each threshold fires once per limit and period, on the thread that settled
+        the spend that crossed it, after that spend was settled and outside every
+        lock (the callback may call back into the tracker). A callback that raises
+        is logged and skipped. Sinks with an ``alert(alert)`` method get alerts too.
+        """
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        if callback not in self._alert_subscribers:
+            self._alert_subscribers = (*self._alert_subscribers, callback)
+
+    def unsubscribe_alerts(self, callback: Callable[[BudgetAlert], object]) -> None:
+        """Stop delivering alerts to ``callback``."""
+        self._alert_subscribers = tuple(c for c in self._alert_subscribers if c != callback)
+
+    def _deliver_alerts(self, alerts: list[BudgetAlert]) -> None:
+        for alert in alerts:
+            for callback in self._alert_subscribers:
+                try:
+                    callback(alert)
+                except Exception:
+                    logger.exception("agentmeter: alert subscriber %r raised", callback)
+            for sink in self.events.sinks:
+                fn = getattr(sink, "alert", None)
+                if callable(fn):
+                    try:
+                        fn(alert)
+                    except Exception:
+                        logger.exception("agentmeter: sink %r raised on an alert", sink)
 
     def budget_applies(self, session_id: str | None = None) -> bool:
         """True when some budget would apply to a call made here (scope, session or default).
@@ -1010,27 +1173,43 @@ class Tracker:
         model: str | None = None,
         provider: str | None = None,
         estimated_cost_usd: float | Decimal | None = None,
+        max_output_tokens: int | None = None,
         call_id: object = None,
         session_id: str | None = None,
+        customer_id: str | None = None,
+        agent_id: str | None = None,
+        tool: str | None = None,
     ) -> Reservation | None:
         """Reserve budget for a call about to be made, or raise :class:`BudgetExceeded`.
 
         Integrations call this before each LLM / tool call. The request is checked
-        against every budget that applies (the enclosing scopes' and the session's)
-        atomically with booking it, so concurrent callers cannot jointly overshoot.
-        Recording the call with the same ``call_id`` settles the reservation; a call
-        that is not made after all should be given back with :meth:`release`.
+        against every budget that applies (the enclosing scopes', the session's and
+        those set on the call's customer / agent / model / tool) atomically with
+        booking it, so concurrent callers cannot jointly overshoot. Recording the
+        call with the same ``call_id`` settles the reservation; a call that is not
+        made after all should be given back with :meth:`release`.
+
+        **Hard caps.** With ``max_output_tokens`` (the request's output limit) the
+        reservation is the call's worst case: ``estimated_tokens`` input plus
+        ``max_output_tokens`` output, priced at the model's input and output rates.
+        A call whose input is as estimated then cannot take a token or cost budget
+        past its limit. Without it the reservation counts the input only, and the
+        budget can be overshot by at most the output of the calls in flight.
 
         Args:
             estimated_tokens: Prompt tokens the call will send (0 if unknown: the call
                 is then refused only when the budget is already spent).
             kind: ``"llm"``, ``"embedding"`` or ``"tool"``.
-            model: Model, to estimate the cost of the prompt.
+            model: Model, to price the reservation; for ``kind="tool"``, unused.
             provider: Provider, for the price lookup.
-            estimated_cost_usd: An explicit cost estimate.
+            estimated_cost_usd: An explicit cost estimate (for a tool: its price per
+                call, default the one set with :meth:`set_tool_price`).
+            max_output_tokens: The request's maximum output tokens, if it sets one.
             call_id: The id the call will be recorded with. Without one, the next
                 record made without a call id in the same thread or task settles it.
-            session_id: Session; defaults to the enclosing scope's.
+            session_id, customer_id, agent_id: Attribution; default the enclosing scope's.
+            tool: The tool (for ``kind="tool"``: the tool about to run, checked
+                against per-tool limits); defaults to the enclosing tool's.
 
         Returns:
             The reservation, or ``None`` when no budget applies.
@@ -1039,27 +1218,45 @@ class Tracker:
         _validate.kind(kind, _CHECK_KINDS)
         _validate.name("model", model)
         _validate.name("provider", provider)
-        _validate.name("session_id", session_id)
+        _validate.names(session_id=session_id, customer_id=customer_id, agent_id=agent_id)
+        _validate.name("tool", tool)
+        if max_output_tokens is not None:
+            max_output_tokens = _validate.count("max_output_tokens", max_output_tokens)
         cost_est = _validate.opt_cost_micros("estimated_cost_usd", estimated_cost_usd)
         call_id = _validate.call_id(call_id)
         stack = STACK.get()
         scope = innermost(self, stack) if stack else None
-        if session_id is None and scope is not None:
-            session_id = scope.session_id
-        refs = self.ledger.refs(scope, session_id)
+        if scope is not None:
+            session_id = session_id if session_id is not None else scope.session_id
+            customer_id = customer_id if customer_id is not None else scope.customer_id
+            agent_id = agent_id if agent_id is not None else scope.agent_id
+            tool = tool if tool is not None else scope.tool
+        is_tool = kind == "tool"
+        refs = self.ledger.refs(
+            scope,
+            session_id,
+            customer_id,
+            agent_id,
+            None if is_tool else model,
+            tool,
+            is_tool,
+        )
         if not refs:
             return None
-        if kind == "tool":
-            request = Spend(0, 0, 0, 0, 0, 1)
+        if is_tool:
+            if cost_est is None and tool is not None:
+                cost_est = self.prices.tool_cost_micros(tool)
+            request = Spend(0, 0, 0, cost_est or 0, 0, 1)
         else:
+            out = max_output_tokens or 0
             if cost_est is None:
                 cost_est = 0
-                if model is not None and estimated_tokens:
-                    cost_est = self.prices.cost_micros(model, provider, estimated_tokens, 0) or 0
+                if model is not None and (estimated_tokens or out):
+                    cost_est = self.prices.cost_micros(model, provider, estimated_tokens, out) or 0
             # A call of unknown size still needs one token (and one micro-dollar) left.
             need = max(estimated_tokens, 1)
             llm = 1 if kind == "llm" else 0
-            request = Spend(need, need, llm, max(cost_est, 1), llm, 0)
+            request = Spend(need + out, need, max(llm, out), max(cost_est, 1), llm, 0)
         rid = str(call_id) if call_id is not None else self.new_call_id()
         return self.ledger.reserve(refs, request, rid, self.release, unnamed=call_id is None)
 
@@ -1068,6 +1265,33 @@ class Tracker:
         call_id = _validate.call_id(call_id)
         if call_id is not None:
             self.ledger.release(str(call_id))
+
+
+def _attribution_of(
+    session_id: object, customer_id: object, agent: object, model: object, tool: object
+) -> dict[str, str]:
+    """The attribution keys of a budget, checked; at least one is required."""
+    _validate.name("session_id", session_id)
+    _validate.name("customer_id", customer_id)
+    _validate.name("agent", agent)
+    _validate.name("model", model)
+    _validate.name("tool", tool)
+    out = {
+        k: v
+        for k, v in (
+            ("session_id", session_id),
+            ("customer_id", customer_id),
+            ("agent", agent),
+            ("model", model),
+            ("tool", tool),
+        )
+        if v is not None
+    }
+    if not out:
+        raise TypeError(
+            "set_budget needs at least one of session_id, customer_id, agent, model, tool"
+        )
+    return out  # type: ignore[return-value]
 
 
 _CHECK_KINDS = frozenset({"llm", "embedding", "tool"})

@@ -238,3 +238,127 @@ def test_bad_arguments_name_themselves_and_change_nothing(
 def test_default_tracker_is_used_without_one(default_tracker: Tracker) -> None:
     ami.start_llm("m").finish(counts(1, 1))
     assert agentmeter.snapshot().totals.llm_calls == 1
+
+
+def test_abandon_takes_what_the_stream_said(tracker: Tracker) -> None:
+    events: list[agentmeter.UsageEvent] = []
+    tracker.subscribe(events.append)
+    text = "the part of the answer that arrived before the consumer stopped"
+    s = ami.start_llm("m", tracker=tracker, prompt="q" * 40)
+    assert s.abandon(output_text=text, model="m-2024", provider="p", metadata={"k": "v"})
+    (e,) = events
+    assert (e.model, e.provider, e.status, e.estimated) == ("m-2024", "p", "ok", True)
+    assert e.output_tokens == ami.estimate_tokens(text, "m")  # from the text, not 0 chunks
+    assert e.metadata == {"k": "v", "stream": "abandoned", "partial": True}
+    assert not s.abandon(output_text=text)
+    broken = ami.start_llm("m", tracker=tracker)
+    broken.add_chunk("abcdefgh")
+    assert broken.abandon("cut", ok=False, metadata={"stream": "mine"})
+    assert events[-1].metadata == {"stream": "failed", "partial": True}  # agentmeter's keys win
+    assert (events[-1].status, events[-1].error, events[-1].output_tokens) == ("error", "cut", 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"output_text": 5}, TypeError, "output_text"),
+        ({"model": 5}, TypeError, "model"),
+        ({"provider": "\ud800"}, ValueError, "provider"),
+        ({"metadata": ["x"]}, TypeError, "metadata"),
+        ({"note": 3}, TypeError, "note"),
+        ({"ok": 1}, TypeError, "ok"),
+        ({"usage": {"input_tokens": 1}}, TypeError, "usage"),
+    ],
+)
+def test_abandon_checks_its_arguments_and_leaves_the_call_open(
+    tracker: Tracker, kwargs: dict[str, object], exc: type[Exception], match: str
+) -> None:
+    s = ami.start_llm("m", tracker=tracker)
+    with pytest.raises(exc, match=match):
+        s.abandon(**kwargs)  # type: ignore[arg-type]
+    assert not s.done and tracker.snapshot().totals.llm_calls == 0
+    assert s.abandon()
+    assert tracker.snapshot().totals.llm_calls == 1
+
+
+def test_finish_latency_measured_reported_or_unknown(tracker: Tracker) -> None:
+    events: list[agentmeter.UsageEvent] = []
+    tracker.subscribe(events.append)
+    ami.start_llm("m", tracker=tracker).finish(counts(1, 1))
+    assert events[-1].latency_ms is not None and events[-1].latency_ms >= 0
+    ami.start_llm("m", tracker=tracker).finish(counts(1, 1), latency_ms=12.5)
+    assert events[-1].latency_ms == 12.5
+    ami.start_llm("m", tracker=tracker).finish(counts(1, 1), latency_ms=7)
+    assert events[-1].latency_ms == 7.0
+    ami.start_llm("m", tracker=tracker).finish(counts(1, 1), latency_ms=None)
+    assert events[-1].latency_ms is None  # unknown: recorded without one
+    u = tracker.snapshot().totals
+    assert u.llm_calls == 4 and u.llm_latency_ms >= 19.5
+    for bad, exc in ((-1.0, ValueError), (float("nan"), ValueError), ("5", TypeError)):
+        call = ami.start_llm("m", tracker=tracker)
+        with pytest.raises(exc, match="latency_ms"):
+            call.finish(counts(1, 1), latency_ms=bad)  # type: ignore[arg-type]
+        assert not call.done  # a bad argument ends nothing
+        assert call.finish(counts(1, 1))
+    assert tracker.snapshot().totals.llm_calls == 7
+
+
+def test_finish_checks_its_arguments_before_ending_the_call(tracker: Tracker) -> None:
+    call = ami.start_llm("m", tracker=tracker)
+    for kwargs, exc in (
+        ({"model": 3}, TypeError),
+        ({"cost_usd": -1}, ValueError),
+        ({"cost_usd": "1"}, TypeError),
+        ({"metadata": "x"}, TypeError),
+        ({"output_text": b"x"}, TypeError),
+    ):
+        with pytest.raises(exc):
+            call.finish(counts(1, 1), **kwargs)  # type: ignore[arg-type]
+        assert not call.done
+    with pytest.raises(TypeError, match="usage"):
+        call.finish({"input_tokens": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="error"):
+        call.fail(3)  # type: ignore[arg-type]
+    assert tracker.snapshot().totals.llm_calls == 0
+    assert call.finish(counts(3, 1), model="", cost_usd=0.25)
+    u = tracker.snapshot().totals
+    assert (u.llm_calls, u.input_tokens, u.cost_micros) == (1, 3, 250_000)
+    assert tracker.snapshot().by_model["m"].llm_calls == 1
+
+
+def test_explicit_attribution_is_checked_at_start(tracker: Tracker) -> None:
+    good = ami.capture(tracker, session_id="s")
+    with pytest.raises(ValueError, match="session_id"):
+        ami.start_llm("m", attribution=good.replace(session_id=""))
+    with pytest.raises(TypeError, match="tags"):
+        ami.start_llm("m", attribution=good.replace(tags={"k": 1}))
+    with pytest.raises(TypeError, match="tracker"):
+        ami.start_llm("m", attribution=good.replace(tracker="t"))
+    with pytest.raises(TypeError, match="attribution"):
+        ami.start_llm("m", attribution=("t", ()))  # type: ignore[arg-type]
+    assert tracker.snapshot().totals == agentmeter.Usage()
+    ami.start_llm("m", attribution=good.replace(agent_id="a")).finish(counts(2, 1))
+    assert tracker.session("s").usage.llm_calls == 1
+
+
+def test_embedding_finish_estimated_flag(tracker: Tracker) -> None:
+    events: list[agentmeter.UsageEvent] = []
+    tracker.subscribe(events.append)
+    ami.start_embedding("e", tracker=tracker).finish(40, estimated=True)  # counted by the caller
+    assert (events[-1].input_tokens, events[-1].estimated) == (40, True)
+    ami.start_embedding("e", tracker=tracker).finish(40)  # reported: not an estimate
+    assert events[-1].estimated is False
+    ami.start_embedding("e", tracker=tracker, texts=["abcd" * 10]).finish()
+    assert events[-1].estimated is True and events[-1].input_tokens > 0
+    ami.start_embedding("e", tracker=tracker, texts=["abcd" * 10]).finish(estimated=False)
+    assert events[-1].estimated is False
+    call = ami.start_embedding("e", tracker=tracker)
+    for kwargs, exc in (
+        ({"estimated": 1}, TypeError),
+        ({"input_tokens": -1}, ValueError),
+        ({"cost_usd": float("inf")}, ValueError),
+    ):
+        with pytest.raises(exc):
+            call.finish(**kwargs)  # type: ignore[arg-type]
+        assert not call.done
+    assert tracker.snapshot().totals.embedding_calls == 4

@@ -734,3 +734,69 @@ def test_sums_and_merges_stay_sound(parts: list[tuple[int, int, int, int, int, b
     assert merged is not None
     assert merged.input_tokens >= max(c.input_tokens for c in chunks)
     assert not math.isnan(float(merged.input_tokens))
+
+
+_LC_COUNT = (
+    st.integers(min_value=0, max_value=5000)
+    | st.integers(min_value=-3, max_value=MAX_COUNT + 3)
+    | st.none()
+    | st.booleans()
+    | st.floats(allow_nan=True)
+    | st.sampled_from(["7", "x", Decimal(3)])
+)
+_LC_DETAILS = st.dictionaries(
+    st.sampled_from(["cache_read", "cache_creation", "audio", "reasoning", "cached_tokens"])
+    | st.sampled_from(["ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"]),
+    _LC_COUNT,
+    max_size=4,
+)
+_LC_METADATA = st.dictionaries(
+    st.sampled_from(["input_tokens", "output_tokens", "total_tokens", "cost"]),
+    _LC_COUNT,
+    max_size=4,
+).flatmap(
+    lambda um: st.fixed_dictionaries(
+        {},
+        optional={
+            "input_token_details": _LC_DETAILS | st.sampled_from(["x", 0, None, []]),
+            "output_token_details": _LC_DETAILS | st.sampled_from(["x", 0, None]),
+        },
+    ).map(lambda details: {**um, **details})
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(um=_LC_METADATA)
+def test_langchain_one_pass_reading_is_the_full_reader(um: dict[str, Any]) -> None:
+    """from_langchain reads a plain UsageMetadata dict in one pass (the handler's hot
+    path); for every dict, shortcut taken or not, it equals the full reader."""
+    from agentmeter.instrumentation import _usage
+
+    fast = from_langchain(um)
+    assert fast == _usage._from_langchain(um)
+    _sound(fast)
+    if fast is not None:  # built without the constructor's checks: they would pass
+        again = UsageCounts(
+            fast.input_tokens,
+            fast.output_tokens,
+            fast.cache_read_tokens,
+            fast.cache_write_tokens,
+            fast.reasoning_tokens,
+            fast.audio_input_tokens,
+            fast.audio_output_tokens,
+            fast.cost_usd,
+            fast.malformed,
+            fast.reported_input,
+            fast.reported_output,
+        )
+        assert again == fast and hash(again) == hash(fast)
+
+
+def test_counts_built_without_checks_are_frozen_like_the_others() -> None:
+    fast = from_langchain({"input_tokens": 12, "output_tokens": 3, "total_tokens": 15,
+                           "input_token_details": {"cache_read": 4}})  # fmt: skip
+    assert fast == UsageCounts(12, 3, cache_read_tokens=4)
+    assert repr(fast) == repr(UsageCounts(12, 3, cache_read_tokens=4))
+    with pytest.raises(AttributeError):
+        fast.input_tokens = 1  # type: ignore[misc]
+    assert fast + fast == UsageCounts(24, 6, cache_read_tokens=8)

@@ -22,18 +22,20 @@ only ``BudgetExceeded`` / ``BudgetStoreUnavailable`` propagate.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 from uuid import UUID
 
 from .. import _validate
-from .._guard import guarded
+from .._guard import guarded, swallow
 from ..budget import Budget
+from ..errors import BudgetExceeded, BudgetStoreUnavailable
 from ..scope import STACK, Scope
-from ._context import Attribution, capture
+from ._context import Attribution, capture_now, checked
 from ._tokens import estimate_messages, estimate_tokens
 from ._usage import UsageCounts
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from ..tracker import Tracker
 
 __all__ = [
+    "MEASURED",
     "EmbeddingCall",
     "LLMCall",
     "ToolCall",
@@ -50,10 +53,19 @@ __all__ = [
 ]
 
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
+# Deliberate answers to the host: they leave every end method (as with guarded).
+_PROPAGATE = (BudgetExceeded, BudgetStoreUnavailable)
+
+
+class _Latency(enum.Enum):
+    MEASURED = "measured"
+
+
+MEASURED: Final = _Latency.MEASURED
+"""``LLMCall.finish(latency_ms=MEASURED)`` (the default): the time since the call started."""
 
 # One guard per entry point (a guard holds only its name, so sharing one is safe).
 _G_ADD_CHUNK = guarded("LLMCall.add_chunk")
-_G_FINISH = guarded("LLMCall.finish")
 _G_FAIL = guarded("LLMCall.fail")
 _G_ABANDON = guarded("LLMCall.abandon")
 _G_CANCEL = guarded("LLMCall.cancel")
@@ -70,17 +82,8 @@ def _attribution(
     tags: dict[str, str] | None,
 ) -> Attribution:
     if attribution is None:
-        return capture(
-            tracker,
-            session_id=session_id,
-            agent_id=agent_id,
-            customer_id=customer_id,
-            tool=tool,
-            tags=tags,
-        )
-    if not isinstance(attribution, Attribution):
-        raise TypeError(f"attribution must be an Attribution, got {type(attribution).__name__}")
-    return attribution
+        return capture_now(tracker, session_id, agent_id, customer_id, tool, tags)
+    return checked(attribution)
 
 
 class _attached:
@@ -102,6 +105,17 @@ class _attached:
             STACK.reset(self.token)  # a with block begins and ends in one context
 
 
+def _call_id(call_id: object, tracker: Tracker) -> str:
+    """The id a call is recorded under: the framework's (checked), else a fresh one."""
+    cls = call_id.__class__
+    if cls is UUID:  # LangChain's run ids
+        return str(call_id)
+    if cls is str and call_id and call_id.isascii():  # type: ignore[attr-defined]
+        return call_id  # type: ignore[return-value]
+    cid = _validate.call_id(call_id)
+    return str(cid) if cid is not None else tracker.new_call_id()
+
+
 class _InFlight:
     """What every call in flight shares: attribution, id, clock, the once-only end."""
 
@@ -110,14 +124,7 @@ class _InFlight:
     def __init__(self, attribution: Attribution, call_id: object) -> None:
         self.attribution = attribution
         self.tracker = attribution.tracker
-        cls = call_id.__class__
-        if cls is UUID:  # LangChain's run ids
-            self.call_id: str = str(call_id)
-        elif cls is str and call_id and call_id.isascii():  # type: ignore[attr-defined]
-            self.call_id = call_id  # type: ignore[assignment]
-        else:
-            cid = _validate.call_id(call_id)
-            self.call_id = str(cid) if cid is not None else self.tracker.new_call_id()
+        self.call_id: str = _call_id(call_id, self.tracker)
         self.t0 = time.perf_counter()
         # next() on a count is atomic: exactly one of finish/fail/abandon/cancel wins.
         self._once = itertools.count()
@@ -139,7 +146,12 @@ class _InFlight:
         return (time.perf_counter() - self.t0) * 1000.0
 
     def _reserve(
-        self, estimate: Callable[[], int], kind: str, model: str | None, provider: str | None
+        self,
+        estimate: Callable[[], int],
+        kind: str,
+        model: str | None,
+        provider: str | None,
+        max_output_tokens: int | None = None,
     ) -> None:
         """Reserve against the budgets that apply (estimating only when one does)."""
         a = self.attribution
@@ -151,8 +163,12 @@ class _InFlight:
                 kind=kind,
                 model=model,
                 provider=provider,
+                max_output_tokens=max_output_tokens,
                 call_id=self.call_id,
                 session_id=a.session_id,
+                customer_id=a.customer_id,
+                agent_id=a.agent_id,
+                tool=a.tool,
             )
 
     def _release(self) -> None:
@@ -191,7 +207,16 @@ class LLMCall(_InFlight):
         prompt: Any,
         prompt_tokens: int | None,
     ) -> None:
-        super().__init__(attribution, call_id)
+        # _InFlight.__init__, inline (one call less on every model call's start).
+        self.attribution = attribution
+        self.tracker = attribution.tracker
+        if call_id.__class__ is UUID:  # LangChain's run ids
+            self.call_id = str(call_id)
+        else:
+            self.call_id = _call_id(call_id, self.tracker)
+        self.t0 = time.perf_counter()
+        self._once = itertools.count()
+        self._ended = False
         self.model = model
         self.provider = provider
         self.kind = kind
@@ -258,48 +283,87 @@ class LLMCall(_InFlight):
         self,
         usage: UsageCounts | None,
         output_text: str | None,
-        *,
         ok: bool,
         error: str | None,
         model: str | None,
         provider: str | None,
-        cost_usd: Decimal | float | None,
+        cost: int | None,
         metadata: dict[str, Any] | None,
+        latency_ms: float | _Latency | None,
         tokens: bool = True,
     ) -> None:
-        a = self.attribution
-        if tokens:
-            inp, out, cr, cw, rs, estimated = self._counts(usage, output_text)
-        else:
+        """Record the call through the tracker's trusted path (arguments checked already)."""
+        u = usage if usage is not None else self._usage
+        if not tokens:
             inp = out = cr = cw = rs = 0
             estimated = False
-        if cost_usd is None and usage is not None:
-            cost_usd = usage.cost_usd
-        elif cost_usd is None and self._usage is not None:
-            cost_usd = self._usage.cost_usd
-        with _attached(a):
-            self.tracker.record_llm(
-                model or self.model,
-                inp,
-                out,
-                cache_read_tokens=cr,
-                cache_write_tokens=cw,
-                reasoning_tokens=rs,
-                provider=provider or self.provider,
-                latency_ms=self.elapsed_ms(),
-                cost_usd=cost_usd,
-                call_id=self.call_id,
-                kind=self.kind,
-                estimated=estimated,
-                session_id=a.session_id,
-                agent_id=a.agent_id,
-                metadata=metadata,
-                tool=a.tool,
-                ok=ok,
-                error=error,
-                customer_id=a.customer_id,
-                tags=a.tags,
-            )
+        elif u is not None and u.reported_input and u.reported_output:  # nothing to estimate
+            inp, out = u.input_tokens, u.output_tokens
+            cr, cw, rs = u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens
+            estimated = False
+        else:
+            inp, out, cr, cw, rs, estimated = self._counts(usage, output_text)
+        if cost is None and u is not None and u.cost_usd is not None:
+            cost = _validate.opt_cost_micros("cost_usd", u.cost_usd)
+        if latency_ms is MEASURED:
+            latency_ms = (time.perf_counter() - self.t0) * 1000.0
+        a = self.attribution
+        tracker = self.tracker
+        record = getattr(tracker, "_record_llm", None)
+        stack = a.stack
+        # Attach the captured scopes, unless they are the current ones already (the
+        # usual case: the call ends in the context it started in).
+        token = None if STACK.get() is stack else STACK.set(stack)
+        try:
+            if record is not None:
+                record(
+                    model or self.model,
+                    inp,
+                    out,
+                    cr,
+                    cw,
+                    rs,
+                    provider or self.provider,
+                    latency_ms,
+                    cost,
+                    self.call_id,
+                    self.kind,
+                    estimated,
+                    a.session_id,
+                    a.agent_id,
+                    a.customer_id,
+                    a.tool,
+                    a.tags,
+                    metadata,
+                    ok,
+                    error,
+                )
+            else:  # a tracker without the trusted path (duck-typed): the public one
+                tracker.record_llm(
+                    model or self.model,
+                    inp,
+                    out,
+                    cache_read_tokens=cr,
+                    cache_write_tokens=cw,
+                    reasoning_tokens=rs,
+                    provider=provider or self.provider,
+                    latency_ms=latency_ms,
+                    cost_usd=None if cost is None else Decimal(cost) / 1_000_000,
+                    call_id=self.call_id,
+                    kind=self.kind,
+                    estimated=estimated,
+                    session_id=a.session_id,
+                    agent_id=a.agent_id,
+                    metadata=metadata,
+                    tool=a.tool,
+                    ok=ok,
+                    error=error,
+                    customer_id=a.customer_id,
+                    tags=a.tags,
+                )
+        finally:
+            if token is not None:
+                STACK.reset(token)  # set and reset in one context, this frame
 
     def finish(
         self,
@@ -310,6 +374,7 @@ class LLMCall(_InFlight):
         provider: str | None = None,
         cost_usd: Decimal | float | None = None,
         metadata: dict[str, Any] | None = None,
+        latency_ms: float | Literal[_Latency.MEASURED] | None = MEASURED,
     ) -> bool:
         """Record the call's usage and settle its reservation.
 
@@ -322,23 +387,40 @@ class LLMCall(_InFlight):
             provider: Provider, if known only now.
             cost_usd: A cost the provider reported (wins over prices).
             metadata: Free-form data for subscribers and sinks.
+            latency_ms: The call's duration: measured from its start (the default), a
+                duration the framework reported, or ``None`` when it is unknown (a
+                call whose start was not seen): recorded without a latency.
 
         Returns:
             True if this settled the call, False if it had already ended.
+
+        Raises:
+            TypeError, ValueError: on bad arguments (the call stays open then).
         """
-        if not self._claim():
-            return False
-        with _G_FINISH:
-            self._record(
-                usage,
-                output_text,
-                ok=True,
-                error=None,
-                model=model,
-                provider=provider,
-                cost_usd=cost_usd,
-                metadata=metadata,
+        cost = None
+        if (
+            (usage is not None and usage.__class__ is not UsageCounts)
+            or output_text is not None
+            or (model is not None and (model.__class__ is not str or not model.isascii()))
+            or (provider is not None and (provider.__class__ is not str or not provider.isascii()))
+            or cost_usd is not None
+            or metadata is not None
+            or latency_ms is not MEASURED
+        ):
+            cost, latency_ms = _check_end(
+                usage, output_text, model, provider, cost_usd, metadata, latency_ms
             )
+        if next(self._once):  # self._claim(), inline: exactly one end wins
+            return False
+        self._ended = True
+        try:
+            self._record(
+                usage, output_text, True, None, model, provider, cost, metadata, latency_ms
+            )
+        except _PROPAGATE:
+            raise
+        except Exception as exc:
+            swallow(exc, "LLMCall.finish")
         return True
 
     def fail(
@@ -349,21 +431,15 @@ class LLMCall(_InFlight):
         metadata: dict[str, Any] | None = None,
     ) -> bool:
         """Record a failed call (no tokens unless ``usage`` says some were billed)."""
+        if not isinstance(error, BaseException | str):
+            raise TypeError(f"error must be an exception or a str, got {type(error).__name__}")
+        err = _validate.error(error) if isinstance(error, str) else type(error).__name__
+        _check_end(usage, None, None, None, None, metadata, MEASURED)
         if not self._claim():
             return False
         with _G_FAIL:
-            err = error if isinstance(error, str) else type(error).__name__
-            self._record(
-                usage,
-                None,
-                ok=False,
-                error=err,
-                model=None,
-                provider=None,
-                cost_usd=None,
-                metadata=metadata,
-                tokens=usage is not None,
-            )
+            billed = usage is not None
+            self._record(usage, None, False, err, None, None, None, metadata, MEASURED, billed)
         return True
 
     def abandon(
@@ -372,24 +448,46 @@ class LLMCall(_InFlight):
         *,
         usage: UsageCounts | None = None,
         ok: bool = True,
+        output_text: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> bool:
         """Record a stream that ended early with what it received (flagged partial).
 
         ``ok=True`` (the default) because a consumer that stops reading is not a
         failure of the call; pass ``ok=False`` for a stream that broke.
+
+        Args:
+            note: Why it ended (recorded as the event's error text).
+            usage: Usage the stream reported before it stopped, if any.
+            ok: False for a stream that broke.
+            output_text: The text received, to estimate its tokens (default: the
+                chunks' text counted by :meth:`add_chunk`).
+            model: The model the stream said answered (default: the one at start).
+            provider: Provider, if known only now.
+            metadata: Free-form data for subscribers and sinks; its ``"stream"`` and
+                ``"partial"`` keys are agentmeter's.
         """
+        _validate.flag("ok", ok)
+        if type(note) is not str:
+            raise TypeError(f"note must be a str, got {type(note).__name__}")
+        _validate.text("note", note)
+        _check_end(usage, output_text, model, provider, None, metadata, MEASURED)
         if not self._claim():
             return False
+        marks = {"stream": "abandoned" if ok else "failed", "partial": True}
         with _G_ABANDON:
             self._record(
                 usage,
+                output_text,
+                ok,
+                note,
+                model,
+                provider,
                 None,
-                ok=ok,
-                error=note,
-                model=None,
-                provider=None,
-                cost_usd=None,
-                metadata={"stream": "abandoned" if ok else "failed", "partial": True},
+                {**metadata, **marks} if metadata else marks,
+                MEASURED,
             )
         return True
 
@@ -400,6 +498,32 @@ class LLMCall(_InFlight):
         with _G_CANCEL:
             self._release()
         return True
+
+
+def _check_end(
+    usage: object,
+    output_text: object,
+    model: object,
+    provider: object,
+    cost_usd: object,
+    metadata: object,
+    latency_ms: float | _Latency | None,
+) -> tuple[int | None, float | _Latency | None]:
+    """Check what an end method was given (before it ends the call, so a bad argument
+    leaves it open); returns the cost in micro-dollars and the latency."""
+    if usage is not None and not isinstance(usage, UsageCounts):
+        raise TypeError(f"usage must be a UsageCounts or None, got {type(usage).__name__}")
+    if output_text is not None and not isinstance(output_text, str):
+        raise TypeError(f"output_text must be a str or None, got {type(output_text).__name__}")
+    if model is not None and model != "":  # "" (or None): the model named at start
+        _validate.name("model", model)
+    if provider is not None and provider != "":
+        _validate.name("provider", provider)
+    _validate.metadata(metadata)
+    if latency_ms is not MEASURED and latency_ms is not None:
+        latency_ms = _validate.duration("latency_ms", latency_ms)
+    cost = _validate.opt_cost_micros("cost_usd", cost_usd)
+    return cost, latency_ms
 
 
 class EmbeddingCall(_InFlight):
@@ -453,23 +577,45 @@ class EmbeddingCall(_InFlight):
         *,
         usage: UsageCounts | None = None,
         cost_usd: Decimal | float | None = None,
+        estimated: bool | None = None,
     ) -> bool:
-        """Record the call: the reported count, else one estimated from the texts."""
+        """Record the call: the reported count, else one estimated from the texts.
+
+        Args:
+            input_tokens: The count the provider reported.
+            usage: Or its usage (its input count, and a cost it reported).
+            cost_usd: A cost the provider reported (wins over prices).
+            estimated: Whether the count is an estimate. ``None`` (the default): only
+                when it was estimated here from the texts; ``True`` for a count the
+                caller estimated itself (a tokenizer run on the inputs).
+
+        Raises:
+            TypeError, ValueError: on bad arguments (the call stays open then).
+        """
+        if input_tokens is not None:
+            input_tokens = _validate.count("input_tokens", input_tokens)
+        if usage is not None and not isinstance(usage, UsageCounts):
+            raise TypeError(f"usage must be a UsageCounts or None, got {type(usage).__name__}")
+        if estimated is not None:
+            _validate.flag("estimated", estimated)
+        _validate.opt_cost_micros("cost_usd", cost_usd)
         if not self._claim():
             return False
         with guarded("EmbeddingCall.finish"):
-            estimated = False
+            flagged = False
             if input_tokens is None and usage is not None and usage.reported_input:
                 input_tokens = usage.input_tokens
                 if cost_usd is None:
                     cost_usd = usage.cost_usd
             if input_tokens is None:
-                estimated = True
+                flagged = True
                 try:
                     input_tokens = sum(estimate_tokens(t, self.model) for t in self._texts or ())
                 except Exception:  # unusable texts: record the call anyway, it was made
                     input_tokens = 0
-            self._record(input_tokens, estimated, True, None, cost_usd)
+            self._record(
+                input_tokens, flagged if estimated is None else estimated, True, None, cost_usd
+            )
         return True
 
     def fail(self, error: BaseException | str) -> bool:
@@ -503,7 +649,7 @@ class ToolCall(_InFlight):
         scope: The scope of the tool's body, or ``None``.
     """
 
-    __slots__ = ("category", "name", "scope")
+    __slots__ = ("category", "cost_usd", "name", "scope")
 
     def __init__(
         self,
@@ -512,11 +658,13 @@ class ToolCall(_InFlight):
         category: str,
         call_id: object,
         scope: Scope | None,
+        cost_usd: Decimal | float | None = None,
     ) -> None:
         super().__init__(attribution, call_id)
         self.name = name
         self.category = category
         self.scope = scope
+        self.cost_usd = cost_usd
 
     def _close_scope(self, exc: BaseException | None = None) -> None:
         scope = self.scope
@@ -543,6 +691,7 @@ class ToolCall(_InFlight):
                     error=error,
                     customer_id=a.customer_id,
                     tags=a.tags,
+                    cost_usd=self.cost_usd,
                 )
         finally:
             with guarded("ToolCall.finish"):
@@ -582,6 +731,7 @@ def start_llm(
     tool: str | None = None,
     tags: dict[str, str] | None = None,
     check_budget: bool = True,
+    max_output_tokens: int | None = None,
 ) -> LLMCall:
     """Start metering an LLM call: capture attribution, start the clock, reserve budget.
 
@@ -598,6 +748,10 @@ def start_llm(
         tracker: Tracker (default: the process-wide one).
         session_id, agent_id, customer_id, tool, tags: Explicit attribution.
         check_budget: Reserve the estimated prompt against the budgets that apply.
+        max_output_tokens: The request's output limit, when it sets one: the
+            reservation is then the call's worst case (input plus this many output
+            tokens, priced at the model's rates), a hard cap. Without it the
+            reservation is the input only.
 
     Raises:
         BudgetExceeded: the call would overspend a budget (nothing was booked).
@@ -615,11 +769,18 @@ def start_llm(
         prompt_tokens = _validate.count("prompt_tokens", prompt_tokens)
     if check_budget is not True and check_budget is not False:
         _validate.flag("check_budget", check_budget)
-    a = _attribution(attribution, tracker, session_id, agent_id, customer_id, tool, tags)
+    if max_output_tokens is not None:
+        max_output_tokens = _validate.count("max_output_tokens", max_output_tokens)
+    if attribution is None:
+        a = capture_now(tracker, session_id, agent_id, customer_id, tool, tags)
+    else:
+        a = checked(attribution)
     call = LLMCall(a, model, provider, kind, call_id, prompt, prompt_tokens)
-    if check_budget:
+    # Estimate the prompt and reserve only where a budget applies (the usual answer,
+    # no budget and no scopes, is found without a call).
+    if check_budget and (a.tracker.ledger.active or (a.stack and a.budgeted)):
         with _G_START:
-            call._reserve(call.prompt_tokens, "llm", model, provider)
+            call._reserve(call.prompt_tokens, "llm", model, provider, max_output_tokens)
     return call
 
 
@@ -673,6 +834,7 @@ def start_tool(
     customer_id: str | None = None,
     tags: dict[str, str] | None = None,
     check_budget: bool = True,
+    cost_usd: Decimal | float | None = None,
 ) -> ToolCall:
     """Start metering a tool call: open the tool's scope, reserve a tool call, start the clock.
 
@@ -685,7 +847,11 @@ def start_tool(
         scope_name: The scope's name (default ``"tool:<name>"``).
         budget: A budget of the tool's own scope.
         attribution, tracker, session_id, agent_id, customer_id, tags: as :func:`start_llm`.
-        check_budget: Reserve one tool call against the budgets that apply.
+        check_budget: Reserve one tool call (and its price) against the budgets
+            that apply, per-tool limits included.
+        cost_usd: What one call of the tool costs (default: the price set with
+            ``agentmeter.set_tool_price``). Reserved before the tool runs, recorded
+            on the call.
 
     Raises:
         BudgetExceeded: the tool must not run (its scope is closed again, nothing booked).
@@ -696,6 +862,8 @@ def start_tool(
     _validate.flag("open_scope", open_scope)
     _validate.flag("check_budget", check_budget)
     _validate.name("scope_name", scope_name)
+    if cost_usd is not None:
+        _validate.opt_cost_micros("cost_usd", cost_usd)
     if budget is not None and not isinstance(budget, Budget):
         raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
     a = _attribution(attribution, tracker, session_id, agent_id, customer_id, None, tags)
@@ -718,12 +886,20 @@ def start_tool(
         a = Attribution(
             a.tracker, STACK.get(), a.session_id, a.agent_id, a.customer_id, None, a.tags
         )
-    call = ToolCall(a, name, category, call_id, scope)
+    call = ToolCall(a, name, category, call_id, scope, cost_usd)
     if check_budget:
         try:
             tracker = call.tracker
             if (scope is not None and scope.budget_refs) or tracker.budget_applies(a.session_id):
-                tracker.check_budget(kind="tool", call_id=call.call_id, session_id=a.session_id)
+                tracker.check_budget(
+                    kind="tool",
+                    estimated_cost_usd=cost_usd,
+                    call_id=call.call_id,
+                    session_id=a.session_id,
+                    customer_id=a.customer_id,
+                    agent_id=a.agent_id,
+                    tool=name,
+                )
         except BaseException:
             call._claim()
             call._close_scope()

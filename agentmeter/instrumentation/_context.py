@@ -101,14 +101,66 @@ def capture(
     Raises:
         TypeError, ValueError: on bad arguments (naming the argument).
     """
-    tracker = resolve_tracker(tracker)
-    if not (_plain(session_id) and _plain(agent_id) and _plain(customer_id) and _plain(tool)):
+    return capture_now(tracker, session_id, agent_id, customer_id, tool, tags)
+
+
+_new_tuple = tuple.__new__
+
+
+def capture_now(
+    tracker: Tracker | None,
+    session_id: str | None,
+    agent_id: str | None,
+    customer_id: str | None,
+    tool: str | None,
+    tags: dict[str, str] | None,
+) -> Attribution:
+    """:func:`capture` with positional arguments (the calls in flight start through it)."""
+    if tracker is None or tracker.__class__ not in _TRACKER_TYPES:
+        tracker = resolve_tracker(tracker)
+    # A non-empty ASCII str (or None) is valid as it is; anything else is checked.
+    if not (
+        (
+            session_id is None
+            or (session_id.__class__ is str and session_id.isascii() and session_id)
+        )
+        and (agent_id is None or (agent_id.__class__ is str and agent_id.isascii() and agent_id))
+        and (
+            customer_id is None
+            or (customer_id.__class__ is str and customer_id.isascii() and customer_id)
+        )
+        and (tool is None or (tool.__class__ is str and tool.isascii() and tool))
+    ):
         _validate.names(
             session_id=session_id, agent_id=agent_id, customer_id=customer_id, tool=tool
         )
     if tags is not None:
         tags = _validate.tags(tags)
-    return Attribution(tracker, STACK.get(), session_id, agent_id, customer_id, tool, tags)
+    attribution: Attribution = _new_tuple(
+        Attribution, (tracker, STACK.get(), session_id, agent_id, customer_id, tool, tags)
+    )
+    return attribution
+
+
+def checked(attribution: Attribution) -> Attribution:
+    """An attribution given by the caller, checked as :func:`capture` checks its arguments
+    (one built by hand or by ``replace()`` may hold anything)."""
+    if not isinstance(attribution, Attribution):
+        raise TypeError(f"attribution must be an Attribution, got {type(attribution).__name__}")
+    tracker, stack, session_id, agent_id, customer_id, tool, tags = attribution
+    if tracker.__class__ not in _TRACKER_TYPES:
+        resolve_tracker(tracker)
+    if stack.__class__ is not tuple:
+        raise TypeError(f"attribution.stack must be a tuple of scopes, got {type(stack).__name__}")
+    if not (_plain(session_id) and _plain(agent_id) and _plain(customer_id) and _plain(tool)):
+        _validate.names(
+            session_id=session_id, agent_id=agent_id, customer_id=customer_id, tool=tool
+        )
+    if tags is not None:
+        valid = _validate.tags(tags)
+        if valid is not tags:
+            attribution = attribution._replace(tags=valid)
+    return attribution
 
 
 @contextlib.contextmanager

@@ -285,7 +285,7 @@ class UsageCounts:
             return NotImplemented
         a, b = self.cost_usd, other.cost_usd
         cost = a if b is None else b if a is None else a + b
-        return UsageCounts(
+        return _unchecked(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.cache_read_tokens + other.cache_read_tokens,
@@ -304,6 +304,59 @@ class UsageCounts:
         if other == 0 and not isinstance(other, bool):
             return self
         return NotImplemented
+
+
+# The slots of UsageCounts, set directly: a frozen dataclass's __init__ sets each
+# field through object.__setattr__ and then runs __post_init__ (~8x the cost of a
+# plain slots class). Readers whose values are consistent by construction build
+# their counts with _unchecked instead.
+_NEW = object.__new__
+(
+    _SET_IN,
+    _SET_OUT,
+    _SET_CR,
+    _SET_CW,
+    _SET_RS,
+    _SET_AI,
+    _SET_AO,
+    _SET_COST,
+    _SET_BAD,
+    _SET_RI,
+    _SET_RO,
+) = (
+    UsageCounts.__dict__[name].__set__
+    for name in (*_COUNT_FIELDS, "cost_usd", "malformed", "reported_input", "reported_output")
+)
+
+
+def _unchecked(
+    inp: int,
+    out: int,
+    cr: int,
+    cw: int,
+    rs: int,
+    ai: int,
+    ao: int,
+    cost: Decimal | None,
+    bad: tuple[str, ...],
+    reported_input: bool,
+    reported_output: bool,
+) -> UsageCounts:
+    """``UsageCounts(...)`` without the checks: only for values that already pass them
+    (ints >= 0 within ``MAX_COUNT``, parts within wholes, a finite cost >= 0 or None)."""
+    u: UsageCounts = _NEW(UsageCounts)
+    _SET_IN(u, inp)
+    _SET_OUT(u, out)
+    _SET_CR(u, cr)
+    _SET_CW(u, cw)
+    _SET_RS(u, rs)
+    _SET_AI(u, ai)
+    _SET_AO(u, ao)
+    _SET_COST(u, cost)
+    _SET_BAD(u, bad)
+    _SET_RI(u, reported_input)
+    _SET_RO(u, reported_output)
+    return u
 
 
 def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
@@ -330,7 +383,7 @@ def merge_cumulative(a: UsageCounts | None, b: UsageCounts | None) -> UsageCount
     rs = max(a.reasoning_tokens, b.reasoning_tokens)
     ai = max(a.audio_input_tokens, b.audio_input_tokens)
     ao = max(a.audio_output_tokens, b.audio_output_tokens)
-    return UsageCounts(
+    return _unchecked(
         max(a.input_tokens, b.input_tokens, cr + cw, ai),
         max(a.output_tokens, b.output_tokens, rs, ao),
         cr,
@@ -531,7 +584,7 @@ def _build(
     ):
         return None
     cr_, cw_, rs_, ai_, ao_ = cr or 0, cw or 0, rs or 0, ai or 0, ao or 0
-    return UsageCounts(
+    return _unchecked(
         max(inp or 0, cr_ + cw_, ai_),
         max(out or 0, rs_, ao_),
         cr_,
@@ -797,7 +850,61 @@ from_openai_responses = _never_raises(_from_openai_responses)
 from_anthropic = _never_raises(_from_anthropic)
 from_gemini = _never_raises(_from_gemini)
 from_bedrock = _never_raises(_from_bedrock)
-from_langchain = _never_raises(_from_langchain)
+_from_langchain_guarded = _never_raises(_from_langchain)
+_LC_KEYS: Final = frozenset(
+    ("input_tokens", "output_tokens", "total_tokens", "input_token_details", "output_token_details")
+)
+_LC_IN_KEYS: Final = frozenset(("cache_read", "cache_creation", "audio"))
+_LC_OUT_KEYS: Final = frozenset(("reasoning", "audio"))
+
+
+def from_langchain(usage_metadata: Any) -> UsageCounts | None:
+    """LangChain ``UsageMetadata`` (``AIMessage.usage_metadata``), TTL keys included."""
+    um = usage_metadata
+    # What providers send almost always, read in one pass: a plain dict of the
+    # standard keys holding in-range ints whose parts fit in their wholes. Anything
+    # else (other keys such as the TTL breakdown, other types, malformed or
+    # inconsistent values) takes the full reader, which gives the same counts here.
+    if um.__class__ is dict and um.keys() <= _LC_KEYS:
+        inp = um.get("input_tokens")
+        out = um.get("output_tokens")
+        if (
+            inp.__class__ is int
+            and out.__class__ is int
+            and 0 <= inp <= MAX_COUNT
+            and 0 <= out <= MAX_COUNT
+        ):
+            cr = cw = ai = rs = ao = 0
+            d = um.get("input_token_details")
+            if d is not None:
+                if d.__class__ is not dict or not d.keys() <= _LC_IN_KEYS:
+                    return _from_langchain_guarded(um)
+                cr, cw, ai = d.get("cache_read", 0), d.get("cache_creation", 0), d.get("audio", 0)
+            d = um.get("output_token_details")
+            if d is not None:
+                if d.__class__ is not dict or not d.keys() <= _LC_OUT_KEYS:
+                    return _from_langchain_guarded(um)
+                rs, ao = d.get("reasoning", 0), d.get("audio", 0)
+            if (
+                cr.__class__ is int
+                and cw.__class__ is int
+                and ai.__class__ is int
+                and rs.__class__ is int
+                and ao.__class__ is int
+                and cr >= 0
+                and cw >= 0
+                and ai >= 0
+                and rs >= 0
+                and ao >= 0
+                and cr + cw <= inp
+                and ai <= inp
+                and rs <= out
+                and ao <= out
+            ):
+                return _unchecked(inp, out, cr, cw, rs, ai, ao, None, (), True, True)
+    return _from_langchain_guarded(um)
+
+
 from_langchain_llm_output = _never_raises(_from_langchain_llm_output)
 from_llamaindex = _never_raises(_from_llamaindex)
 

@@ -110,48 +110,6 @@ def _output_text(gen: Any) -> str:
     return _text(msg.content) + "".join(f"{c.get('name', '')}{c.get('args', '')}" for c in calls)
 
 
-_UM_KEYS = frozenset(
-    ("input_tokens", "output_tokens", "total_tokens", "input_token_details", "output_token_details")
-)
-_IN_KEYS = frozenset(("cache_read", "cache_creation", "audio"))
-_OUT_KEYS = frozenset(("reasoning", "audio"))
-_MAX = 2**53 - 1
-
-
-def _usage_of(um: Any) -> UsageCounts | None:
-    """``from_langchain(um)``, with a shortcut for the usual case.
-
-    A plain ``UsageMetadata`` dict of in-range ints whose parts fit in their
-    wholes (what providers send almost always) is read here; anything else --
-    other keys (langchain-anthropic's TTL breakdown), types, malformed or
-    inconsistent values -- goes to ``agentmeter.instrumentation.from_langchain``.
-    """
-    if um.__class__ is dict and um.keys() <= _UM_KEYS:
-        inp, out = um.get("input_tokens"), um.get("output_tokens")
-        if inp.__class__ is int and out.__class__ is int and 0 <= inp <= _MAX and 0 <= out <= _MAX:
-            cr = cw = ai = rs = ao = 0
-            d = um.get("input_token_details")
-            if d is not None:
-                if d.__class__ is not dict or not d.keys() <= _IN_KEYS:
-                    return from_langchain(um)
-                cr, cw, ai = d.get("cache_read", 0), d.get("cache_creation", 0), d.get("audio", 0)
-            d = um.get("output_token_details")
-            if d is not None:
-                if d.__class__ is not dict or not d.keys() <= _OUT_KEYS:
-                    return from_langchain(um)
-                rs, ao = d.get("reasoning", 0), d.get("audio", 0)
-            if (
-                cr.__class__ is cw.__class__ is ai.__class__ is rs.__class__ is ao.__class__ is int
-                and min(cr, cw, ai, rs, ao) >= 0
-                and cr + cw <= inp
-                and ai <= inp
-                and rs <= out
-                and ao <= out
-            ):
-                return UsageCounts(inp, out, cr, cw, rs, ai, ao)
-    return from_langchain(um)
-
-
 def _reported_cost(token_usage: dict[str, Any]) -> Decimal | None:
     """A charge the provider reported in its usage block (OpenRouter's ``cost``)."""
     counts = from_openai_chat(token_usage)
@@ -260,11 +218,13 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             implicit_session = implicit_agent = None
             if session is None:
                 # "" (or another empty value) means no session, never an invalid one.
-                session = _str_or_none(md.get("session_id"))
+                v = md.get("session_id")
+                session = None if v is None else _str_or_none(v)
                 if session is None:
                     implicit_session = md.get("thread_id")
             if agent is None:
-                agent = _str_or_none(md.get("agent_id") or md.get("lc_agent_name"))
+                v = md.get("agent_id") or md.get("lc_agent_name")
+                agent = None if v is None else _str_or_none(v)
                 if agent is None:
                     implicit_agent = md.get("langgraph_node")
             if implicit_session is not None or implicit_agent is not None:
@@ -365,25 +325,28 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 model = params.get("model") or params.get("model_name")
         if model.__class__ is not str or not model:
             model = _str_or_none(model) or _class_name(serialized)
+        if provider.__class__ is not str or not provider:
+            provider = _str_or_none(provider)
         if md and (self.session_id is None or self.agent_id is None):
             session, agent = self._who(md)
         else:
             session, agent = self.session_id, self.agent_id
-        tracker = self.tracker
+        customer = self.customer_id
+        if customer is None and md:
+            customer = _str_or_none(md.get("customer_id"))  # as self._customer(md)
         runs = self._runs
         call = start_llm(
             model,
-            provider=_str_or_none(provider),
+            provider=provider,
             kind=kind,
             call_id=run_id,
             prompt=prompt,
-            tracker=tracker,
+            tracker=self.tracker,
             session_id=session,
             agent_id=agent,
-            customer_id=self._customer(md),
+            customer_id=customer,
             tool=_tool_of(runs.get(parent_run_id)) if parent_run_id is not None else None,
-            # Asked here, as start_llm would, to spare it the reservation machinery.
-            check_budget=self.enforce_budgets and tracker.budget_applies(session),
+            check_budget=self.enforce_budgets,  # reserves only where a budget applies
         )
         runs[run_id] = call
         if len(runs) > self.max_runs:
@@ -403,7 +366,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         if isinstance(call, LLMCall):
             with _G_TOKEN:
                 um = getattr(getattr(chunk, "message", None), "usage_metadata", None)
-                call.add_chunk(_text(token), _usage_of(um) if um else None)
+                call.add_chunk(_text(token), from_langchain(um) if um else None)
 
     # --------------------------------------------------------------- LLM end
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
@@ -427,7 +390,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                         cost = _reported_cost(tu)
                 um = msg.usage_metadata
                 if um:
-                    usage = _usage_of(um)
+                    usage = from_langchain(um)
             if usage is None and response.llm_output:
                 usage = from_langchain_llm_output(response.llm_output)
                 model = model or response.llm_output.get("model_name")
@@ -524,7 +487,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                     call.model = _str_or_none(rm.get("model_name")) or call.model
                     call.provider = call.provider or _str_or_none(rm.get("model_provider"))
                 if msg.usage_metadata:
-                    usage = _usage_of(msg.usage_metadata)
+                    usage = from_langchain(msg.usage_metadata)
             if not call.chunks and partial is not None:
                 call.add_chunk(_output_text(partial))  # chunks this handler did not see
             if abandoned:

@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 
-from agentmeter.instrumentation import UsageCounts, from_langchain, normalise_usage
+from agentmeter.instrumentation import UsageCounts, _usage, from_langchain, normalise_usage
 
 anthropic = pytest.importorskip("anthropic")
 pytest.importorskip("langchain_anthropic")
 
 from agentmeter_langchain import AgentMeterCallbackHandler  # noqa: E402
-from agentmeter_langchain.handler import _usage_of  # noqa: E402
 from langchain_anthropic import ChatAnthropic, chat_models  # noqa: E402
 
 import agentmeter  # noqa: E402
@@ -94,7 +93,7 @@ def test_ttl_cache_writes_reach_from_langchain(serve: Any) -> None:
     expected = UsageCounts(10 + 6853, 792, cache_write_tokens=6853)
     assert from_langchain(um) == expected
     assert normalise_usage(msg) == expected
-    assert _usage_of(um) == expected  # the handler's reading of it
+    assert _usage._from_langchain(um) == expected  # without the one-pass shortcut
 
 
 def test_streamed_answer_with_cache_and_thinking(serve: Any) -> None:

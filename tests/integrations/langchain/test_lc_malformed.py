@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from _lc_fakes import OPENAI_USAGE, OpenAIMock, UsageChat
 from agentmeter_langchain import AgentMeterCallbackHandler, UnreportedUsageWarning
-from agentmeter_langchain.handler import _usage_of
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 import agentmeter
-from agentmeter.instrumentation import from_langchain
+from agentmeter.instrumentation import _usage, from_langchain
 
 pytest.importorskip("langchain_openai")
 
@@ -270,7 +269,8 @@ def test_anthropic_ttl_cache_writes_are_counted(lc_tracker: agentmeter.Tracker) 
     ],
 )
 def test_usage_shortcut_is_the_normaliser(um: dict[str, Any]) -> None:
-    assert _usage_of(um) == from_langchain(um)
+    # from_langchain reads a plain UsageMetadata in one pass; the full reader agrees.
+    assert from_langchain(um) == _usage._from_langchain(um)
 
 
 def test_human_message_prompt_is_estimated_for_the_budget(lc_tracker: agentmeter.Tracker) -> None:
