@@ -16,11 +16,13 @@ budgets that stop the next model or tool call before it is made::
 
 from __future__ import annotations
 
+from .errors import BudgetExceeded
 from .hooks import AgentMeterRunHooks, UnreportedUsageWarning
 from .instrument import instrument, instrumented_hooks, uninstrument
 
 __all__ = [
     "AgentMeterRunHooks",
+    "BudgetExceeded",
     "UnreportedUsageWarning",
     "instrument",
     "instrumented_hooks",

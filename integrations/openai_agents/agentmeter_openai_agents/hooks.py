@@ -40,6 +40,7 @@ import agentmeter
 from agentmeter import instrumentation as ami
 
 from ._resolve import RunDefaults, context_ids, model_and_provider, output_text, usage_of
+from .errors import BudgetExceeded
 
 __all__ = ["AgentMeterRunHooks", "UnreportedUsageWarning"]
 
@@ -221,7 +222,11 @@ class AgentMeterRunHooks(RunHooks[Any]):
         system_prompt: str | None,
         input_items: list[Any],
     ) -> None:
-        """Start the model call: raises ``BudgetExceeded`` before the request is sent."""
+        """Start the model call: raises ``BudgetExceeded`` before the request is sent.
+
+        Raises:
+            agentmeter_openai_agents.BudgetExceeded: an ``agentmeter.BudgetExceeded``.
+        """
         call = None
         with ami.guarded("AgentMeterRunHooks.on_llm_start"):
             sid, cid = self._ids(context)
@@ -234,18 +239,21 @@ class AgentMeterRunHooks(RunHooks[Any]):
             prompt: list[Any] = list(input_items) if input_items else []
             if system_prompt:
                 prompt.insert(0, {"role": "system", "content": system_prompt})
-            call = ami.start_llm(
-                model,
-                provider=provider,
-                prompt=prompt,
-                tracker=self.tracker,
-                session_id=sid,
-                agent_id=agent.name or None,
-                customer_id=cid,
-                tool=tool,
-                tags=self.tags,
-                check_budget=self.enforce_budgets,
-            )
+            try:
+                call = ami.start_llm(
+                    model,
+                    provider=provider,
+                    prompt=prompt,
+                    tracker=self.tracker,
+                    session_id=sid,
+                    agent_id=agent.name or None,
+                    customer_id=cid,
+                    tool=tool,
+                    tags=self.tags,
+                    check_budget=self.enforce_budgets,
+                )
+            except agentmeter.BudgetExceeded as exc:
+                raise BudgetExceeded.of(exc) from None
             stale = self._llm.pop(id(context), None)
             if stale is not None:  # an earlier call of this run never returned
                 stale.fail("no response")
@@ -291,16 +299,20 @@ class AgentMeterRunHooks(RunHooks[Any]):
             # No scope of its own: the tool body runs in another task than this hook, so
             # a scope opened here would not be current there. LLM calls inside an agent
             # used as a tool are credited to the tool by its nested run (see above).
-            call = ami.start_tool(
-                tool.name,
-                open_scope=False,
-                tracker=self.tracker,
-                session_id=sid,
-                agent_id=agent.name or None,
-                customer_id=cid,
-                tags=self.tags,
-                check_budget=self.enforce_budgets,
-            )
+            try:
+                call = ami.start_tool(
+                    tool.name,
+                    open_scope=False,
+                    tracker=self.tracker,
+                    session_id=sid,
+                    agent_id=agent.name or None,
+                    customer_id=cid,
+                    tags=self.tags,
+                    check_budget=self.enforce_budgets,
+                )
+            except agentmeter.BudgetExceeded as exc:
+                # The SDK would wrap a plain one in UserError (see .errors).
+                raise BudgetExceeded.of(exc) from None
             self._tools[self._tool_key(context, tool)] = call
         if self.forward is not None:
             try:
