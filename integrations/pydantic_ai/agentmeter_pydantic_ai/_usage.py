@@ -31,13 +31,14 @@ _MAX = 2**53 - 1
 _REASONING_KEYS = ("reasoning_tokens", "thinking_tokens", "thoughts_tokens")
 
 
-def _count(obj: Any, name: str, bad: list[str]) -> int:
+def _count(obj: Any, name: str, bad: list[str], missing: list[str]) -> int:
     try:
-        value = getattr(obj, name, 0)
+        value = getattr(obj, name, None)
     except Exception:
         bad.append(name)
         return 0
     if value is None:
+        missing.append(name)
         return 0
     if value.__class__ is int and 0 <= value <= _MAX:
         return int(value)
@@ -73,12 +74,13 @@ def from_request_usage(usage: Any, *, complete: bool = True) -> UsageCounts | No
     if usage is None:
         return None
     bad: list[str] = []
-    inp = _count(usage, "input_tokens", bad)
-    out = _count(usage, "output_tokens", bad)
-    cr = _count(usage, "cache_read_tokens", bad)
-    cw = _count(usage, "cache_write_tokens", bad)
-    ai = _count(usage, "input_audio_tokens", bad)
-    ao = _count(usage, "output_audio_tokens", bad)
+    missing: list[str] = []
+    inp = _count(usage, "input_tokens", bad, missing)
+    out = _count(usage, "output_tokens", bad, missing)
+    cr = _count(usage, "cache_read_tokens", bad, missing)
+    cw = _count(usage, "cache_write_tokens", bad, missing)
+    ai = _count(usage, "input_audio_tokens", bad, missing)
+    ao = _count(usage, "output_audio_tokens", bad, missing)
     try:
         details = getattr(usage, "details", None)
     except Exception:
@@ -86,8 +88,8 @@ def from_request_usage(usage: Any, *, complete: bool = True) -> UsageCounts | No
     rs = _reasoning(details, bad)
     if not (inp or out or cr or cw or rs or ai or ao) and not bad:
         return None  # pydantic-ai's default RequestUsage(): the provider reported nothing
-    reported_input = "input_tokens" not in bad and (complete or inp > 0)
-    reported_output = "output_tokens" not in bad and (complete or out > 0)
+    reported_input = "input_tokens" not in bad + missing and (complete or inp > 0)
+    reported_output = "output_tokens" not in bad + missing and (complete or out > 0)
     # The whole includes its parts (pydantic-ai's documented convention): a report
     # that says otherwise contradicts itself, and the smallest consistent whole wins.
     inp = max(inp, cr + cw, ai)
