@@ -212,16 +212,17 @@ end
 -- A queued operation. A: op ('settle' | 'release' | 'cancel' | 'drop'), token, seq,
 -- rid, exp (for 'cancel': the seq of the reserve it cancels), actual x6 (settle).
 -- Applied only if seq is above the token's last one on this key: a replay of an
--- operation that already ran is a no-op. Returns 1 applied, 0 replay.
+-- operation that already ran is a no-op. Returns {0} for a replay, {1} for a drop,
+-- else {1, used x6} (the key's used amounts after it).
 local seq = tonumber(A[3])
 local last = tonumber(redis.call('HGET', Q, A[2]) or '0')
-if seq <= last then return 0 end
+if seq <= last then return {0} end
 if op == 'drop' then
   redis.call('DEL', S, R, E)
   redis.call('HSET', Q, A[2], A[3])
   -- Keep the replay guard a day past the drop, then let it go too.
   redis.call('EXPIRE', Q, 86400)
-  return 1
+  return {1}
 end
 local cur = load()
 if op == 'settle' then
@@ -238,15 +239,19 @@ if op == 'cancel' then
   -- stale and books nothing.
   local floor = tonumber(redis.call('HGET', Q, 'c:' .. A[2]) or '0')
   if tonumber(A[5]) > floor then redis.call('HSET', Q, 'c:' .. A[2], A[5]) end
-  return 1
+else
+  keep_until(A[5], now_ms())
 end
-keep_until(A[5], now_ms())
-return 1
+local out = {1}
+for i = 1, 6 do out[i + 1] = string.format('%.0f', cur[i]) end
+return out
 """
 
 _SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 _SEND_BATCH = 256  # queued operations per pipeline sent by the background thread
 _MAX_CATCH_UP = 512  # queued operations of one key a reserve may send before its own
+_LINGER_S = 0.002
+_KNOWN_MAX = 65_536  # keys whose last reported usage is remembered (for settle's answer)
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 1.0
 
@@ -284,15 +289,27 @@ def _exp(expires_at: float | None) -> str:
     return repr(float(expires_at))
 
 
+ZERO = Spend()
+
+
+def _add(a: Spend, b: Spend) -> Spend:
+    return Spend(*(x + y for x, y in zip(a, b, strict=True)))
+
+
+def _sub(a: Spend, b: Spend) -> Spend:
+    return Spend(*(x - y for x, y in zip(a, b, strict=True)))
+
+
 class _Op:
-    """One queued settle / release / drop."""
+    """One queued settle / release / cancel / drop."""
 
-    __slots__ = ("args", "done", "key", "seq")
+    __slots__ = ("args", "done", "key", "seq", "spend")
 
-    def __init__(self, key: str, seq: int, args: tuple[str, ...]) -> None:
+    def __init__(self, key: str, seq: int, args: tuple[str, ...], spend: Spend | None) -> None:
         self.key = key
         self.seq = seq
         self.args = args  # ARGV of the script
+        self.spend = spend  # a settle's actual spend
         self.done = False
 
 
@@ -405,6 +422,10 @@ class RedisBudgetStore:
         self._order: deque[_Op] = deque()  # every queued op, oldest first (some done)
         self._by_key: dict[str, deque[_Op]] = {}  # the live ops of each key, in order
         self._live = 0
+        self._known: dict[str, Spend] = {}  # key -> used, as Redis last reported it
+        self._queued_spend: dict[str, Spend] = {}  # key -> sum of its queued settles
+        self._sending: dict[str, int] = {}  # key -> senders with its queued ops in flight
+        self._sent = threading.Condition(self._lock)  # notified when a key is unclaimed
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -483,13 +504,18 @@ class RedisBudgetStore:
         actual: Spend,
         *,
         expires_at: float | None = None,
-    ) -> None:
+    ) -> Spend:
         """Replace a reservation (or nothing) with the spend that really happened.
 
         Queued and sent by a background thread: never waits for the network.
+
+        Returns:
+            The key's used amounts as this process knows them without asking Redis
+            (the last state Redis reported, plus this process's queued settlements):
+            what the tracker's alert thresholds are checked against.
         """
         rid = "" if reservation_id is None else self._rid(reservation_id)
-        self._enqueue(key, ("settle", rid, _exp(expires_at), *map(str, actual)))
+        return self._enqueue(key, ("settle", rid, _exp(expires_at), *map(str, actual)), actual)
 
     def release(self, key: str, reservation_id: str) -> None:
         """Drop a reservation whose call was never made (queued, like :meth:`settle`)."""
@@ -503,6 +529,8 @@ class RedisBudgetStore:
             BudgetStoreUnavailable: Redis did not answer within ``timeout_s``.
         """
         out = self._call("usage", key, self._snapshot(key)[0], ("usage",))
+        with self._lock:
+            self._learn(key, out[:6])
         return Spend(*(int(v) for v in out[:6])), Spend(*(int(v) for v in out[6:12]))
 
     def drop(self, key: str) -> None:
@@ -510,14 +538,22 @@ class RedisBudgetStore:
         resets the *shared* budget for every process: close a session once, where
         it really ends."""
         self._enqueue(key, ("drop", "", ""))
+        with self._lock:
+            self._known.pop(key, None)
 
     # --------------------------------------------------------------- the queue
-    def _enqueue(self, key: str, args: tuple[str, ...]) -> None:
+    def _enqueue(self, key: str, args: tuple[str, ...], spend: Spend | None = None) -> Spend:
+        """Queue one operation; returns the key's used amounts as far as this process
+        knows them (the last state Redis reported plus what is queued), no network."""
         lost = 0
         with self._lock:
             self._seq += 1
-            op = _Op(key, self._seq, (args[0], self._token, str(self._seq), *args[1:]))
+            op = _Op(key, self._seq, (args[0], self._token, str(self._seq), *args[1:]), spend)
             self._order.append(op)
+            queued = self._queued_spend.get(key, ZERO)
+            if spend is not None:
+                queued = self._queued_spend[key] = _add(queued, spend)
+            estimate = _add(self._known.get(key, ZERO), queued)
             dq = self._by_key.get(key)
             if dq is None:
                 dq = self._by_key[key] = deque()
@@ -540,6 +576,14 @@ class RedisBudgetStore:
                 lost,
                 self._stats["dropped"],
             )
+        return estimate
+
+    def _learn(self, key: str, used: Sequence[Any]) -> None:
+        """Remember the used amounts Redis reported for ``key`` (lock held)."""
+        known = self._known
+        if len(known) >= _KNOWN_MAX and key not in known:
+            known.clear()  # an estimate for alerts: dropping it is harmless
+        known[key] = Spend(*(int(v) for v in used))
 
     def _drop_oldest(self) -> None:
         # Called with the lock held and at least one live op queued.
@@ -560,8 +604,12 @@ class RedisBudgetStore:
             if not first.done:
                 first.done = True
                 self._live -= 1
+                if first.spend is not None:
+                    left = _sub(self._queued_spend.get(op.key, ZERO), first.spend)
+                    self._queued_spend[op.key] = left
         if not dq:
             del self._by_key[op.key]
+            self._queued_spend.pop(op.key, None)
         if self._live == 0:
             self._order.clear()
             self._idle.notify_all()
@@ -577,8 +625,10 @@ class RedisBudgetStore:
         failures = 0
         while True:
             self._wake.wait()
+            # A moment for more to arrive: one pipeline for a burst of settlements.
+            time.sleep(_LINGER_S)
             with self._lock:
-                batch = self._next_batch()
+                batch, keys = self._next_batch()
                 if not batch:
                     self._wake.clear()
                     if self._closed:
@@ -587,6 +637,8 @@ class RedisBudgetStore:
             try:
                 self._send(batch, None)
             except _UNREACHABLE as exc:
+                self._unclaim(keys)  # reserves may go ahead (and fail closed) meanwhile
+                keys = []
                 self._went_down(exc)
                 failures += 1
                 delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(failures, 10))
@@ -596,34 +648,84 @@ class RedisBudgetStore:
                     return
                 continue
             except Exception:  # a bug of ours: keep the thread alive, keep the ops
+                self._unclaim(keys)
+                keys = []
                 logger.exception("agentmeter: budget store background send failed")
                 time.sleep(_BACKOFF_CAP_S)
                 continue
+            finally:
+                self._unclaim(keys)
             failures = 0
 
-    def _next_batch(self) -> list[_Op]:
-        # The oldest live ops in queue order (lock held); done ones are discarded.
+    def _next_batch(self) -> tuple[list[_Op], list[str]]:
+        """The oldest live ops in queue order, their keys claimed (lock held).
+
+        Keys whose ops another sender (a reserve) has in flight are left to it. Two
+        senders of one key would still be correct -- each sends the key's ops in
+        order from the first unconfirmed one, and a copy that runs second is a
+        replay -- but only load Redis twice.
+        """
         order = self._order
         while order and order[0].done:
             order.popleft()
+        sending = self._sending
         batch: list[_Op] = []
         for op in order:
-            if not op.done:
+            if not op.done and op.key not in sending:
                 batch.append(op)
                 if len(batch) == _SEND_BATCH:
                     break
-        return batch
+        keys = list({op.key: None for op in batch})
+        for key in keys:
+            sending[key] = 1
+        return batch, keys
+
+    def _unclaim(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        with self._lock:
+            sending = self._sending
+            for key in keys:
+                n = sending.pop(key, 1) - 1
+                if n > 0:
+                    sending[key] = n
+            self._sent.notify_all()
+            live = self._live
+        if live:
+            self._wake.set()
 
     # ----------------------------------------------------------- the network
     def _snapshot(self, key: str) -> tuple[list[_Op], int]:
-        """``key``'s queued operations, and a sequence number after them."""
+        """``key``'s queued operations, claimed, and a sequence number after them.
+
+        While another sender has the key's operations in flight, waits for it (up
+        to the deadline, not at all while Redis is known to be down): this call
+        then usually finds nothing left to send. Past that it sends them too.
+        """
         with self._lock:
+            if key in self._sending and self._down_since is None:
+                deadline = time.monotonic() + self.timeout_s
+                while key in self._sending and self._down_since is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._sent.wait(remaining)
             dq = self._by_key.get(key)
             self._seq += 1
-            return (list(dq) if dq else []), self._seq
+            if not dq:
+                return [], self._seq
+            self._sending[key] = self._sending.get(key, 0) + 1
+            return list(dq), self._seq
 
     def _call(self, operation: str, key: str, ops: list[_Op], args: Sequence[str]) -> Any:
         """Run one script on ``key`` after its queued operations, in one pipeline."""
+        try:
+            return self._call_after(operation, key, ops, args)
+        finally:
+            if ops:
+                self._unclaim([key])
+
+    def _call_after(self, operation: str, key: str, ops: list[_Op], args: Sequence[str]) -> Any:
         if len(ops) > _MAX_CATCH_UP:
             # Sending them all would blow the deadline; the background thread is
             # replaying them (an outage just ended). Fail closed until it caught up.
@@ -689,10 +791,12 @@ class RedisBudgetStore:
                 if isinstance(reply, Exception):
                     failed.append((op, reply))
                     self._stats["failed"] += 1
-                elif reply == 0:
+                elif not reply or reply[0] == 0:
                     self._stats["replays_ignored"] += 1
                 else:
                     self._stats["applied"] += 1
+                    if len(reply) == 7:
+                        self._learn(op.key, reply[1:])
                 if not op.done:
                     self._finish(op)
         for op, err in failed:
