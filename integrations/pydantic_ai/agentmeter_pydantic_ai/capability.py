@@ -68,6 +68,11 @@ class _ToolPending:
 # attribution in before_tool_execute (outer first), the outermost wrap meters it once.
 _TOOL: ContextVar[_ToolPending | None] = ContextVar("agentmeter_pydantic_ai.tool", default=None)
 
+# The id of the tool call running in this context, so that ``@agentmeter.metered_tool``
+# on the tool's function records the same call (once) instead of a second one.
+_CALL_ID: ContextVar[str | None] = ContextVar("agentmeter_pydantic_ai.call_id", default=None)
+ami.register_call_id_provider(_CALL_ID.get)
+
 
 def _from_deps(deps: object, name: str) -> str | None:
     """``deps.<name>`` or ``deps["<name>"]`` when it is a non-empty str."""
@@ -226,6 +231,7 @@ class AgentMeter(AbstractCapability[Any]):
             )
         if tool is None:
             return await handler(args)
+        call_token = _CALL_ID.set(tool.call_id)
         try:
             result = await handler(args)
         except _NOT_CALLS:
@@ -240,6 +246,8 @@ class AgentMeter(AbstractCapability[Any]):
             with _G_TOOL:
                 tool.fail(exc)
             raise
+        finally:
+            _CALL_ID.reset(call_token)
         with _G_TOOL:
             tool.finish()
         return result

@@ -288,3 +288,27 @@ def test_run_sync(pa_tracker: agentmeter.Tracker) -> None:
         result.usage.output_tokens,
         result.usage.requests,
     )
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_metered_tool_decorator_inside_counts_once(
+    pa_tracker: agentmeter.Tracker, is_async: bool
+) -> None:
+    agent = Agent(TestModel(), capabilities=[AgentMeter(tracker=pa_tracker, session_id="s-dec")])
+    if is_async:
+
+        @agent.tool_plain
+        @pa_tracker.metered_tool
+        async def ping() -> str:
+            return "pong"
+    else:
+
+        @agent.tool_plain
+        @pa_tracker.metered_tool
+        def ping() -> str:  # run in a worker thread by pydantic-ai
+            return "pong"
+
+    await agent.run("go")
+    [stats] = pa_tracker.session("s-dec").tools.values()
+    assert (stats.tool, stats.calls) == ("ping", 1)
+    assert pa_tracker.snapshot().totals.tool_calls == 1
