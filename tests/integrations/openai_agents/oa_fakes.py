@@ -209,8 +209,9 @@ class FakeOpenAI:
             chunk({}, "tool_calls")
         else:
             chunk({"role": "assistant", "content": ""})
-            for word in self.reply.split(" "):
-                chunk({"content": word + " "})
+            words = self.reply.split(" ")
+            for i, word in enumerate(words):
+                chunk({"content": word if i == len(words) - 1 else word + " "})
             chunk({}, "stop")
         if with_usage:
             last = copy.deepcopy(CHAT_STREAM_USAGE_CHUNK)
