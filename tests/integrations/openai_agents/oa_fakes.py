@@ -21,6 +21,7 @@ the transport billed.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -78,13 +79,14 @@ class FakeOpenAI:
         self.args_for: dict[str, str] = {}
         self.tool_first = tool_first
         self.stream_usage = stream_usage  # False: a stream's last chunk has no usage
+        self.delay = 0.0  # seconds each answer takes (a request in flight, to cancel)
         self.requests: list[dict[str, Any]] = []
         self.served: list[Served] = []
         self._n = 0
 
     # ------------------------------------------------------------------ clients
     def client(self) -> openai.AsyncOpenAI:
-        http = httpx.AsyncClient(transport=httpx.MockTransport(self.handle))
+        http = httpx.AsyncClient(transport=httpx.MockTransport(self._answer))
         return openai.AsyncOpenAI(
             api_key="sk-test", base_url="http://127.0.0.1:9/v1", http_client=http, max_retries=0
         )
@@ -124,6 +126,13 @@ class FakeOpenAI:
         return self._n
 
     # ------------------------------------------------------------------- handler
+    async def _answer(self, request: httpx.Request) -> httpx.Response:
+        if self.delay:
+            self.requests.append({"path": request.url.path, "in_flight": True})
+            await asyncio.sleep(self.delay)
+            self.requests.pop()
+        return self.handle(request)
+
     def handle(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content or b"{}")
         path = request.url.path

@@ -158,3 +158,31 @@ async def test_per_run_hooks_settle_a_failed_call_on_request(
     hooks.settle(info.value)  # once only
     totals = oa_tracker.snapshot().totals
     assert (totals.llm_calls, totals.failed_llm_calls) == (1, 1)
+
+
+async def test_a_cancelled_streamed_run_records_its_call_in_flight_as_abandoned(
+    fake: FakeOpenAI, api: str, oa_tracker: agentmeter.Tracker
+) -> None:
+    import asyncio
+
+    amo.instrument(oa_tracker)
+    fake.delay = 5.0
+    agent = Agent(name="slow", model=make_model(fake, api), model_settings=USAGE)
+    result = Runner.run_streamed(agent, "n=1", context={"session_id": "c"})
+    for _ in range(200):  # until the request is in flight
+        if fake.requests:
+            break
+        await asyncio.sleep(0.01)
+    assert fake.requests and fake.served == []
+    result.cancel()
+    async for _ in result.stream_events():
+        pass
+    for _ in range(100):
+        if oa_tracker.snapshot().totals.llm_calls:
+            break
+        await asyncio.sleep(0.01)
+    totals = oa_tracker.snapshot().totals
+    # The prompt was sent: abandoned calls keep an estimate of it, flagged.
+    assert (totals.llm_calls, totals.failed_llm_calls, totals.estimated_calls) == (1, 1, 1)
+    assert totals.output_tokens == 0
+    assert oa_tracker.session("c").usage.llm_calls == 1
