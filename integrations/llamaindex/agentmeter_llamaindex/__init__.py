@@ -10,11 +10,15 @@ Meter everything LlamaIndex does in the process::
         await agent.run("...")                   # LLM, embedding and tool calls counted
     agentmeter.get_tracker().session("s1").tools
 
-Budgets that stop a call *before* it is made need the legacy callback handler::
+Budgets stop a call *before* it is made on every path -- LLMs called directly,
+query engines, chat engines, agents and workflows::
 
-    from llama_index.core.callbacks import CallbackManager
+    with agentmeter.meter("turn", budget=agentmeter.Budget(max_cost_usd=0.50)):
+        index.as_query_engine(llm=llm).query("...")   # raises BudgetExceeded, not sent
 
-    llm.callback_manager = CallbackManager([agentmeter_llamaindex.AgentMeterCallbackHandler()])
+(The dispatcher cannot stop a call; ``instrument()`` puts its own
+``AgentMeterCallbackHandler`` on the callback manager each model is about to call
+with. Where nothing can stop a call, ``BudgetNotEnforcedWarning`` says so once.)
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from agentmeter import Tracker, get_tracker
 
 from ._instrument import Instrumentor
-from ._llm import STREAM_USAGE_FIX, StreamUsageWarning
+from ._llm import STREAM_USAGE_FIX, BudgetNotEnforcedWarning, StreamUsageWarning
 from .callback import AgentMeterCallbackHandler
 
 try:
@@ -36,6 +40,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "STREAM_USAGE_FIX",
     "AgentMeterCallbackHandler",
+    "BudgetNotEnforcedWarning",
     "Instrumentor",
     "StreamUsageWarning",
     "__version__",
@@ -53,6 +58,7 @@ def instrument(
     *,
     session_from_run_id: bool = True,
     stream_usage: bool = False,
+    enforce_budgets: bool = True,
 ) -> Instrumentor:
     """Meter every LlamaIndex LLM, embedding and tool call, agent and workflow run.
 
@@ -73,6 +79,11 @@ def instrument(
         stream_usage: Make llama-index OpenAI LLMs ask for usage in their streams
             (sets ``additional_kwargs["stream_options"] = {"include_usage": True}`` on
             them). Without it, their streams are estimated and a warning says so.
+        enforce_budgets: Refuse a call that would exceed a budget, before it is made
+            (``BudgetExceeded``), on every LLM and embedding model: the
+            instrumentation adds its :class:`AgentMeterCallbackHandler` to the
+            callback manager a model calls with, while a budget applies. ``False``
+            meters only (and says once that budgets are not enforced).
 
     Returns:
         The active :class:`Instrumentor` (its ``errors`` lists internal errors).
@@ -88,12 +99,18 @@ def instrument(
             and cur.tracker is tracker
             and cur.session_from_run_id == session_from_run_id
             and cur.stream_usage == stream_usage
+            and cur.enforce_budgets == enforce_budgets
         ):
             return cur
         if cur is not None:
             cur.detach()
+        if enforce_budgets is not True and enforce_budgets is not False:
+            raise TypeError(f"enforce_budgets must be a bool, got {enforce_budgets!r}")
         new = Instrumentor(
-            tracker, session_from_run_id=session_from_run_id, stream_usage=stream_usage
+            tracker,
+            session_from_run_id=session_from_run_id,
+            stream_usage=stream_usage,
+            enforce_budgets=enforce_budgets,
         )
         new.attach()
         _current = new

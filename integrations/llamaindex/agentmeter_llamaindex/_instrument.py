@@ -8,6 +8,17 @@ whose scope credits everything recorded inside to the tool) and workflow runs
 (the span of ``Workflow.run``: a scope carrying the session and the running
 agent; steps run as asyncio tasks created inside the run, so they inherit it).
 
+Budgets: the dispatcher swallows whatever its handlers raise, so it cannot stop
+a call; LlamaIndex's ``CallbackManager`` can. With ``enforce_budgets`` (the
+default), entering the span of an LLM or embedding model while a budget applies
+puts this instrumentor's :class:`~agentmeter_llamaindex.AgentMeterCallbackHandler`
+(its *gate*) on the ``CallbackManager`` that model has *now* -- the one its call
+is about to use, whichever component (a query engine, a chat engine, an agent)
+set it -- so the gate reserves before the call and raises ``BudgetExceeded``
+before the request is sent. A call that ends without any such handler having
+seen it while a budget applied is reported once, loudly
+(:class:`~agentmeter_llamaindex.BudgetNotEnforcedWarning`).
+
 Handlers must not raise into LlamaIndex (the dispatcher swallows everything):
 internal errors are logged, kept in :attr:`Instrumentor.errors` and re-raised in
 strict mode, where the dispatcher still drops them -- tests assert ``errors`` is
@@ -17,12 +28,16 @@ empty.
 from __future__ import annotations
 
 import inspect
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.base import BaseLLM
+from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events import embedding as emb_events
@@ -34,7 +49,7 @@ from llama_index.core.tools.types import BaseTool
 from llama_index_instrumentation import get_dispatcher
 from llama_index_instrumentation.dispatcher import active_instrument_tags
 
-from agentmeter import Scope, Tracker
+from agentmeter import BudgetExceeded, BudgetStoreUnavailable, Scope, Tracker
 from agentmeter.instrumentation import (
     ToolCall,
     guarded,
@@ -44,13 +59,18 @@ from agentmeter.instrumentation import (
 )
 
 from ._common import tag
-from ._llm import LLMEvents, is_openai
+from ._llm import LLMEvents, is_openai, warn_unenforced
+from ._tools import forget, guard, refuse
+
+if TYPE_CHECKING:
+    from .callback import AgentMeterCallbackHandler
 
 __all__ = ["Instrumentor"]
 
 _MAX_OPEN = 50_000  # open spans remembered (a leak guard; spans normally close)
 _ERRORS_KEPT = 100
-_K_OTHER, _K_TOOL, _K_RUN, _K_LLM = 0, 1, 2, 3
+_K_OTHER, _K_TOOL, _K_RUN, _K_LLM, _K_EMB = 0, 1, 2, 3, 4
+_MAX_CLAIMED = 10_000  # callback events a handler claimed (two handlers: one reserves)
 # Exceptions that pause a tool rather than fail it (human-in-the-loop workflows).
 _PAUSES = frozenset({"WaitingForEvent"})
 _UNKNOWN: Any = object()
@@ -60,6 +80,14 @@ _UNKNOWN: Any = object()
 class _Run:
     scope: Scope
     agent_fixed: bool  # from instrument_tags: hand-offs do not change it
+
+
+@dataclass(slots=True, eq=False)
+class _Refusal:
+    """A tool call a budget refused: its function raises ``exc`` instead of running."""
+
+    name: str
+    exc: BaseException
 
 
 @dataclass(slots=True, eq=False)
@@ -135,14 +163,21 @@ class Instrumentor(LLMEvents):
         *,
         session_from_run_id: bool = True,
         stream_usage: bool = False,
+        enforce_budgets: bool = True,
     ) -> None:
         super().__init__()
         self.tracker = tracker
         self.session_from_run_id = session_from_run_id
         self.stream_usage = stream_usage
+        self.enforce_budgets = enforce_budgets
+        self._gate: AgentMeterCallbackHandler | None = None
+        # The callback managers the gate was put on (taken off again by detach()).
+        self._gated: weakref.WeakSet[CallbackManager] = weakref.WeakSet()
+        self._claimed: dict[str, None] = {}
+        self._claim_lock = threading.Lock()
         self.errors: list[BaseException] = []
         self._parents: dict[str, str | None] = {}
-        self._open: dict[str, ToolCall | _Run | _ToolStep] = {}
+        self._open: dict[str, ToolCall | _Run | _ToolStep | _Refusal] = {}
         self._kinds: dict[type, int] = {}
         self._workflow_types: tuple[type, ...] = ()
         self._agent_types: tuple[type, ...] = ()
@@ -176,6 +211,11 @@ class Instrumentor(LLMEvents):
         from llama_index.core.workflow import Workflow
 
         self._workflow_types, self._agent_types = (Workflow,), (BaseWorkflowAgent,)
+        if self.enforce_budgets and self._gate is None:
+            from .callback import AgentMeterCallbackHandler
+
+            self._gate = AgentMeterCallbackHandler(self.tracker, instrument=False)
+            self._gate._instrumentor = self
         root = get_dispatcher()
         root.add_event_handler(self.event_handler)
         root.add_span_handler(self.span_handler)
@@ -192,8 +232,49 @@ class Instrumentor(LLMEvents):
         root.span_handlers = [h for h in root.span_handlers if h is not self.span_handler]
         unregister_call_id_provider(self.current_tool_call_id)
         self._attached = False
-        for pending in (self._parents, self._llm, self._emb, self._open):
+        gate = self._gate
+        for cm in list(self._gated):
+            cm.handlers = [h for h in cm.handlers if h is not gate]
+        self._gated = weakref.WeakSet()
+        for pending in (self._parents, self._llm, self._emb, self._open, self._claimed):
             pending.clear()
+
+    def claim(self, event_id: str, span_id: str | None, llm: bool) -> bool:
+        """True for the first agentmeter handler of this tracker that sees a callback event.
+
+        The gate and a handler the user added can both be on one callback manager:
+        one of them reserves. An LLM call claimed is one that could be refused.
+        """
+        with self._claim_lock:
+            claimed = self._claimed
+            if event_id in claimed:
+                return False
+            claimed[event_id] = None
+            if len(claimed) > _MAX_CLAIMED:
+                claimed.pop(next(iter(claimed)), None)
+        if llm:
+            self.gate(span_id)
+        return True
+
+    def _put_gate(self, instance: Any) -> None:
+        """Put the gate on the callback manager ``instance`` is about to call with."""
+        gate = self._gate
+        if gate is None or not self.tracker.budget_applies():
+            return
+        cm = getattr(instance, "callback_manager", None)
+        if not isinstance(cm, CallbackManager):
+            cm = CallbackManager([])  # what llama-index's callback wrappers would create
+            instance.callback_manager = cm
+        from .callback import AgentMeterCallbackHandler
+
+        handlers = cm.handlers
+        tracker = gate.tracker
+        for h in handlers:
+            if h is gate or (isinstance(h, AgentMeterCallbackHandler) and h.tracker is tracker):
+                return  # guarded already (a handler the user added reserves the same way)
+        # A new list: a manager built without handlers shares Settings' list.
+        cm.handlers = [*handlers, gate]
+        self._gated.add(cm)
 
     def _fail(self, exc: BaseException, where: str) -> None:
         if len(self.errors) < _ERRORS_KEPT:
@@ -232,6 +313,8 @@ class Instrumentor(LLMEvents):
                 kind = _K_RUN
             elif isinstance(instance, BaseLLM):
                 kind = _K_LLM
+            elif isinstance(instance, BaseEmbedding):
+                kind = _K_EMB
             else:
                 kind = _K_OTHER
             self._kinds[cls] = kind
@@ -260,8 +343,13 @@ class Instrumentor(LLMEvents):
                 self._tool_enter(id_, instance, parent_id, tags)
             elif kind == _K_RUN:
                 self._run_enter(id_, instance)
-            elif kind == _K_LLM and self.stream_usage:
-                self._ask_stream_usage(instance)
+            elif kind == _K_LLM:
+                if self.enforce_budgets:
+                    self._put_gate(instance)
+                if self.stream_usage:
+                    self._ask_stream_usage(instance)
+            elif kind == _K_EMB and self.enforce_budgets:
+                self._put_gate(instance)
         except Exception as exc:
             self._fail(exc, "span_enter")
 
@@ -301,16 +389,55 @@ class Instrumentor(LLMEvents):
             # FunctionTool.__call__ -> call, an async adapter -> the sync tool: one call.
             self._open[id_] = parent
             return
+        if isinstance(parent, _Refusal) and parent.name == name:
+            self._open[id_] = parent  # the inner span of a refused call refuses too
+            refuse(id_, parent.exc)
+            return
         if isinstance(parent, _ToolStep):
             parent.saw_tool = True
-        self._open[id_] = start_tool(
-            name,
-            call_id=id_,
-            scope_name=name,
-            tracker=self.tracker,
-            session_id=tag(tags, "session_id"),
-            agent_id=tag(tags, "agent_id"),
-            check_budget=False,  # no hook here can refuse a tool: @metered_tool can
+        session, agent = tag(tags, "session_id"), tag(tags, "agent_id")
+        enforce = self.enforce_budgets
+        try:
+            call = start_tool(
+                name,
+                call_id=id_,
+                scope_name=name,
+                tracker=self.tracker,
+                session_id=session,
+                agent_id=agent,
+                check_budget=enforce,
+            )
+        except (BudgetExceeded, BudgetStoreUnavailable) as exc:
+            if guard(instance):
+                # Raised by the tool's own function wrapper, before its body (_tools.py).
+                self._open[id_] = _Refusal(name, exc)
+                refuse(id_, exc)
+                return
+            self._warn_tool(name, instance, exc)
+            call = start_tool(
+                name,
+                call_id=id_,
+                scope_name=name,
+                tracker=self.tracker,
+                session_id=session,
+                agent_id=agent,
+                check_budget=False,
+            )
+        self._open[id_] = call
+
+    def _warn_tool(self, name: str, instance: Any, exc: BaseException) -> None:
+        cls = type(instance).__name__
+        key = "tool:" + cls
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warn_unenforced(
+            f"agentmeter: a budget refused a call of tool {name!r} ({exc}), but agentmeter "
+            f"cannot stop a {cls} before it runs (LlamaIndex's dispatcher cannot refuse a call, "
+            "and only a FunctionTool runs its function where agentmeter can check it first); "
+            "it runs and is counted against the budget. To enforce the budget on it: make it a "
+            "FunctionTool (FunctionTool.from_defaults(fn)), or decorate the function it runs "
+            "with @agentmeter.metered_tool."
         )
 
     def _run_enter(self, id_: str, instance: Any) -> None:
@@ -342,9 +469,15 @@ class Instrumentor(LLMEvents):
             self._open[id_] = _ToolStep()
 
     def _close(
-        self, id_: str, rec: ToolCall | _Run | _ToolStep, result: Any, err: BaseException | None
+        self,
+        id_: str,
+        rec: ToolCall | _Run | _ToolStep | _Refusal,
+        result: Any,
+        err: BaseException | None,
     ) -> None:
-        if isinstance(rec, ToolCall):
+        if isinstance(rec, _Refusal):
+            forget(id_)  # refused before it ran: nothing to record
+        elif isinstance(rec, ToolCall):
             if rec.call_id != id_:
                 pass  # an inner span of the same tool call
             elif err is not None and type(err).__name__ in _PAUSES:

@@ -14,6 +14,7 @@ tokenizer, else llama-index's default one, and flagged.
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import time
 import warnings
@@ -42,7 +43,9 @@ from agentmeter.instrumentation import (
 
 from ._common import FALLBACK_ENCODING, count, count_messages, model_of, response_text, tag
 
-__all__ = ["STREAM_USAGE_FIX", "LLMEvents", "StreamUsageWarning"]
+__all__ = ["STREAM_USAGE_FIX", "BudgetNotEnforcedWarning", "LLMEvents", "StreamUsageWarning"]
+
+logger = logging.getLogger("agentmeter.llamaindex")
 
 _MAX_PENDING = 10_000  # LLM calls awaiting their end (streams nobody drained)
 _NO_TAGS: tuple[None, None] = (None, None)
@@ -53,6 +56,14 @@ STREAM_USAGE_FIX = 'additional_kwargs={"stream_options": {"include_usage": True}
 
 class StreamUsageWarning(UserWarning):
     """A stream ended without reporting its usage; its counts were estimated."""
+
+
+class BudgetNotEnforcedWarning(UserWarning):
+    """A budget applied to a LlamaIndex call that agentmeter had no way to stop.
+
+    Said once per LLM class (and once for tools), with the setting that makes
+    the budget enforceable; the call itself is still metered.
+    """
 
 
 def is_openai(cls_name: str) -> bool:
@@ -85,6 +96,8 @@ class _LLMSpan:
     usage: UsageCounts | None = None  # what the stream's chunks reported
     stream: bool = False
     adapter: bool = False  # re-yields another call's chunks (that one is counted)
+    budgeted: bool = False  # a budget applied when the call started
+    gated: bool = False  # an agentmeter callback handler saw it start (and could refuse it)
 
 
 @dataclass(slots=True, eq=False)
@@ -100,6 +113,7 @@ class LLMEvents:
     """The LLM and embedding half of :class:`~agentmeter_llamaindex.Instrumentor`."""
 
     tracker: Tracker
+    enforce_budgets: bool
     _parents: dict[str, str | None]  # span id -> parent span id, of the open spans
     _fail: Callable[[BaseException, str], None]  # logs an internal error
 
@@ -150,6 +164,8 @@ class LLMEvents:
             check_budget=False,  # the dispatcher cannot stop a call: see callback.py
         )
         span = _LLMSpan(call, cls)
+        # Whether a budget applies, to say so if nothing could stop the call (_finish).
+        span.budgeted = self.tracker.budget_applies(call.attribution.session_id)
         span.outer = outer = self._pending_ancestor(sid)
         if outer is not None:
             outer.children += 1
@@ -285,6 +301,8 @@ class LLMEvents:
         if span.children or span.adapter:
             call.cancel()  # an adapter over inner LLM calls (chat -> complete): those count
             return
+        if span.budgeted and not self._covered(span):
+            self._warn_unenforced(span)
         usage = span.usage if span.stream else None
         if usage is None and response is not None and _may_report(response):
             usage = from_llamaindex(response)
@@ -330,6 +348,49 @@ class LLMEvents:
             u.malformed,
             u.reported_input,
             reported_out,
+        )
+
+    # -- budgets -------------------------------------------------------------------
+    def gate(self, span_id: str | None) -> None:
+        """An agentmeter callback handler saw the LLM call of ``span_id`` start."""
+        span = self._llm.get(span_id) if span_id is not None else None
+        if span is not None:
+            span.gated = True
+
+    @staticmethod
+    def _covered(span: _LLMSpan) -> bool:
+        """Whether a handler that could refuse saw this call (or the call it runs in)."""
+        s: _LLMSpan | None = span
+        for _ in range(64):
+            if s is None:
+                return False
+            if s.gated:
+                return True
+            s = s.outer
+        return False
+
+    def _warn_unenforced(self, span: _LLMSpan) -> None:
+        key = "llm:" + span.cls
+        with self._warn_lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        if not self.enforce_budgets:
+            why = "agentmeter_llamaindex.instrument(enforce_budgets=False) meters without refusing"
+            fix = "instrument(enforce_budgets=True) (the default)"
+        else:
+            why = (
+                f"{span.cls} did not call its CallbackManager (its chat / complete methods are "
+                "not wrapped by llama-index's llm_chat_callback / llm_completion_callback)"
+            )
+            fix = (
+                "wrap them with llama_index.core.llms.callbacks.llm_chat_callback() / "
+                "llm_completion_callback(), as llama-index's own LLMs do"
+            )
+        warn_unenforced(
+            f"agentmeter: a budget applies to calls of {span.cls} (model {span.call.model!r}), "
+            f"but agentmeter could not stop them before they were made: {why}. They are "
+            f"metered and counted against the budget, never refused. To enforce it: {fix}."
         )
 
     def _warn_stream(self, span: _LLMSpan) -> None:
@@ -388,3 +449,9 @@ class LLMEvents:
                 session_id=a.session_id,
                 agent_id=a.agent_id,
             )
+
+
+def warn_unenforced(message: str) -> None:
+    """Say it loudly: a warning of its own category and a WARNING log record."""
+    logger.warning(message)
+    warnings.warn(message, BudgetNotEnforcedWarning, stacklevel=3)

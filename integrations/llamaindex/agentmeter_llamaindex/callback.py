@@ -7,6 +7,12 @@ the embedding methods *before* the model is called. This handler starts an
 ``agentmeter.instrumentation`` call there, which reserves the budget and raises
 :class:`agentmeter.BudgetExceeded` when the call would overspend.
 
+:func:`agentmeter_llamaindex.instrument` puts one of these (its *gate*) on the
+callback manager each LLM and embedding model is about to call with, while a
+budget applies (see ``_instrument.py``), so adding one by hand is optional. Two
+on one manager (the gate and yours) reserve once: the first to see the event
+claims it.
+
 Metering itself is done by the instrumentation (creating the handler calls
 :func:`agentmeter_llamaindex.instrument` for its tracker): the reservation is
 booked under the LLM span id, which is also the id the call is recorded with, so
@@ -46,10 +52,10 @@ _G_END = guarded("AgentMeterCallbackHandler.on_event_end")
 class AgentMeterCallbackHandler(BaseCallbackHandler):
     """Enforces agentmeter budgets on LlamaIndex LLM and embedding calls.
 
-    Add it to the ``CallbackManager`` of the LLMs and embedding models to guard
-    (``Settings.callback_manager = CallbackManager([handler])`` before building
-    them, or ``llm.callback_manager.add_handler(handler)``: LLMs built before
-    ``Settings.callback_manager`` was set do not pick it up). Before each call it
+    :func:`agentmeter_llamaindex.instrument` adds one to the callback manager a
+    model calls with whenever a budget applies; you may also add it yourself
+    (``Settings.callback_manager = CallbackManager([handler])``, or
+    ``llm.callback_manager.add_handler(handler)``). Before each call it
     reserves the prompt's estimated tokens (and their cost) against every budget
     that applies -- the enclosing ``agentmeter.meter(budget=...)`` scopes and the
     session's -- and raises :class:`agentmeter.BudgetExceeded` instead of making a
@@ -63,6 +69,8 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
     """
 
     def __init__(self, tracker: Tracker | None = None, *, instrument: bool = True) -> None:
+        if tracker is not None and not isinstance(tracker, Tracker):
+            raise TypeError(f"tracker must be an agentmeter.Tracker, got {type(tracker).__name__}")
         super().__init__(event_starts_to_ignore=_IGNORED, event_ends_to_ignore=_IGNORED)
         self.tracker = tracker if tracker is not None else agentmeter.get_tracker()
         self._instrumentor: Instrumentor | None = None
@@ -80,11 +88,16 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         # event id -> the call whose reservation is held until the event ends
         self._reserved: dict[str, LLMCall | EmbeddingCall] = {}
 
-    def _nested(self, span_id: str | None) -> bool:
-        from . import instrumentor
+    def _live(self) -> Instrumentor | None:
+        """The attached instrumentor metering this handler's tracker, if any."""
+        inst = self._instrumentor
+        if inst is None or not inst.attached:
+            from . import instrumentor
 
-        inst = instrumentor()
-        return inst is not None and inst.tracker is self.tracker and inst.is_nested_llm(span_id)
+            inst = instrumentor()
+        if inst is not None and inst.attached and inst.tracker is self.tracker:
+            return inst
+        return None
 
     def on_event_start(
         self,
@@ -105,8 +118,12 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 return event_id
             span_id = active_span_id.get()
             llm = event_type is CBEventType.LLM
-            if llm and self._nested(span_id):
-                return event_id  # the outer call already reserved for it
+            inst = self._live()
+            if inst is not None:
+                if not inst.claim(event_id, span_id, llm):
+                    return event_id  # another agentmeter handler on this manager reserves
+                if llm and inst.is_nested_llm(span_id):
+                    return event_id  # the outer call already reserved for it
             payload = payload or {}
             model, provider, _ = model_of(payload.get(EventPayload.SERIALIZED) or {})
             # The session the call will be recorded under: instrument_tags win over
