@@ -141,7 +141,21 @@ def usage_of(response: ModelResponse) -> ami.UsageCounts | None:
     # (the SDK's ``Usage()`` default), whatever ``requests`` says.
     if u is None or (u.input_tokens == 0 and u.output_tokens == 0):
         return None
-    return ami.from_openai_responses(u)
+    # The SDK's Usage is typed (ints, details objects): read it directly -- five
+    # attributes instead of the generic reader's shape detection (~10x faster).
+    # Anything that does not fit agentmeter's conventions goes to that reader,
+    # which names what was malformed and leaves it to be estimated.
+    try:
+        d_in, d_out = u.input_tokens_details, u.output_tokens_details
+        return ami.UsageCounts(
+            u.input_tokens,
+            u.output_tokens,
+            getattr(d_in, "cached_tokens", 0) or 0,
+            getattr(d_in, "cache_write_tokens", 0) or 0,
+            getattr(d_out, "reasoning_tokens", 0) or 0,
+        )
+    except (TypeError, ValueError, AttributeError):
+        return ami.from_openai_responses(u)
 
 
 def output_text(response: ModelResponse) -> str | None:
