@@ -24,6 +24,7 @@ import contextvars
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,9 @@ class BudgetLedger:
         # Budgets on other attribution keys: {dims: {values: ref}}, so finding the
         # ones a call matches costs one dict lookup per combination of keys in use.
         self.attr: dict[tuple[str, ...], dict[tuple[str, ...], BudgetRef]] = {}
-        self.pending: dict[str, Reservation] = {}
+        # Oldest first; an OrderedDict because popping a plain dict's first key again
+        # and again walks the holes the earlier pops left (O(n) per eviction).
+        self.pending: OrderedDict[str, Reservation] = OrderedDict()
         self.prefix = key_prefix
         self.active = default_budget is not None  # session budgets may apply
         self.on_alerts: AlertHandler | None = None
@@ -146,7 +149,7 @@ class BudgetLedger:
             if session_id is not None:
                 ref = self.session_ref(session_id)
                 if ref is not None:
-                    refs = (*refs, ref)
+                    refs = (*refs, ref) if refs else ref.alone
             if self.attr:
                 values = (session_id, customer_id, agent, model, tool)
                 for dims, table in self.attr.items():
@@ -401,8 +404,11 @@ class BudgetLedger:
         if len(pending) > _PENDING_MAX:
             # Too many never settled: give the oldest back in the store too, so it
             # neither leaks there nor counts against the budget until its TTL.
-            old = pending.pop(next(iter(pending)), None)
-            if old is not None:
+            try:
+                _, old = pending.popitem(last=False)
+            except KeyError:  # emptied by other threads meanwhile
+                pass
+            else:
                 for ref in old.refs:
                     store.release(ref.key, old.call_id)
         if unnamed:

@@ -335,7 +335,7 @@ class _KeyState:
         self.reserved = ZERO
         # Oldest first: expiry pops from the front and stops at the first live one,
         # so a reserve never walks the reservations still in flight.
-        self.reservations: OrderedDict[str, tuple[Spend, float]] = OrderedDict()
+        self.reservations: OrderedDict[str, tuple[Spend, int]] = OrderedDict()
         self.expires_at: float | None = None
 
 
@@ -375,6 +375,11 @@ class InMemoryBudgetStore:
         self._ttl = float(reservation_ttl_s)
         self._clock: Callable[[], float] = clock or time.time
         self._expiring: list[tuple[float, str]] = []  # heap of (expires_at, key)
+        # Reservations keep their booking time in ticks of 1/64 of the TTL (at most a
+        # second); the int object of the current tick is shared by all of them (a float
+        # each would be 24 bytes).
+        self._tick_s = min(1.0, self._ttl / 64)
+        self._tick = 0
 
     def _state(self, key: str, now: float, expires_at: float | None) -> _KeyState:
         if self._expiring and self._expiring[0][0] <= now:
@@ -421,14 +426,18 @@ class InMemoryBudgetStore:
             else:
                 if old is not None:
                     del res[reservation_id]  # re-booked: it moves to the young end
-                res[reservation_id] = (request, now)
+                tick = int(now / self._tick_s)
+                if tick != self._tick:
+                    self._tick = tick
+                res[reservation_id] = (request, self._tick)
                 st.reserved = _add(others, request)
                 return
         raise exceeded(owner, i, limits, used, reserved, request)
 
     def _expire(self, st: _KeyState, now: float) -> None:
         res = st.reservations
-        cutoff = now - self._ttl
+        # Booking ticks are floored: one tick of slack, so none expires early.
+        cutoff = (now - self._ttl) / self._tick_s - 1.0
         while res:
             rid, (req, t) = next(iter(res.items()))
             if t >= cutoff:
@@ -507,6 +516,11 @@ class BudgetRef:
     period_start: float | None = None
     resets_at: float | None = None
     expires_at: float | None = None
+    alone: tuple[BudgetRef, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        # The one-ref tuple a call with only this budget books, built once, not per call.
+        object.__setattr__(self, "alone", (self,))
 
     @property
     def periodic(self) -> bool:

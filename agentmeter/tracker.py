@@ -151,6 +151,7 @@ class Tracker:
         )
         self._alert_subscribers: tuple[Callable[[BudgetAlert], object], ...] = ()
         self.ledger.on_alerts = self._deliver_alerts
+        self._release = self.release  # one bound method shared by every reservation
         _LIVE.add(self)  # a fork()ed child renames its call ids (see _after_fork)
 
     def renew_id_prefix(self) -> None:
@@ -1258,7 +1259,7 @@ class Tracker:
             llm = 1 if kind == "llm" else 0
             request = Spend(need + out, need, max(llm, out), max(cost_est, 1), llm, 0)
         rid = str(call_id) if call_id is not None else self.new_call_id()
-        return self.ledger.reserve(refs, request, rid, self.release, unnamed=call_id is None)
+        return self.ledger.reserve(refs, request, rid, self._release, unnamed=call_id is None)
 
     def release(self, call_id: object) -> None:
         """Give back the reservation booked for ``call_id`` (the call was not made)."""

@@ -22,6 +22,7 @@ MODULES = [
     "bench_store_reads",
     "bench_dashboard",
     "bench_scaleout",
+    "bench_budgets",
 ]
 
 
