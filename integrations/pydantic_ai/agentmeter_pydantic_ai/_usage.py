@@ -61,6 +61,47 @@ def _reasoning(details: Any, bad: list[str]) -> int:
     return 0
 
 
+def _fast(usage: Any, complete: bool) -> UsageCounts | None:
+    """The common case (a complete RequestUsage of valid, consistent counts), or None."""
+    if not complete:
+        return None
+    try:
+        d = usage.__dict__
+        inp, out = d["input_tokens"], d["output_tokens"]
+        cr, cw = d["cache_read_tokens"], d["cache_write_tokens"]
+        ai, ao = d["input_audio_tokens"], d["output_audio_tokens"]
+        details = d["details"]
+    except Exception:
+        return None
+    if not (
+        inp.__class__ is int
+        and out.__class__ is int
+        and cr.__class__ is int
+        and cw.__class__ is int
+        and ai.__class__ is int
+        and ao.__class__ is int
+        and details.__class__ is dict
+        and 0 <= cr + cw <= inp <= _MAX
+        and 0 <= out <= _MAX
+        and 0 <= ai <= inp
+        and 0 <= ao <= out
+        and cr >= 0
+        and cw >= 0
+        and (inp or out)
+    ):
+        return None
+    rs = 0
+    if details:
+        for key in _REASONING_KEYS:
+            value = details.get(key)
+            if value is not None:
+                if value.__class__ is not int or not 0 <= value <= out:
+                    return None
+                rs = value
+                break
+    return UsageCounts(inp, out, cr, cw, rs, ai, ao)
+
+
 def from_request_usage(usage: Any, *, complete: bool = True) -> UsageCounts | None:
     """agentmeter's counts of one pydantic-ai ``RequestUsage`` (``None``: nothing reported).
 
@@ -73,6 +114,9 @@ def from_request_usage(usage: Any, *, complete: bool = True) -> UsageCounts | No
     """
     if usage is None:
         return None
+    fast = _fast(usage, complete)
+    if fast is not None:
+        return fast
     bad: list[str] = []
     missing: list[str] = []
     inp = _count(usage, "input_tokens", bad, missing)

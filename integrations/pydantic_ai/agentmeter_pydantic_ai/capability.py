@@ -21,7 +21,7 @@ request and tool call once; the run's values win.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -121,6 +121,11 @@ class AgentMeter(AbstractCapability[Any]):
     customer_from: Callable[[RunContext[Any]], str | None] | None = None
     tools: bool = True
     _who: Who | None = field(default=None, init=False, repr=False, compare=False)
+    # The run's last (model, metered model) pair: a run asks the same model again and
+    # again, and the metered model holds nothing but the model and the attribution.
+    _last: tuple[Any, MeteredModel] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         check_who(Who(self.tracker, self.session_id, self.agent_id, self.customer_id, self.tags))
@@ -163,8 +168,9 @@ class AgentMeter(AbstractCapability[Any]):
 
     async def for_run(self, ctx: RunContext[Any]) -> AgentMeter:
         """A copy for this run, with the run's attribution resolved once."""
-        run = dataclasses.replace(self)
+        run = copy.copy(self)  # not dataclasses.replace: validated once, at construction
         run._who = self._resolve(ctx)
+        run._last = None
         return run
 
     # ----------------------------------------------------------- model requests
@@ -172,12 +178,19 @@ class AgentMeter(AbstractCapability[Any]):
         self, ctx: RunContext[Any], request_context: ModelRequestContext
     ) -> ModelRequestContext:
         with _G_REQUEST:
-            who = self._run_who(ctx)
             model = request_context.model
+            last = self._last
+            if last is not None and last[0] is model and self._who is not None:
+                request_context.model = last[1]
+                return request_context
+            who = self._run_who(ctx)
             if isinstance(model, MeteredModel):  # metered() already, or another AgentMeter
-                request_context.model = model.bound(who)
+                metered_model = model.bound(who)
             else:
-                request_context.model = MeteredModel(model).bound(who)
+                metered_model = MeteredModel.around(model, who)
+            if self._who is not None:  # a run's copy: remember it for the next request
+                self._last = (model, metered_model)
+            request_context.model = metered_model
         return request_context
 
     # --------------------------------------------------------------- tool calls

@@ -121,6 +121,16 @@ class MeteredModel(WrapperModel):
         super().__init__(wrapped)
         self.who = who
 
+    @classmethod
+    def around(cls, model: Model, who: Who) -> MeteredModel:
+        """A metered ``model`` billing ``who``, already validated (the capability's path)."""
+        metered_model = cls.__new__(cls)
+        # WrapperModel.__init__ without infer_model: ``model`` is a Model already.
+        Model.__init__(metered_model)
+        metered_model.wrapped = model
+        metered_model.who = who
+        return metered_model
+
     def bound(self, who: Who) -> MeteredModel:
         """A copy billing ``who`` (its values win over this model's own)."""
         # Not copy.copy: WrapperModel forwards unknown attributes to the wrapped model,
