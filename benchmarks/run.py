@@ -17,6 +17,7 @@ MODULES = [
     "bench_core",
     "bench_langchain",
     "bench_llamaindex",
+    "bench_pydantic_ai",
     "bench_openai_agents",
     "bench_storage",
     "bench_store_reads",
