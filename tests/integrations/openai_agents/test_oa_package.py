@@ -53,3 +53,51 @@ def test_budget_exceeded_is_both_and_survives_pickling() -> None:
     )
     plain = agentmeter.BudgetExceeded("scope 't'", "max_llm_calls", 1, 1, 0, 1)
     assert str(amo.BudgetExceeded.of(plain)) == str(plain)
+
+
+async def test_the_mock_api_for_users_reports_usage_in_every_shape() -> None:
+    """agentmeter_openai_agents.testing.MockOpenAI (demo, notebook, users' own tests)."""
+    import asyncio
+
+    from agentmeter_openai_agents.testing import MockOpenAI
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIChatCompletionsModel,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+    )
+
+    @function_tool
+    def lookup(q: str) -> str:
+        """Look up."""
+        return "ok"
+
+    for cls in (OpenAIChatCompletionsModel, OpenAIResponsesModel):
+        for stream in (False, True):
+            api = MockOpenAI(tool_args='{"q": "a"}')
+            tracker = agentmeter.Tracker()
+            model = cls(model="gpt-4o-mini", openai_client=api.client())
+            settings = ModelSettings(include_usage=True)
+            agent = Agent(name="a", model=model, tools=[lookup], model_settings=settings)
+            hooks = amo.AgentMeterRunHooks(tracker)
+            if stream:
+                result = Runner.run_streamed(agent, "x", hooks=hooks)
+                async for _ in result.stream_events():
+                    await asyncio.sleep(0)
+            else:
+                result = await Runner.run(agent, "x", hooks=hooks)
+            sdk = result.context_wrapper.usage
+            totals = tracker.snapshot().totals
+            assert len(api.requests) == 2 and result.final_output == "Done."
+            assert (
+                (totals.input_tokens, totals.cache_read_tokens, totals.reasoning_tokens)
+                == (
+                    sdk.input_tokens,
+                    sdk.input_tokens_details.cached_tokens,
+                    sdk.output_tokens_details.reasoning_tokens,
+                )
+                == (2400, 2048, 32)
+            )
+            assert totals.tool_calls == 1
