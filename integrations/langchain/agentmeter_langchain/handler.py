@@ -42,6 +42,7 @@ from agentmeter.instrumentation import (
 )
 
 from ._context import ensure_call_id_provider, tool_run_ended, tool_run_started
+from ._limits import output_limit
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -347,6 +348,10 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             customer_id=customer,
             tool=_tool_of(runs.get(parent_run_id)) if parent_run_id is not None else None,
             check_budget=self.enforce_budgets,  # reserves only where a budget applies
+            # The request's output limit: a hard cap reserves the call's worst case.
+            max_output_tokens=(
+                output_limit(md, kwargs.get("invocation_params")) if self.enforce_budgets else None
+            ),
         )
         runs[run_id] = call
         if len(runs) > self.max_runs:

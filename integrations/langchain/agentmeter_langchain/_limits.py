@@ -1,0 +1,49 @@
+"""The request's maximum output tokens, for the worst-case reservation of a hard cap.
+
+With it, ``start_llm(max_output_tokens=...)`` reserves the call's worst case (the
+estimated prompt plus the whole output allowance, priced at the model's rates), so
+a call cannot take a cost or token budget past its limit. Without it the
+reservation counts the prompt only and a budget can be overshot by the output of
+the calls in flight.
+
+Where LangChain says it: ``ls_max_tokens`` in the run metadata is LangChain's
+provider-neutral value and the one the request is sent with (``ChatOpenAI`` sends
+an ``invoke(..., max_tokens=50)`` over its constructor's ``max_tokens``, and
+``ls_max_tokens`` says 50 while the invocation params hold both). Without it, the
+invocation params' ``max_tokens`` (``ChatAnthropic``: always set, default by
+model), ``max_completion_tokens`` (``ChatOpenAI``), ``max_output_tokens``
+(Gemini) -- the largest of those present, so the bound is never too small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["output_limit"]
+
+_PARAM_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_MAX = 2**53 - 1
+
+
+def _count(value: Any) -> int | None:
+    if value.__class__ is int and 0 < value <= _MAX:
+        return int(value)
+    return None
+
+
+def output_limit(metadata: dict[str, Any] | None, params: dict[str, Any] | None) -> int | None:
+    """The request's output-token limit, or ``None`` when it sets none (or not validly)."""
+    if metadata:
+        n = _count(metadata.get("ls_max_tokens"))
+        if n is not None:
+            return n
+    if not params or params.__class__ is not dict:
+        return None
+    best = None
+    for key in _PARAM_KEYS:
+        value = params.get(key)
+        if value is not None:
+            n = _count(value)
+            if n is not None and (best is None or n > best):
+                best = n
+    return best
