@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from .tracker import Tracker
 
@@ -92,3 +92,64 @@ def run_llamaindex(tracker: Tracker, say: Say) -> None:
     finally:
         agentmeter_llamaindex.uninstrument()
     say("llamaindex: MockLLM complete + chat, VectorStoreIndex over MockEmbedding, one query")
+
+
+def run_pydantic_ai(tracker: Tracker, say: Say) -> None:
+    """pydantic-ai: an agent with the AgentMeter capability, a tool that asks for a retry,
+    two sessions from the run's deps, a stream, and a budget that stops a request."""
+    from dataclasses import dataclass
+
+    from agentmeter_pydantic_ai import AgentMeter
+    from pydantic_ai import Agent, ModelRetry
+    from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+    from pydantic_ai.usage import RequestUsage
+
+    from .budget import Budget
+    from .errors import BudgetExceeded
+
+    @dataclass
+    class Deps:
+        session_id: str
+        customer_id: str
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        # Calls the tool until it answers, then replies; usage as a provider reports it.
+        last = messages[-1].parts[-1]
+        used = RequestUsage(input_tokens=420, output_tokens=36, cache_read_tokens=256)
+        if getattr(last, "part_kind", "") == "tool-return":
+            return ModelResponse(parts=[TextPart("Your order ships Monday.")], usage=used)
+        return ModelResponse(parts=[ToolCallPart("order_status", {"order": "A-17"})], usage=used)
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        for word in ("Thanks ", "for ", "waiting."):
+            yield word
+
+    model = FunctionModel(respond, stream_function=stream, model_name="gpt-4o-mini")
+    agent = Agent(
+        model, name="pa-support", deps_type=Deps, capabilities=[AgentMeter(tracker=tracker)]
+    )
+    lookups = {"n": 0}
+
+    @agent.tool_plain
+    def order_status(order: str) -> str:
+        """Look an order up (the first lookup times out and asks the model to retry)."""
+        lookups["n"] += 1
+        if lookups["n"] == 1:
+            raise ModelRetry("order service timed out, try again")
+        return f"{order}: packed"
+
+    async def main() -> None:
+        for sid in ("pa-session-1", "pa-session-2"):
+            await agent.run("Where is my order?", deps=Deps(sid, "acme"))
+        async with agent.run_stream("Say thanks", deps=Deps("pa-session-2", "acme")) as run:
+            await run.get_output()
+        # A budget of one request: the second (after the tool) is stopped before it is sent.
+        with tracker.meter("pa-capped", session_id="pa-capped", budget=Budget(max_llm_calls=1)):
+            try:
+                await agent.run("Where is my order?", deps=Deps("pa-capped", "acme"))
+            except BudgetExceeded:
+                say("pydantic-ai: budget stopped the 2nd request of pa-capped before it was sent")
+
+    asyncio.run(main())
+    say("pydantic-ai: AgentMeter agent ran 2 sessions + a stream, one tool retry (ModelRetry)")

@@ -166,7 +166,7 @@ end
 local op = A[1]
 if op == 'reserve' then
   -- A: op, rid, ttl_ms, exp, token, seq, limits x6, request x6.
-  -- Returns {-1} when booked, {-2} when stale (its caller gave up on it: see
+  -- Returns {-1, used x6} when booked, {-2} when stale (its caller gave up on it: see
   -- 'cancel'), else {index of the violated dimension, used x6, reserved x6}.
   if tonumber(A[6]) <= tonumber(redis.call('HGET', Q, 'c:' .. A[5]) or '0') then
     return {-2}
@@ -199,7 +199,9 @@ if op == 'reserve' then
   redis.call('HSET', R, A[2], table.concat(A, ',', 13, 18))
   redis.call('ZADD', E, now + tonumber(A[3]), A[2])
   keep_until(A[4], now)
-  return {-1}
+  local out = {-1}
+  for j = 1, 6 do out[j + 1] = string.format('%.0f', cur[j]) end
+  return out
 elseif op == 'usage' then
   -- Returns used x6, reserved x6 (after expiring stale reservations).
   local cur = load()
@@ -485,6 +487,9 @@ class RedisBudgetStore:
                     self._enqueue(key, ("cancel", rid, str(seq)))
                 raise
             i = int(out[0])
+            if i != -2:
+                with self._lock:  # what settle() answers builds on the latest state seen
+                    self._learn(key, out[1:7])
             if i == -2 and not attempt:
                 continue  # raced a cancel of an older attempt: once more, with a new seq
             if i == -2:

@@ -200,3 +200,37 @@ def redis_url() -> Any:
         yield server.url
     finally:
         server.stop()
+
+
+def test_alerts_with_redis_need_no_round_trip(redis_url: str) -> None:
+    """settle answers the used amounts this process knows (no network), so alert
+    thresholds are checked on the recording thread without waiting for Redis; each
+    process (tracker) fires a threshold once per period, and sees the others' spend
+    once Redis reported it."""
+    prefix = f"alert-{uuid.uuid4().hex[:8]}:"
+    fired: dict[str, list[tuple[float, int | object]]] = {"a": [], "b": []}
+    trackers = {}
+    for name in fired:
+        store = RedisBudgetStore(redis_url, prefix=prefix)
+        t = agentmeter.Tracker(budget_store=store)
+        t.set_price("m", input_per_mtok=1, output_per_mtok=1)
+        t.set_budget(budget=Budget(max_tokens=1000, alert_at=(0.5, 0.9)), customer_id="acme")
+        t.subscribe_alerts(
+            lambda alert, name=name: fired[name].append((alert.threshold, alert.used))
+        )
+        trackers[name] = (t, store)
+    ta, sa = trackers["a"]
+    tb, sb = trackers["b"]
+    ta.record_llm("m", 300, 0, customer_id="acme")
+    ta.record_llm("m", 300, 0, customer_id="acme")  # a: 600 known locally -> 0.5
+    assert fired["a"] == [(0.5, 600)]
+    assert sa.flush(timeout=10)
+    tb.check_budget(10, customer_id="acme", call_id="b1")  # b reads Redis: 600 used
+    tb.record_llm("m", 10, 0, customer_id="acme", call_id="b1")
+    assert sb.flush(timeout=10)
+    assert fired["b"] == [(0.5, 610)]
+    tb.record_llm("m", 300, 0, customer_id="acme")  # b: 910 -> 0.9
+    assert fired["b"][-1] == (0.9, 910)
+    assert sb.usage("customer:acme")[0].tokens == 910
+    for _, store in trackers.values():
+        store.close()
