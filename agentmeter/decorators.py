@@ -68,8 +68,11 @@ class _Spec:
         self.tags = tags
         self.cost_usd = cost_usd
 
-    def scope(self) -> Scope:
-        return Scope(
+    def scope_factory(self) -> Callable[[], Scope]:
+        """What builds the fresh scope of each call: a partial, so that a call of
+        the decorated function pays for no Python frame of ours before Scope's own."""
+        return functools.partial(
+            Scope,
             self.tracker,
             self.name,
             self.session_id,
@@ -85,11 +88,12 @@ class _Spec:
 
 # ------------------------------------------------------------------ @metered
 def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    new_scope = spec.scope_factory()
     if inspect.isasyncgenfunction(func):
 
         @functools.wraps(func)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-            scope = spec.scope()
+            scope = new_scope()
             stack = scope.enter_detached()
             agen = func(*args, **kwargs)
             try:
@@ -106,7 +110,7 @@ def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         @functools.wraps(func)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            scope = spec.scope()
+            scope = new_scope()
             stack = scope.enter_detached()
             try:
                 return (yield from _drive(func(*args, **kwargs), stack))
@@ -121,7 +125,7 @@ def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            scope = spec.scope().enter()
+            scope = new_scope().enter()
             try:
                 return await func(*args, **kwargs)
             except BaseException as exc:
@@ -134,7 +138,7 @@ def _wrap_scope(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scope = spec.scope().enter()
+        scope = new_scope().enter()
         try:
             return func(*args, **kwargs)
         except BaseException as exc:

@@ -23,7 +23,6 @@ only ``BudgetExceeded`` / ``BudgetStoreUnavailable`` propagate.
 from __future__ import annotations
 
 import enum
-import itertools
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -119,7 +118,7 @@ def _call_id(call_id: object, tracker: Tracker) -> str:
 class _InFlight:
     """What every call in flight shares: attribution, id, clock, the once-only end."""
 
-    __slots__ = ("_ended", "_once", "attribution", "call_id", "t0", "tracker")
+    __slots__ = ("_open", "attribution", "call_id", "t0", "tracker")
 
     def __init__(self, attribution: Attribution, call_id: object) -> None:
         self.attribution = attribution
@@ -127,19 +126,20 @@ class _InFlight:
         self.call_id: str = _call_id(call_id, self.tracker)
         self.t0 = time.perf_counter()
         # next() on a count is atomic: exactly one of finish/fail/abandon/cancel wins.
-        self._once = itertools.count()
-        self._ended = False
+        # Popped by the end that wins: list.pop is atomic, so exactly one of
+        # finish/fail/abandon/cancel claims the call, from any thread.
+        self._open = [True]
 
     @property
     def done(self) -> bool:
         """True once the call was finished, failed, abandoned or cancelled."""
-        return self._ended
+        return not self._open
 
     def _claim(self) -> bool:
-        if next(self._once) == 0:
-            self._ended = True
-            return True
-        return False
+        try:
+            return self._open.pop()
+        except IndexError:
+            return False
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the call started."""
@@ -215,8 +215,7 @@ class LLMCall(_InFlight):
         else:
             self.call_id = _call_id(call_id, self.tracker)
         self.t0 = time.perf_counter()
-        self._once = itertools.count()
-        self._ended = False
+        self._open = [True]
         self.model = model
         self.provider = provider
         self.kind = kind
@@ -410,9 +409,10 @@ class LLMCall(_InFlight):
             cost, latency_ms = _check_end(
                 usage, output_text, model, provider, cost_usd, metadata, latency_ms
             )
-        if next(self._once):  # self._claim(), inline: exactly one end wins
+        try:  # self._claim(), inline: exactly one end wins
+            self._open.pop()
+        except IndexError:
             return False
-        self._ended = True
         try:
             self._record(
                 usage, output_text, True, None, model, provider, cost, metadata, latency_ms

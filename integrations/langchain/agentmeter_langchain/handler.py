@@ -400,7 +400,11 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 usage = from_langchain_llm_output(response.llm_output)
                 model = model or response.llm_output.get("model_name")
             metadata = output_text = None
-            if usage is None or not usage.fully_reported or usage.malformed:
+            if (
+                usage is None
+                or not (usage.reported_input and usage.reported_output)
+                or usage.malformed
+            ):
                 metadata = self._unreported(call, gen, usage)
                 # A stream's text was counted chunk by chunk (add_chunk) already.
                 if not call.chunks and (usage is None or not usage.reported_output):
