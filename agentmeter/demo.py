@@ -159,6 +159,8 @@ def run_demo(
             for name, package, part in (
                 ("LangChain / LangGraph", "agentmeter_langchain", fw.run_langchain),
                 ("LlamaIndex", "agentmeter_llamaindex", fw.run_llamaindex),
+                ("pydantic-ai", "agentmeter_pydantic_ai", fw.run_pydantic_ai),
+                ("OpenAI Agents SDK", "agentmeter_openai_agents", fw.run_openai_agents),
             ):
                 say(f"== {name} ==")
                 if fw.available(package):
