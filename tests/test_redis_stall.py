@@ -9,8 +9,11 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("redis", reason="needs the redis extra")
 
@@ -205,3 +208,70 @@ def test_bad_arguments() -> None:
         store.settle("k", None, Spend(1), expires_at="soon")  # type: ignore[arg-type]
     assert store.backlog == 0
     store.close(timeout=0)
+
+
+ops_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["reserve", "settle", "settle_none", "release"]),
+        st.integers(0, 5),  # which call id
+        st.integers(0, 300),  # amount
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops_strategy, replay=st.lists(st.integers(0, 10**6), max_size=30))
+def test_replays_never_change_the_state(
+    ops: list[tuple[str, int, int]], replay: list[int], shared_redis: str
+) -> None:
+    """Any sequence of operations, then any in-order re-sending of what was already
+    sent (lost replies): the state equals the in-memory store's, replays are no-ops."""
+    from agentmeter.budget import InMemoryBudgetStore
+
+    store = RedisBudgetStore(shared_redis, prefix=prefix())
+    sent: list[tuple[str, ...]] = []
+    send = store._send
+
+    def logging_send(batch: list[Any], last: Any) -> Any:
+        sent.extend(op.args for op in batch)
+        return send(batch, last)
+
+    store._send = logging_send  # type: ignore[method-assign]
+    ref = InMemoryBudgetStore()
+    limits = Spend(1000, -1, -1, -1, -1, -1)
+    for op, n, amount in ops:
+        rid = f"c{n}"
+        for s in (ref, store):
+            if op == "reserve":
+                try:
+                    s.reserve("k", "o", limits, Spend(amount), rid)
+                except agentmeter.BudgetExceeded:
+                    pass
+            elif op == "settle":
+                s.settle("k", rid, Spend(amount, 0, 0, 0, 1, 0))
+            elif op == "settle_none":
+                s.settle("k", None, Spend(amount))
+            else:
+                s.release("k", rid)
+    assert store.flush(timeout=30)
+    assert store.usage("k") == ref.usage("k")
+    if sent:
+        keys = store._keys("k")
+        picks = sorted({i % len(sent) for i in replay})
+        for i in picks:
+            assert store.client.evalsha(_SHA, 4, *keys, *sent[i]) == [0]
+    assert store.usage("k") == ref.usage("k")
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def shared_redis() -> Iterator[str]:
+    srv = RedisServer()
+    srv.start()
+    try:
+        yield srv.url
+    finally:
+        srv.stop()
