@@ -9,7 +9,15 @@ from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 
 from agentmeter.instrumentation import estimate_messages, estimate_tokens, message_text
 
-__all__ = ["FALLBACK_ENCODING", "count", "count_messages", "model_of", "response_text", "tag"]
+__all__ = [
+    "FALLBACK_ENCODING",
+    "count",
+    "count_messages",
+    "model_of",
+    "output_limit",
+    "response_text",
+    "tag",
+]
 
 FALLBACK_ENCODING = "cl100k_base"
 """llama-index's own default tokenizer: for a model tiktoken does not know, counts
@@ -92,3 +100,27 @@ def response_text(response: Any) -> str:
     if isinstance(response, ChatResponse):
         return message_text(response.message)
     return ""
+
+
+_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_MAX = 2**53 - 1
+
+
+def output_limit(llm: Any) -> int | None:
+    """The output-token limit an LLM sends with its requests, or ``None``.
+
+    Its ``max_tokens`` field (llama-index's OpenAI, Anthropic and most provider
+    LLMs) and ``additional_kwargs`` (``max_tokens`` / ``max_completion_tokens`` /
+    ``max_output_tokens``, merged into the request): the largest, so the worst
+    case is never understated. ``metadata.num_output`` is not one: a
+    ``CustomLLM`` declares it without sending it.
+    """
+    best = None
+    extra = getattr(llm, "additional_kwargs", None)
+    values = [getattr(llm, "max_tokens", None)]
+    if isinstance(extra, dict):
+        values.extend(extra.get(k) for k in _LIMIT_KEYS)
+    for v in values:
+        if v.__class__ is int and 0 < v <= _MAX and (best is None or v > best):
+            best = v
+    return best

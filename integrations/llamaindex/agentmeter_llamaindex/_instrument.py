@@ -58,7 +58,7 @@ from agentmeter.instrumentation import (
     unregister_call_id_provider,
 )
 
-from ._common import tag
+from ._common import output_limit, tag
 from ._llm import LLMEvents, is_openai, warn_unenforced
 from ._tools import forget, guard, refuse
 
@@ -174,6 +174,7 @@ class Instrumentor(LLMEvents):
         # The callback managers the gate was put on (taken off again by detach()).
         self._gated: weakref.WeakSet[CallbackManager] = weakref.WeakSet()
         self._claimed: dict[str, None] = {}
+        self._limits: dict[str, int] = {}  # LLM span id -> its request's output limit
         self._claim_lock = threading.Lock()
         self.errors: list[BaseException] = []
         self._parents: dict[str, str | None] = {}
@@ -238,6 +239,11 @@ class Instrumentor(LLMEvents):
         self._gated = weakref.WeakSet()
         for pending in (self._parents, self._llm, self._emb, self._open, self._claimed):
             pending.clear()
+        self._limits.clear()
+
+    def output_limit(self, span_id: str | None) -> int | None:
+        """The output-token limit of the LLM whose span ``span_id`` is (None: unknown)."""
+        return self._limits.get(span_id) if span_id is not None and self._limits else None
 
     def claim(self, event_id: str, span_id: str | None, llm: bool) -> bool:
         """True for the first agentmeter handler of this tracker that sees a callback event.
@@ -259,7 +265,7 @@ class Instrumentor(LLMEvents):
     def _put_gate(self, instance: Any) -> None:
         """Put the gate on the callback manager ``instance`` is about to call with."""
         gate = self._gate
-        if gate is None or not self.tracker.budget_applies():
+        if gate is None:
             return
         cm = getattr(instance, "callback_manager", None)
         if not isinstance(cm, CallbackManager):
@@ -344,11 +350,17 @@ class Instrumentor(LLMEvents):
             elif kind == _K_RUN:
                 self._run_enter(id_, instance)
             elif kind == _K_LLM:
-                if self.enforce_budgets:
+                if self.enforce_budgets and self.tracker.budget_applies():
                     self._put_gate(instance)
+                    limit = output_limit(instance)
+                    if limit is not None:  # a hard cap reserves the call's worst case
+                        limits = self._limits
+                        limits[id_] = limit
+                        if len(limits) > _MAX_OPEN:
+                            limits.pop(next(iter(limits)), None)
                 if self.stream_usage:
                     self._ask_stream_usage(instance)
-            elif kind == _K_EMB and self.enforce_budgets:
+            elif kind == _K_EMB and self.enforce_budgets and self.tracker.budget_applies():
                 self._put_gate(instance)
         except Exception as exc:
             self._fail(exc, "span_enter")
@@ -356,6 +368,8 @@ class Instrumentor(LLMEvents):
     def span_exit(self, id_: str, result: Any) -> None:
         try:
             self._parents.pop(id_, None)
+            if self._limits:
+                self._limits.pop(id_, None)
             self._llm_span_exit(id_, result)
             rec = self._open.pop(id_, None)
             if rec is not None:
@@ -366,6 +380,8 @@ class Instrumentor(LLMEvents):
     def span_drop(self, id_: str, err: BaseException | None) -> None:
         try:
             self._parents.pop(id_, None)
+            if self._limits:
+                self._limits.pop(id_, None)
             self._llm_span_drop(id_, err)
             rec = self._open.pop(id_, None)
             if rec is not None:

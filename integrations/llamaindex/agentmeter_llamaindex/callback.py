@@ -147,6 +147,9 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                     prompt_tokens=tokens,
                     tracker=self.tracker,
                     session_id=session,
+                    # The request's output limit (seen on the LLM as its span opened):
+                    # a hard cap then reserves the call's worst case.
+                    max_output_tokens=inst.output_limit(span_id) if inst is not None else None,
                 )
             else:
                 # An embedding is recorded under an id not known yet: released at its end.
