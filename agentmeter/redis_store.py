@@ -252,7 +252,7 @@ return out
 _SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 _SEND_BATCH = 256  # queued operations per pipeline sent by the background thread
 _MAX_CATCH_UP = 512  # queued operations of one key a reserve may send before its own
-_LINGER_S = 0.002
+_LINGER_S = 0.005
 _KNOWN_MAX = 65_536  # keys whose last reported usage is remembered (for settle's answer)
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 1.0
@@ -305,9 +305,10 @@ def _sub(a: Spend, b: Spend) -> Spend:
 class _Op:
     """One queued settle / release / cancel / drop."""
 
-    __slots__ = ("args", "done", "key", "seq", "spend")
+    __slots__ = ("args", "done", "key", "seq", "spend", "t")
 
     def __init__(self, key: str, seq: int, args: tuple[str, ...], spend: Spend | None) -> None:
+        self.t = time.monotonic()
         self.key = key
         self.seq = seq
         self.args = args  # ARGV of the script
@@ -630,15 +631,26 @@ class RedisBudgetStore:
         failures = 0
         while True:
             self._wake.wait()
-            # A moment for more to arrive: one pipeline for a burst of settlements.
-            time.sleep(_LINGER_S)
+            batch: list[_Op] = []
+            keys: list[str] = []
             with self._lock:
-                batch, keys = self._next_batch()
-                if not batch:
-                    self._wake.clear()
-                    if self._closed:
-                        return
-                    continue
+                order = self._order
+                while order and order[0].done:
+                    order.popleft()
+                # Leave fresh settlements a moment: under traffic the next reserve on
+                # their key carries them in its own pipeline (no extra round trip),
+                # and a burst goes out as one pipeline.
+                wait = _LINGER_S - (time.monotonic() - order[0].t) if order else 0.0
+                if wait <= 0 or self._closed:
+                    batch, keys = self._next_batch()
+                    if not batch:  # nothing, or only keys a reserve is sending
+                        self._wake.clear()
+                        if self._closed and not order:
+                            return
+                        continue
+            if not batch:
+                time.sleep(wait)
+                continue
             try:
                 self._send(batch, None)
             except _UNREACHABLE as exc:
