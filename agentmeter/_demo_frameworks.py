@@ -153,3 +153,58 @@ def run_pydantic_ai(tracker: Tracker, say: Say) -> None:
 
     asyncio.run(main())
     say("pydantic-ai: AgentMeter agent ran 2 sessions + a stream, one tool retry (ModelRetry)")
+
+
+def run_openai_agents(tracker: Tracker, say: Say) -> None:
+    """OpenAI Agents SDK: the real OpenAI Responses model over an in-process API, a tool,
+    a hand-off, a streamed run, two sessions from the run's context, a budget stop."""
+    from agentmeter_openai_agents import instrument, uninstrument
+    from agentmeter_openai_agents.testing import MockOpenAI
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, RunConfig, Runner, function_tool
+
+    from .budget import Budget
+    from .errors import BudgetExceeded
+
+    api = MockOpenAI(reply="Sunny, 24 C.", tool_args='{"city": "Lisbon"}')
+    model = OpenAIResponsesModel(model="gpt-4o-mini", openai_client=api.client())
+
+    @function_tool
+    def get_forecast(city: str) -> str:
+        """Tomorrow's forecast for a city."""
+        return f"{city}: sunny, 24 C"
+
+    settings = ModelSettings(include_usage=True)
+    planner = Agent(name="oa_planner", model=model, tools=[get_forecast], model_settings=settings)
+    triage = Agent(name="oa_triage", model=model, handoffs=[planner], model_settings=settings)
+    # No trace leaves the process (the SDK would export it to OpenAI otherwise).
+    config = RunConfig(tracing_disabled=True)
+
+    async def main() -> None:
+        ctx = {"session_id": "oa-session-1", "customer_id": "acme"}
+        await Runner.run(triage, "Trip to Lisbon?", context=ctx, run_config=config)
+        await Runner.run(planner, "Weather in Lisbon?", context=ctx, run_config=config)
+        ctx2 = {"session_id": "oa-session-2", "customer_id": "acme"}
+        result = Runner.run_streamed(planner, "And tomorrow?", context=ctx2, run_config=config)
+        async for _ in result.stream_events():
+            pass
+        # A budget of one model call: the second request is stopped before it is sent.
+        tracker.set_budget("oa-capped", Budget(max_llm_calls=1))
+        sent = len(api.requests)
+        try:
+            capped = {"session_id": "oa-capped", "customer_id": "acme"}
+            await Runner.run(planner, "Weather?", context=capped, run_config=config)
+        except BudgetExceeded:
+            say(
+                f"openai-agents: budget stopped oa-capped after {len(api.requests) - sent} "
+                "request, before the next was sent"
+            )
+
+    instrument(tracker)
+    try:
+        asyncio.run(main())
+    finally:
+        uninstrument()
+    say(
+        f"openai-agents: triage handed off to planner, a tool, a streamed run, "
+        f"{len(api.requests)} model requests"
+    )

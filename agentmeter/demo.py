@@ -160,6 +160,7 @@ def run_demo(
                 ("LangChain / LangGraph", "agentmeter_langchain", fw.run_langchain),
                 ("LlamaIndex", "agentmeter_llamaindex", fw.run_llamaindex),
                 ("pydantic-ai", "agentmeter_pydantic_ai", fw.run_pydantic_ai),
+                ("OpenAI Agents SDK", "agentmeter_openai_agents", fw.run_openai_agents),
             ):
                 say(f"== {name} ==")
                 if fw.available(package):
