@@ -1,6 +1,6 @@
 """Core benchmarks: the core performance rows, as ratios to the floor of the same run.
 
-Run: ``python benchmarks/bench_core.py [--quick]``.
+Run: ``python benchmarks/bench_core.py [--quick] [--cpu]`` (``--cpu``: process CPU time).
 The seed_000 anchor (the thread-safe bucket tracker users had before agentmeter;
 not part of this repository) is measured when ``$AGENTMETER_ANCHORS`` names a
 directory holding ``seed_000_context_buckets_tracker.py``.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import best_per_op, floor_per_op, row, table, us
+from _harness import best_per_op, floor_per_op, row, table, us, use_cpu_clock
 
 import agentmeter
 from agentmeter import Tracker
@@ -289,4 +289,6 @@ def rows(quick: bool = False) -> list[dict[str, str]]:
 
 
 if __name__ == "__main__":
+    if "--cpu" in sys.argv:  # process CPU time (a shared machine), see _harness.CLOCK
+        use_cpu_clock()
     print(table(rows(quick="--quick" in sys.argv)))
