@@ -275,3 +275,29 @@ def shared_redis() -> Iterator[str]:
         yield srv.url
     finally:
         srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_gets_its_own_queue(shared_redis: str) -> None:
+    """A child of fork() must not reuse the parent's token and sequence numbers (its
+    operations would look like the parent's replays and be dropped)."""
+    store = RedisBudgetStore(shared_redis, prefix=prefix())
+    store.settle("k", None, Spend(1))
+    assert store.flush(timeout=10)
+    parent_token = store._token
+    pid = os.fork()
+    if pid == 0:  # the child: exit code says whether its spend counted
+        code = 1
+        try:
+            ok = store._token != parent_token
+            store.settle("k", None, Spend(10))
+            ok = ok and store.flush(timeout=10)
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    store.settle("k", None, Spend(100))  # the parent's next seq is the child's too
+    assert store.flush(timeout=10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.usage("k")[0] == Spend(111)
+    store.close()
