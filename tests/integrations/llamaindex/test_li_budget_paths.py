@@ -481,3 +481,44 @@ def test_no_budget_leaves_callback_managers_alone(li_tracker: agentmeter.Tracker
     assert llm.callback_manager.handlers == before
     with pytest.raises(TypeError, match="enforce_budgets"):
         ami.instrument(li_tracker, enforce_budgets="yes")  # type: ignore[arg-type]
+
+
+def test_metered_tool_function_is_reserved_once(li_tracker: agentmeter.Tracker) -> None:
+    """A FunctionTool over an @metered_tool function: one call, one reservation."""
+    RAN.clear()
+    ami.instrument(li_tracker)
+    li_tracker.set_tool_price("lookup", 0.01)
+
+    @li_tracker.metered_tool(name="lookup")
+    def lookup(q: str = "x") -> str:
+        """Looks something up."""
+        RAN.append("lookup")
+        return "found"
+
+    tool = FunctionTool.from_defaults(lookup, name="lookup")
+    budget = agentmeter.Budget(tool_limits={"lookup": 1}, max_cost_usd=0.015)
+    with li_tracker.meter("run", budget=budget) as scope:
+        tool.call(q="a")
+        with pytest.raises(agentmeter.BudgetExceeded):
+            tool.call(q="b")
+    assert RAN == ["lookup"]
+    assert scope.usage.tool_calls == 1
+    assert scope.usage.cost_usd is not None and float(scope.usage.cost_usd) == 0.01
+
+
+def test_tool_limit_is_per_name_and_per_session(li_tracker: agentmeter.Tracker) -> None:
+    from llama_index.core.instrumentation.dispatcher import instrument_tags
+
+    RAN.clear()
+    ami.instrument(li_tracker)
+    li_tracker.set_budget("s1", agentmeter.Budget(tool_limits={"add": 1}))
+    tool = FunctionTool.from_defaults(add)
+    other = FunctionTool.from_defaults(add, name="plus")
+    with instrument_tags({"session_id": "s1"}):
+        tool.call()
+        with pytest.raises(agentmeter.BudgetExceeded):
+            tool.call()
+        other.call()  # another tool name: not limited
+    tool.call()  # another session: not limited
+    assert RAN == ["add", "add", "add"]
+    assert li_tracker.session("s1").usage.tool_calls == 2
