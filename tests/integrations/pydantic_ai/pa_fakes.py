@@ -100,9 +100,16 @@ class FakeOpenAI:
     def queue(self, reply: Callable[[httpx.Request], tuple[int, bytes, str]]) -> None:
         self.replies.append(reply)
 
+    def queue_response(self, reply: Callable[[httpx.Request], httpx.Response]) -> None:
+        """Queue a callable building the whole ``httpx.Response`` (a custom body stream)."""
+        self.replies.append(("response", reply))
+
     def _handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         reply = self.replies.pop(0) if self.replies else self.default
+        if isinstance(reply, tuple) and reply[0] == "response":
+            built: httpx.Response = reply[1](request)
+            return built
         if reply is None:
             return httpx.Response(500, json={"error": {"message": "no reply queued"}})
         if callable(reply):

@@ -312,3 +312,28 @@ async def test_metered_tool_decorator_inside_counts_once(
     [stats] = pa_tracker.session("s-dec").tools.values()
     assert (stats.tool, stats.calls) == ("ping", 1)
     assert pa_tracker.snapshot().totals.tool_calls == 1
+
+
+async def test_parallel_tool_calls_each_counted_once(pa_tracker: agentmeter.Tracker) -> None:
+    agent = Agent(TestModel(), capabilities=[AgentMeter(tracker=pa_tracker, session_id="s-par")])
+    ran: list[str] = []
+
+    @agent.tool_plain
+    async def first() -> str:
+        await asyncio.sleep(0.01)
+        ran.append("first")
+        return "1"
+
+    @agent.tool_plain
+    async def second() -> str:
+        ran.append("second")
+        if ran.count("second") == 1:
+            raise ModelRetry("once more")
+        return "2"
+
+    result = await agent.run("both at once")
+    tools = pa_tracker.session("s-par").tools
+    assert tools["first"].calls == ran.count("first")
+    assert tools["second"].calls == ran.count("second") and tools["second"].failed == 1
+    assert pa_tracker.session("s-par").usage.tool_calls == len(ran)
+    assert pa_tracker.session("s-par").usage.llm_calls == result.usage.requests

@@ -124,3 +124,33 @@ async def test_tool_budget_stops_the_tool_before_it_runs(
     u = pa_tracker.session("s-tb").usage
     assert u.tool_calls == 1 and u.llm_calls == 2
     assert len(fake_openai.requests) == 2
+
+
+async def test_customer_budget_across_sessions(
+    pa_tracker: agentmeter.Tracker, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.queue_json(chat_body("one", usage(40, 2)), times=3)
+    agent = Agent(
+        fake_openai.chat_model(), deps_type=Deps, capabilities=[AgentMeter(tracker=pa_tracker)]
+    )
+    pa_tracker.set_budget(customer_id="acme", budget=agentmeter.Budget(max_llm_calls=2))
+    await agent.run("a", deps=Deps("s-1", "acme"))
+    await agent.run("b", deps=Deps("s-2", "acme"))
+    with pytest.raises(agentmeter.BudgetExceeded):
+        await agent.run("c", deps=Deps("s-3", "acme"))
+    await agent.run("d", deps=Deps("s-4", "other"))  # another customer is not capped
+    assert len(fake_openai.requests) == 3
+    assert pa_tracker.customer("acme").usage.llm_calls == 2
+
+
+async def test_budget_exceeded_out_of_iter(
+    pa_tracker: agentmeter.Tracker, fake_openai: FakeOpenAI
+) -> None:
+    agent = _looping_agent(fake_openai, pa_tracker)
+    with pa_tracker.meter("job", session_id="s-it", budget=agentmeter.Budget(max_llm_calls=1)):
+        with pytest.raises(agentmeter.BudgetExceeded):
+            async with agent.iter("loop") as agent_run:
+                async for _ in agent_run:
+                    pass
+    assert len(fake_openai.requests) == 1
+    assert agent.ran == [1]  # type: ignore[attr-defined]

@@ -3,9 +3,11 @@ bodies: agentmeter's counts side by side with pydantic-ai's own usage."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from agentmeter_pydantic_ai import AgentMeter, metered
 from pa_fakes import (
@@ -266,3 +268,62 @@ async def test_metered_model_and_capability_count_once(
     u = pa_tracker.session("s-both").usage
     assert (u.input_tokens, u.output_tokens, u.llm_calls) == (12, 3, 1)
     assert pa_tracker.snapshot().totals.llm_calls == 1
+
+
+async def test_provider_error_is_one_failed_call(
+    pa_tracker: agentmeter.Tracker, fake_openai: FakeOpenAI
+) -> None:
+    from pydantic_ai.exceptions import ModelHTTPError
+
+    fake_openai.queue(
+        lambda request: (500, b'{"error": {"message": "overloaded"}}', "application/json")
+    )
+    events = _events(pa_tracker)
+    agent = Agent(
+        fake_openai.chat_model(), capabilities=[AgentMeter(tracker=pa_tracker, session_id="s-500")]
+    )
+    with pytest.raises(ModelHTTPError):
+        await agent.run("hello")
+    [event] = _llm(events)
+    assert event.status == "error" and (event.input_tokens, event.output_tokens) == (0, 0)
+    assert pa_tracker.session("s-500").usage.failed_llm_calls == 1
+
+
+class _BrokenStream(httpx.AsyncByteStream):
+    """An SSE body that breaks after its first events (the connection drops)."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.head
+        raise httpx.ReadError("connection reset by peer")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_stream_that_breaks_is_a_failed_partial_call(
+    pa_tracker: agentmeter.Tracker, fake_openai: FakeOpenAI
+) -> None:
+    final = recorded("openai_chat_stream_final_usage_chunk")
+    body = chat_stream("one two three four five six", final, chunks=6)
+    head = b"".join(e + b"\n\n" for e in body.split(b"\n\n")[:3])  # role and two deltas
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=_BrokenStream(head)
+        )
+
+    fake_openai.queue_response(broken)
+    events = _events(pa_tracker)
+    agent = Agent(
+        fake_openai.chat_model(), capabilities=[AgentMeter(tracker=pa_tracker, session_id="s-brk")]
+    )
+    with pytest.raises(Exception):  # whatever the client raises, it reaches the caller
+        async with agent.run_stream("Count") as run:
+            await run.get_output()
+    [event] = _llm(events)
+    assert event.status == "error" and event.estimated
+    assert event.metadata == {"stream": "failed", "partial": True}
+    assert event.input_tokens > 0
