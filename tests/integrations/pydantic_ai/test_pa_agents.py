@@ -337,3 +337,26 @@ async def test_parallel_tool_calls_each_counted_once(pa_tracker: agentmeter.Trac
     assert tools["second"].calls == ran.count("second") and tools["second"].failed == 1
     assert pa_tracker.session("s-par").usage.tool_calls == len(ran)
     assert pa_tracker.session("s-par").usage.llm_calls == result.usage.requests
+
+
+async def test_run_with_event_stream_handler_counted_once(pa_tracker: agentmeter.Tracker) -> None:
+    seen: list[object] = []
+
+    async def handler(ctx: RunContext[None], events: Any) -> None:
+        async for event in events:
+            seen.append(event)
+
+    agent = Agent(TestModel(), capabilities=[AgentMeter(tracker=pa_tracker, session_id="s-ev")])
+
+    @agent.tool_plain
+    def ping() -> str:
+        return "pong"
+
+    result = await agent.run("go", event_stream_handler=handler)
+    assert seen  # the run streamed
+    u = pa_tracker.session("s-ev").usage
+    assert (u.llm_calls, u.tool_calls) == (result.usage.requests, result.usage.tool_calls)
+    assert (u.input_tokens, u.output_tokens) == (
+        result.usage.input_tokens,
+        result.usage.output_tokens,
+    )
