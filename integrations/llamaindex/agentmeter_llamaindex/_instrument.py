@@ -216,7 +216,7 @@ class Instrumentor(LLMEvents):
             from .callback import AgentMeterCallbackHandler
 
             self._gate = AgentMeterCallbackHandler(self.tracker, instrument=False)
-            self._gate._instrumentor = self
+            self._gate._instrumentor = self._gate._gate_of = self
         root = get_dispatcher()
         root.add_event_handler(self.event_handler)
         root.add_span_handler(self.span_handler)

@@ -87,6 +87,9 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 self._instrumentor = _instrument(self.tracker)
         # event id -> the call whose reservation is held until the event ends
         self._reserved: dict[str, LLMCall | EmbeddingCall] = {}
+        # Set on an instrumentor's gate: inert once that instrumentor is detached (a
+        # manager that copied Settings' handler list may still hold it).
+        self._gate_of: Instrumentor | None = None
 
     def _live(self) -> Instrumentor | None:
         """The attached instrumentor metering this handler's tracker, if any."""
@@ -115,6 +118,9 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         with _G_START:
             # A cheap "is there any budget?" first, so that no prompt is tokenized for nothing.
             if event_type not in _WATCHED or not self.tracker.budget_applies():
+                return event_id
+            owner = self._gate_of
+            if owner is not None and not owner.attached:
                 return event_id
             span_id = active_span_id.get()
             llm = event_type is CBEventType.LLM

@@ -522,3 +522,21 @@ def test_tool_limit_is_per_name_and_per_session(li_tracker: agentmeter.Tracker) 
     tool.call()  # another session: not limited
     assert RAN == ["add", "add", "add"]
     assert li_tracker.session("s1").usage.tool_calls == 2
+
+
+def test_gate_on_settings_manager_is_inert_after_uninstrument(
+    li_tracker: agentmeter.Tracker,
+) -> None:
+    """A manager built later without handlers shares Settings' list, gate included."""
+    Settings.callback_manager = CallbackManager([])
+    ami.instrument(li_tracker)
+    llm = CountingLLM(callback_manager=Settings.callback_manager)
+    with li_tracker.meter("turn", budget=agentmeter.Budget(max_llm_calls=5)):
+        llm.complete("puts the gate on Settings' manager")
+    late = CallbackManager()  # shares Settings' handler list: the gate is in it
+    assert any(isinstance(h, ami.AgentMeterCallbackHandler) for h in late.handlers)
+    ami.uninstrument()
+    other = CountingLLM(callback_manager=late)
+    with li_tracker.meter("turn", budget=NONE):
+        other.complete("agentmeter is off: neither metered nor refused")
+    assert other.requests == 1
