@@ -35,11 +35,13 @@ timeout, 408, 429 or 5xx) is retried up to ``max_retries`` times with exponentia
 backoff and full jitter (``backoff * 2**attempt`` seconds, at most ``max_backoff``;
 a ``Retry-After`` header is honoured up to that cap); other 4xx answers are not
 retried. A delivery that runs out of retries is counted as ``failed`` and logged.
-Alerts go before queued events. A sink error never reaches the host program.
+Alerts go before queued events. A sink error never reaches the host program. At
+interpreter exit, what is still queued gets up to ``exit_timeout_s`` to go out.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import json
@@ -48,6 +50,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -80,6 +83,18 @@ KIND_HEADER = "X-Agentmeter-Kind"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 _RETRY_STATUS = frozenset({408, 425, 429})
+
+_OPEN: weakref.WeakSet[WebhookSink] = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    # Alerts are what someone is waiting for: give the queue a bounded last chance.
+    for sink in list(_OPEN):
+        if not sink._closed and sink.stats["queued"]:
+            sink.close(timeout=sink.exit_timeout_s)
+
+
+atexit.register(_at_exit)
 
 
 def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
@@ -145,6 +160,7 @@ class WebhookSink:
         batch_size: Usage events per request.
         flush_interval_s: How long events wait for a batch to fill.
         headers: Extra headers on every request (an ``Authorization`` for instance).
+        exit_timeout_s: How long interpreter exit waits for what is still queued.
     """
 
     def __init__(
@@ -161,6 +177,7 @@ class WebhookSink:
         batch_size: int = 100,
         flush_interval_s: float = 1.0,
         headers: Mapping[str, str] | None = None,
+        exit_timeout_s: float = 5.0,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
@@ -171,6 +188,7 @@ class WebhookSink:
             ("backoff", backoff),
             ("max_backoff", max_backoff),
             ("flush_interval_s", flush_interval_s),
+            ("exit_timeout_s", exit_timeout_s),
         ):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"{name} must be a number of seconds, got {value!r}")
@@ -208,6 +226,8 @@ class WebhookSink:
         self._stats = {"sent": 0, "retried": 0, "failed": 0, "dropped": 0}
         self._client: httpx.Client | None = None
         self._deadline: float | None = None  # set by close(): retries stop then
+        self.exit_timeout_s = float(exit_timeout_s)
+        _OPEN.add(self)
 
     # ------------------------------------------------------------ sink protocol
     def submit(self, raw: RawEvent) -> None:
@@ -378,8 +398,10 @@ class WebhookSink:
         with self._lock:
             return {**self._stats, "queued": len(self._alerts) + len(self._events)}
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Post everything queued now; False if ``timeout`` passed first."""
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Post everything queued now; False if ``timeout`` seconds passed first
+        (``None``: wait however long the retries take). ``tracker.flush()`` calls it
+        with the default bound."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while self._alerts or self._events or self._busy:
@@ -407,6 +429,7 @@ class WebhookSink:
             left = len(self._alerts) + len(self._events)
             thread = self._thread
         self._wake.set()
+        _OPEN.discard(self)
         if thread is not None:
             thread.join(timeout=self.timeout_s + 1.0)
         if not flushed or left:

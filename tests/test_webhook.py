@@ -315,3 +315,34 @@ def test_bad_arguments() -> None:
         WebhookSink("http://127.0.0.1:1/", secret=SECRET, max_retries=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_queue"):
         WebhookSink("http://127.0.0.1:1/", secret=SECRET, max_queue=0)
+
+
+@pytest.mark.timeout(60)
+def test_queued_alert_goes_out_at_interpreter_exit(receiver: Receiver) -> None:
+    import subprocess
+    import sys
+
+    receiver.mode = "fail"  # the first attempts fail; exit still waits for the retry
+    code = f"""
+import threading, time
+from datetime import datetime, timezone
+from agentmeter import BudgetAlert
+from agentmeter.webhook import WebhookSink
+sink = WebhookSink({receiver.url!r}, secret="s", backoff=0.05, max_backoff=0.1,
+                   max_retries=100, exit_timeout_s=20)
+now = datetime.now(timezone.utc)
+sink.alert(BudgetAlert(owner="o", key={{}}, limit="max_tokens", threshold=1.0, used=10,
+                       limit_value=10, at=now))
+"""  # no close(): the atexit hook flushes
+
+    def recover() -> None:  # after the first failed attempt arrived
+        deadline = time.monotonic() + 40
+        while not receiver.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        receiver.mode = "ok"
+
+    threading.Thread(target=recover, daemon=True).start()
+    proc = subprocess.run([sys.executable, "-c", code], timeout=50, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(receiver.delivered()) == 1
+    assert any(r["mode"] == "fail" for r in receiver.requests)
