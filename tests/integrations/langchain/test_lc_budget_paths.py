@@ -33,10 +33,15 @@ LC_LOGGER = "langchain_core.callbacks.manager"
 
 
 def _callback_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """LangChain's callback-error lines, and any warning or error about the refusal."""
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == LC_LOGGER and "callback" in r.getMessage() and r.levelno >= logging.WARNING
+        if r.levelno >= logging.WARNING
+        and (
+            (r.name == LC_LOGGER and "callback" in r.getMessage())
+            or "BudgetExceeded" in r.getMessage()
+        )
     ]
 
 
