@@ -98,7 +98,8 @@ class AgentMeter(AbstractCapability[Any]):
     Attribution of a run, first found wins: the value given here; the
     ``session_from`` / ``customer_from`` function of the ``RunContext``; the run's
     ``deps.session_id`` / ``deps.customer_id`` (an attribute, or a key of a mapping);
-    else the enclosing ``agentmeter.meter(session_id=..., customer_id=...)`` scope.
+    the run's ``metadata`` (``agent.run(..., metadata={"session_id": ...})``); else the
+    enclosing ``agentmeter.meter(session_id=..., customer_id=...)`` scope.
     The agent is ``agent_id`` if given, else the running agent's ``name``.
 
     Args:
@@ -149,11 +150,11 @@ class AgentMeter(AbstractCapability[Any]):
                 session = self.session_from(ctx)
             if customer is None and self.customer_from is not None:
                 customer = self.customer_from(ctx)
-            deps = ctx.deps
+            deps, metadata = ctx.deps, ctx.metadata
             if session is None:
-                session = _from_deps(deps, "session_id")
+                session = _from_deps(deps, "session_id") or _from_deps(metadata, "session_id")
             if customer is None:
-                customer = _from_deps(deps, "customer_id")
+                customer = _from_deps(deps, "customer_id") or _from_deps(metadata, "customer_id")
             if agent is None and ctx.agent is not None:
                 name = ctx.agent.name
                 agent = name if isinstance(name, str) and name else None

@@ -360,3 +360,14 @@ async def test_run_with_event_stream_handler_counted_once(pa_tracker: agentmeter
         result.usage.input_tokens,
         result.usage.output_tokens,
     )
+
+
+async def test_session_and_customer_from_run_metadata(pa_tracker: agentmeter.Tracker) -> None:
+    agent = Agent(TestModel(call_tools=[]), capabilities=[AgentMeter(tracker=pa_tracker)])
+    result = await agent.run("hi", metadata={"session_id": "s-meta", "customer_id": "c-meta"})
+    assert pa_tracker.session("s-meta").usage.llm_calls == result.usage.requests == 1
+    assert pa_tracker.customer("c-meta").usage.llm_calls == 1
+    # deps win over metadata
+    await agent.run("again", deps={"session_id": "s-deps"}, metadata={"session_id": "s-meta"})
+    assert pa_tracker.session("s-deps").usage.llm_calls == 1
+    assert pa_tracker.session("s-meta").usage.llm_calls == 1
