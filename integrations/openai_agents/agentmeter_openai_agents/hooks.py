@@ -39,6 +39,7 @@ from agents.tool_context import ToolContext
 import agentmeter
 from agentmeter import instrumentation as ami
 
+from . import _tool_ids
 from ._resolve import RunDefaults, context_ids, model_and_provider, output_text, usage_of
 from .errors import BudgetExceeded
 
@@ -143,7 +144,7 @@ class AgentMeterRunHooks(RunHooks[Any]):
         self._defaults = RunDefaults()
         self._run_config: object = None
         self._llm: dict[int, ami.LLMCall] = {}
-        self._tools: dict[tuple[int, str], ami.ToolCall] = {}
+        self._tools: dict[tuple[int, str], tuple[ami.ToolCall, int | None]] = {}
         self._watched: set[int] = set()
         if forward is not None:
             # Hooks agentmeter does not meter go straight to the user's (also hooks a
@@ -194,7 +195,7 @@ class AgentMeterRunHooks(RunHooks[Any]):
             if call is not None:
                 call.fail("run ended before the model call returned")
             for tkey in [k for k in self._tools if k[0] == key]:
-                self._tools.pop(tkey).fail("run ended before the tool returned")
+                self._end_tool(self._tools.pop(tkey), "run ended before the tool returned")
 
     def settle(self, error: BaseException | None = None, *, cancelled: bool = False) -> None:
         """End every call still pending (the run ended): failed, or abandoned if cancelled.
@@ -211,8 +212,19 @@ class AgentMeterRunHooks(RunHooks[Any]):
                     call.abandon("run cancelled before the model call returned", ok=False)
                 else:
                     call.fail(error if error is not None else "run ended without a response")
-            for tool in tools.values():
-                tool.fail(error if error is not None else "run ended before the tool returned")
+            for entry in tools.values():
+                self._end_tool(entry, error or "run ended before the tool returned")
+
+    @staticmethod
+    def _end_tool(
+        entry: tuple[ami.ToolCall, int | None], error: BaseException | str | None
+    ) -> None:
+        call, key = entry
+        _tool_ids.unbind(key, call.call_id)
+        if error is None:
+            call.finish(True)
+        else:
+            call.fail(error)
 
     # ------------------------------------------------------------------ model calls
     async def on_llm_start(
@@ -293,7 +305,6 @@ class AgentMeterRunHooks(RunHooks[Any]):
         self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool
     ) -> None:
         """Start the tool call: raises ``BudgetExceeded`` before the tool runs."""
-        call = None
         with ami.guarded("AgentMeterRunHooks.on_tool_start"):
             sid, cid = self._ids(context)
             # No scope of its own: the tool body runs in another task than this hook, so
@@ -313,16 +324,16 @@ class AgentMeterRunHooks(RunHooks[Any]):
             except agentmeter.BudgetExceeded as exc:
                 # The SDK would wrap a plain one in UserError (see .errors).
                 raise BudgetExceeded.of(exc) from None
-            self._tools[self._tool_key(context, tool)] = call
+            # A @metered_tool inside the tool body records under this same id: once.
+            self._tools[self._tool_key(context, tool)] = (call, _tool_ids.bind(call.call_id))
         if self.forward is not None:
             try:
                 await self.forward.on_tool_start(context, agent, tool)
             except BaseException:
-                if (
-                    call is not None
-                    and self._tools.pop(self._tool_key(context, tool), None) is call
-                ):
-                    call.cancel()
+                entry = self._tools.pop(self._tool_key(context, tool), None)
+                if entry is not None:
+                    _tool_ids.unbind(entry[1], entry[0].call_id)
+                    entry[0].cancel()
                 raise
 
     async def on_tool_end(
@@ -330,12 +341,8 @@ class AgentMeterRunHooks(RunHooks[Any]):
     ) -> None:
         """End the tool call: ok, or failed when the result is the SDK's error message."""
         with ami.guarded("AgentMeterRunHooks.on_tool_end"):
-            call = self._tools.pop(self._tool_key(context, tool), None)
-            if call is not None:
-                error = _error_of(result, tool)
-                if error is None:
-                    call.finish(True)
-                else:
-                    call.fail(error)
+            entry = self._tools.pop(self._tool_key(context, tool), None)
+            if entry is not None:
+                self._end_tool(entry, _error_of(result, tool))
         if self.forward is not None:
             await self.forward.on_tool_end(context, agent, tool, result)

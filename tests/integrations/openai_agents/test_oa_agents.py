@@ -186,3 +186,32 @@ async def test_a_cancelled_streamed_run_records_its_call_in_flight_as_abandoned(
     assert (totals.llm_calls, totals.failed_llm_calls, totals.estimated_calls) == (1, 1, 1)
     assert totals.output_tokens == 0
     assert oa_tracker.session("c").usage.llm_calls == 1
+
+
+@pytest.mark.parametrize("mode", ["run", "streamed"])
+async def test_a_metered_tool_that_is_also_an_sdk_tool_counts_once(
+    fake: FakeOpenAI, mode: str, oa_tracker: agentmeter.Tracker
+) -> None:
+    """The decorator records under the SDK tool call's agentmeter id (a call-id provider
+    bound to the tool's function span), the hooks under the same id: one call each."""
+
+    @function_tool
+    @oa_tracker.metered_tool(category="weather")
+    def forecast(city: str) -> str:
+        """Forecast."""
+        return "rain"
+
+    @function_tool
+    @oa_tracker.metered_tool
+    def broken_forecast(city: str) -> str:
+        """Forecast that fails."""
+        raise RuntimeError("no data")
+
+    hooks = amo.AgentMeterRunHooks(oa_tracker)
+    for tool in (forecast, broken_forecast):
+        agent = Agent(name="w", model=make_model(fake, "responses"), tools=[tool])
+        await run_agent(agent, mode, "n=1", hooks=hooks)
+    stats = oa_tracker.tool_stats()
+    assert (stats["forecast"].calls, stats["forecast"].failed) == (1, 0)
+    assert (stats["broken_forecast"].calls, stats["broken_forecast"].failed) == (1, 1)
+    assert oa_tracker.snapshot().by_category["weather"].calls == 1
