@@ -12,7 +12,7 @@ import pytest
 from agentmeter_pydantic_ai import AgentMeter, MeteredModel, from_request_usage, metered
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pa_fakes import FakeOpenAI, chat_body, tool_call_body, usage
+from pa_fakes import FakeOpenAI, chat_body, chat_stream, recorded, tool_call_body, usage
 from pydantic_ai import Agent
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.usage import RequestUsage
@@ -213,3 +213,25 @@ def test_reader_never_raises_and_parts_fit(
     for name, v in (("input_tokens", inp), ("output_tokens", out)):
         bad = v is not None and not (type(v) is int and 0 <= v <= 2**53 - 1)
         assert (name in u.malformed) == bad
+
+
+@pytest.mark.parametrize("where", ["start", "end"])
+async def test_internal_failure_never_breaks_a_stream(
+    where: str,
+    pa_tracker: agentmeter.Tracker,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("AGENTMETER_STRICT", "0")
+    if where == "start":
+        monkeypatch.setattr(ami, "start_llm", _boom)
+    else:
+        monkeypatch.setattr(model_module, "from_request_usage", _boom)
+    final = recorded("openai_chat_stream_final_usage_chunk")
+    fake_openai.queue_sse(chat_stream("streamed anyway", final))
+    agent = Agent(fake_openai.chat_model(), capabilities=[AgentMeter(tracker=pa_tracker)])
+    with caplog.at_level(logging.ERROR, logger="agentmeter"):
+        async with agent.run_stream("hello") as run:
+            assert await run.get_output() == "streamed anyway"
+    assert "agentmeter broke" in caplog.text
