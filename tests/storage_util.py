@@ -268,8 +268,8 @@ def expected_usage(events: list[Any]) -> Any:
             u["cache_misses"] += 1
         if e.kind in LLM or e.kind == "embedding":
             u["estimated_calls"] += bool(e.estimated)
-            u["cost_micros"] += e.cost_micros or 0
             u["unpriced_calls"] += e.cost_micros is None
+        u["cost_micros"] += e.cost_micros or 0  # any kind's cost (a priced tool call's too)
         u["tokens_saved"] += e.tokens_saved
     return Usage(**u)
 
@@ -382,6 +382,34 @@ def rollup_mismatches(url: str) -> dict[str, Any]:
         "SELECT day, customer_id, '', agent_id, tool, bucket, calls "
         "FROM agentmeter_rollup_latency_global",
     )
+
+    # The other derived daily levels: a GROUP BY over the events on their dimensions.
+    from agentmeter.storage.schema import DERIVED
+
+    def col(c: str) -> str:
+        return c if c == "kind" else f"coalesce({c}, '')"
+
+    for level in DERIVED:
+        if level.name == "global":
+            continue  # checked above
+        dims_l = ", ".join(col(c) for c in level.dims)
+        group = ", ".join(str(i) for i in range(1, len(level.dims) + 2))
+        queries[f"rollup_{level.name}"] = (
+            cat.format(
+                q=f"SELECT {p_main} AS h, {dims_l}, {counters} AS seq "
+                f"FROM agentmeter_events GROUP BY {group}"
+            ),
+            f"SELECT day, {', '.join(level.dims)}, {counter_cols} FROM {level.main.name}",
+        )
+        if level.latency is not None:
+            ldims = ", ".join(col(c) for c in level.latency_dims)
+            lgroup = ", ".join(str(i) for i in range(1, len(level.latency_dims) + 3))
+            queries[f"latency_{level.name}"] = (
+                f"SELECT {p_main}, {ldims}, latency_bucket, count(*) FROM agentmeter_events "
+                f"WHERE kind = 'tool' AND latency_bucket IS NOT NULL GROUP BY {lgroup}",
+                f"SELECT day, {', '.join(level.latency_dims)}, bucket, calls "
+                f"FROM {level.latency.name}",
+            )
 
     from decimal import Decimal
 

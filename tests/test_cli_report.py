@@ -656,3 +656,54 @@ def test_the_names_are_documented() -> None:
         "embedding_tokens",
     ):
         assert needle in readme, needle
+
+
+def _many_sessions(path: Path, n: int) -> agentmeter.Tracker:
+    """``n`` sessions of distinct sizes (session ``s00`` the largest), and usage
+    without a session."""
+    t = priced_tracker()
+    with SQLSink(path) as sink:
+        t.add_sink(sink)
+        for i in range(n):
+            t.record_llm("gpt-4o-mini", 1000 - i, 10, session_id=f"s{i:02d}", customer_id="acme")
+        t.record_llm("gpt-4o-mini", 7, 3)
+        t.record_tool_call("search", True, 5.0, session_id="s03")
+        assert sink.flush(30)
+    return t
+
+
+def test_the_default_report_lists_a_page_of_sessions(tmp_path: Path) -> None:
+    """Without --limit, the session section shows SESSION_ROWS sessions, the rest in one
+    row with a line saying how to see them; every format's rows still add up."""
+    from agentmeter.storage.report import SESSION_ROWS
+
+    path = tmp_path / "many.db"
+    t = _many_sessions(path, SESSION_ROWS + 5)
+    live = t.snapshot()
+    table = render(path)
+    assert "(5 more)" in table
+    assert "5 more sessions in the (5 more) row: --session ID shows one, --limit N lists more" in (
+        table
+    )
+    assert "s19" in table and "s20" not in table
+    report = json.loads(render(path, "json"))
+    assert list(report["by_session"]) == [f"s{i:02d}" for i in range(SESSION_ROWS)]
+    assert report["other_keys"] == {"session": 5, "model": 0, "agent": 0, "tool": 0}
+    rest = [live.by_session[f"s{i:02d}"] for i in range(SESSION_ROWS, SESSION_ROWS + 5)]
+    assert report["others"]["session"]["input_tokens"] == sum(u.input_tokens for u in rest)
+    assert report["unattributed"]["session"]["input_tokens"] == 7
+    for name in ("input_tokens", "llm_calls", "tool_calls", "cost_micros"):
+        parts = [u[name] for u in report["by_session"].values()]
+        parts += [report["others"]["session"][name], report["unattributed"]["session"][name]]
+        assert sum(parts) == getattr(live.totals, name), name
+    rows = list(csv.DictReader(io.StringIO(render(path, "csv"))))
+    other = [r for r in rows if r["section"] == "session" and r["row"] == "other"]
+    assert [int(r["input_tokens"]) for r in other] == [sum(u.input_tokens for u in rest)]
+    # --limit lists them all (and a smaller limit caps every section alike)
+    full = json.loads(render(path, "json", limit=100))
+    assert set(full["by_session"]) == set(live.by_session)
+    assert full["other_keys"]["session"] == 0
+    one = json.loads(render(path, "json", sections=["session", "customer"], limit=1))
+    assert list(one["by_session"]) == ["s00"] and one["other_keys"]["session"] == SESSION_ROWS + 4
+    assert one["by_customer"]["acme"]["llm_calls"] == SESSION_ROWS + 5
+    assert one["unattributed"]["customer"]["llm_calls"] == 1

@@ -727,3 +727,33 @@ def test_live_session_without_tools_has_an_empty_tool_table() -> None:
     with TestClient(create_app(tracker=t)) as c:
         r = c.get(f"{API}/tools", params={"session": "talker"})
         assert r.status_code == 200 and r.json()["tools"] == {}
+
+
+def test_the_overview_pages_its_sessions(tmp_path: Path) -> None:
+    """``GET /api/v1/usage`` lists one page of sessions (``limit`` / ``offset``, largest
+    first) and says how many there are -- the same on both backends."""
+    t = priced_tracker()
+    path = tmp_path / "pages.db"
+    with SQLSink(path) as sink:
+        t.add_sink(sink)
+        for i in range(7):
+            t.record_llm("gpt-4o-mini", 100 - i, 1, session_id=f"s{i}", customer_id="acme")
+        t.record_llm("gpt-4o-mini", 5, 1)
+        assert sink.flush(30)
+    snap = t.snapshot()
+    ordered = sorted(snap.by_session, key=lambda k: (-snap.by_session[k].total_tokens, k))
+    for app in (create_app(db_url=str(path)), create_app(tracker=t)):
+        with TestClient(app) as c:
+            body = c.get(API).json()
+            assert (body["session_count"], body["limit"], body["offset"]) == (7, 100, 0)
+            assert list(body["by_session"]) == ordered
+            page = c.get(API, params={"limit": 2, "offset": 3}).json()
+            assert list(page["by_session"]) == ordered[3:5]
+            assert page["by_session"]["s3"] == _json(snap.by_session["s3"])
+            assert (page["session_count"], page["limit"], page["offset"]) == (7, 2, 3)
+            assert page["totals"] == body["totals"] == _json(snap.totals)
+            assert page["by_customer"] == body["by_customer"]
+            past = c.get(API, params={"offset": 50}).json()
+            assert past["by_session"] == {} and past["session_count"] == 7
+            bad = c.get(API, params={"limit": 0})
+            assert bad.status_code == 422 and "limit" in bad.json()["detail"]

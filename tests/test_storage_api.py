@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 from decimal import Decimal
 from typing import Any
@@ -15,12 +16,13 @@ from storage_util import (
     expected_usage,
     priced_tracker,
     random_raws,
+    raw_event,
     rollup_mismatches,
 )
 
 import agentmeter
 from agentmeter import NotFoundError, UsageEvent
-from agentmeter.storage import SQLSink, UsageStore
+from agentmeter.storage import SQLSink, UsageStore, render
 
 db_url = storage_pg.db_url
 pg = storage_pg.pg
@@ -247,6 +249,7 @@ def test_reset_needs_a_bound_and_removes_exactly_what_it_names(db_url: str) -> N
             {"since": BASE + 30 * 3600 + 5.5, "until": BASE + 75 * 3600},  # days in between
             {"since": BASE + 90 * 3600, "customer": "beta"},
             {"since": BASE + 48 * 3600, "until": BASE + 72 * 3600},  # one whole day
+            {"session": "s2"},  # every day it touched: the session-free levels rebuilt
         ]
         for kw in steps:
             lo, hi = kw.get("since"), kw.get("until")
@@ -273,3 +276,49 @@ def test_reset_needs_a_bound_and_removes_exactly_what_it_names(db_url: str) -> N
             mid = BASE + 3 * 3600 + 1234.5
             rest = [e for e in events if _in(e, mid, None)]
             assert store.totals(mid) == expected_usage(rest)
+
+
+def test_a_priced_tool_call_is_billed_on_every_level_and_surface(db_url: str) -> None:
+    """A tool call carrying a cost (a paid search API, priced by the caller) lands in
+    the rollups of every level, the totals, the breakdowns and the report; it is never
+    an "unpriced" call, with or without a cost."""
+    day = 86400
+    raws = [
+        raw_event("t1", BASE + 10, "tool", tool="search", latency_ms=12.0, cost_micros=1500,
+                  customer_id="acme", session_id="s1", category="web"),
+        raw_event("t2", BASE + day + 20, "tool", tool="search", latency_ms=8.0,
+                  customer_id="acme", session_id="s2"),
+        raw_event("t3", BASE + day + 30, "tool", tool="fetch", latency_ms=3.0, cost_micros=7,
+                  customer_id="beta", session_id="s3"),
+        raw_event("c1", BASE + 30, "chat", model="m1", input_tokens=10, output_tokens=5,
+                  cost_micros=200, customer_id="acme", session_id="s1", tool="search"),
+    ]  # fmt: skip
+    _store_raws(db_url, raws)
+    assert rollup_mismatches(db_url) == {}
+    with UsageStore(db_url) as store:
+        totals = store.totals()
+        assert (totals.cost_micros, totals.unpriced_calls, totals.tool_calls) == (1707, 0, 3)
+        assert totals == expected_usage([UsageEvent.from_raw(r) for r in raws])
+        assert {k: u.cost_micros for k, u in store.by("customer").items()} == {
+            "acme": 1700,
+            "beta": 7,
+        }
+        assert {k: u.cost_micros for k, u in store.by("tool").items()} == {
+            "search": 1700,
+            "fetch": 7,
+        }
+        assert {k: u.cost_micros for k, u in store.by("session").items()} == {
+            "s1": 1700,
+            "s2": 0,
+            "s3": 7,
+        }
+        assert store.customer("acme").usage.cost_micros == 1700
+        assert [u.cost_micros for _, _, u in store.timeseries("day")] == [1700, 7]
+        assert [u.cost_micros for _, _, u in store.timeseries("hour")] == [1700, 7]
+        assert store.totals(since=BASE + 20).cost_micros == 207  # a partial hour, raw
+        assert store.reset(session="s1")["cost_micros"] == 1700
+        assert store.totals().cost_micros == 7
+    assert rollup_mismatches(db_url) == {}
+    report = json.loads(render(db_url, "json", sections=["customer", "tool"]))
+    assert report["totals"]["cost_usd"] == "0.000007"
+    assert report["by_tool"]["fetch"]["cost_usd"] == "0.000007"

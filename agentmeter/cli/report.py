@@ -147,7 +147,10 @@ def register(sub: Any) -> None:
         "--until", type=parse_time, help="before this time: ISO 8601 or ago (1h); exclusive"
     )
     p.add_argument(
-        "--limit", type=_positive, help="at most N rows per breakdown (the rest in one row)"
+        "--limit",
+        type=_positive,
+        help="at most N rows per breakdown (the rest in one row; default: every key, "
+        "but 20 sessions)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=run)

@@ -294,9 +294,10 @@ def create_app(
         )
 
     @get("", UsageOverview)
-    def overview(r: Filtered) -> UsageOverview:
-        """Totals, and usage per customer, agent, model, provider and session."""
-        return call(backend.overview, r)
+    def overview(r: Filtered, limit: Limit = 100, offset: Offset = 0) -> UsageOverview:
+        """Totals, and usage per customer, agent, model, provider, and one page of
+        sessions (``limit`` / ``offset``: sessions grow with history)."""
+        return call(backend.overview, r, limit, offset)
 
     @get("/sessions", SessionList)
     def sessions(r: Filtered, limit: Limit = 100, offset: Offset = 0) -> SessionList:

@@ -7,7 +7,7 @@ answer -- time ranges, tags, time series (the app answers 400).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from operator import add
@@ -102,7 +102,7 @@ class Read:
 class Backend(Protocol):
     source: Any
 
-    def overview(self, r: Read) -> UsageOverview: ...
+    def overview(self, r: Read, limit: int = 100, offset: int = 0) -> UsageOverview: ...
     def sessions(self, r: Read, limit: int, offset: int) -> SessionList: ...
     def session(self, session_id: str, r: Read) -> SessionUsage: ...
     def customers(self, r: Read, limit: int, offset: int) -> CustomerList: ...
@@ -122,6 +122,11 @@ class Backend(Protocol):
         customer: str | None,
     ) -> ResetResponse: ...
     def close(self) -> None: ...
+
+
+def _ordered_usage(usages: Mapping[str, Usage]) -> dict[str, Usage]:
+    """Largest total tokens first, then by key (the database's order)."""
+    return dict(sorted(usages.items(), key=lambda kv: (-kv[1].total_tokens, kv[0])))
 
 
 def _ordered(rows: dict[str, list[Any]]) -> dict[str, Usage]:
@@ -204,7 +209,7 @@ class TrackerBackend:
                 out.append(c)
         return out
 
-    def overview(self, r: Read) -> UsageOverview:
+    def overview(self, r: Read, limit: int = 100, offset: int = 0) -> UsageOverview:
         self._check(r)
         if r.filters() == Filters():
             s = self.tracker.snapshot()
@@ -228,7 +233,18 @@ class TrackerBackend:
                 "by_provider": _group(cells, "provider"),
                 "by_session": _group(cells, "session_id"),
             }
-        return UsageOverview(source="tracker", filters=r.filters(), totals=totals, **views)
+        sessions = _ordered_usage(views.pop("by_session"))
+        page = dict(list(sessions.items())[offset : offset + limit])
+        return UsageOverview(
+            source="tracker",
+            filters=r.filters(),
+            totals=totals,
+            **views,
+            by_session=page,
+            session_count=len(sessions),
+            limit=limit,
+            offset=offset,
+        )
 
     def _page(self, r: Read, attr: str, limit: int, offset: int) -> tuple[int, dict[str, Usage]]:
         rows = _group(self._cells(r), attr)
@@ -366,8 +382,14 @@ class DatabaseBackend:
 
         self.store = UsageStore(db_url)
 
-    def overview(self, r: Read) -> UsageOverview:
+    def overview(self, r: Read, limit: int = 100, offset: int = 0) -> UsageOverview:
         st, kw = self.store, r.store_kwargs()
+        page = st.by("session", **kw, limit=limit, offset=offset)
+        count = (
+            offset + len(page)
+            if len(page) < limit and (page or offset == 0)
+            else st.count_keys("session", **kw)
+        )
         return UsageOverview(
             source="database",
             since=r.since,
@@ -378,7 +400,10 @@ class DatabaseBackend:
             by_agent=st.by("agent", **kw),
             by_model=st.by("model", **kw),
             by_provider=st.by("provider", **kw),
-            by_session=st.by("session", **kw),
+            by_session=page,
+            session_count=count,
+            limit=limit,
+            offset=offset,
         )
 
     def _page(self, dim: str, r: Read, limit: int, offset: int) -> tuple[int, dict[str, Usage]]:

@@ -96,8 +96,13 @@ class UsageOverview(BaseModel):
     )
     by_provider: dict[str, Usage] = Field(default_factory=dict, description="Per provider")
     by_session: dict[str, Usage] = Field(
-        default_factory=dict, description="Per session (usage without a session left out)"
+        default_factory=dict,
+        description="One page of sessions, largest total tokens first (``limit`` / "
+        "``offset``; usage without a session left out); ``/sessions`` pages them too",
     )
+    session_count: int = Field(0, description="How many sessions match (on every page)")
+    limit: int = Field(100, description="Most sessions in ``by_session``")
+    offset: int = Field(0, description="Sessions skipped before ``by_session``")
 
 
 class SessionSummary(BaseModel):

@@ -61,9 +61,9 @@ from .schema import (
     COUNTERS,
     DAILY,
     DAY,
+    DERIVED,
     DIMS,
     EVENTS,
-    GLOBAL,
     HOUR,
     HOURLY,
     LLM_KINDS,
@@ -250,7 +250,10 @@ class UsageStore:
 
     def _raw_conds(self, f: _Filter) -> list[Any]:
         """Conditions on the events table for every filter but time."""
-        conds: list[Any] = [_E[col] == value for col, value in f.eq]
+        # '' (internal only: "without this key") is NULL in the events table.
+        conds: list[Any] = [
+            _E[col].is_(None) if value == "" else _E[col] == value for col, value in f.eq
+        ]
         for k, v in f.tags:
             with_comma, at_end = tag_patterns(k, v)
             conds.append(
@@ -356,6 +359,7 @@ class UsageStore:
         """Rollup rows of ``level`` with period start in ``[lo, hi)`` (its period column
         labelled ``hour``: the start of the row's hour or day)."""
         table = level.main if tag is None else level.tags
+        assert table is not None  # _level() picks a level with a tag table for tag reads
         t = table.c
         period = t[level.period]
         cols = [
@@ -387,12 +391,17 @@ class UsageStore:
         return True, h_lo, h_hi
 
     def _plan(
-        self, f: _Filter, finest: str = "day", session: bool = True
+        self,
+        f: _Filter,
+        finest: str = "day",
+        need: Iterable[str] | None = None,
+        table: str = "main",
     ) -> tuple[list[tuple[Level, int | None, int | None]], list[tuple[int | None, int | None]]]:
         """How to read ``f``'s time range: rollup segments ``(level, lo, hi)`` -- whole
-        days from the daily tables (the global, session-free ones when the read needs no
-        session: ``session=False`` and no session filter), the other whole hours from
-        the hourly ones -- and raw-event segments ``(hour_lo, hour_hi)`` for the
+        days from the smallest daily level holding every dimension the read needs
+        (``need``: the ones it groups by, ``None`` for all; plus those ``f`` filters on)
+        and the ``table`` (``main``, ``latency`` or ``tags``), the other whole hours
+        from the hourly ones -- and raw-event segments ``(hour_lo, hour_hi)`` for the
         partial hours at the ends. Callers check :meth:`_split` first (no whole hour:
         raw events only)."""
         _, h_lo, h_hi = self._split(f)
@@ -407,16 +416,33 @@ class UsageStore:
         d_hi = None if h_hi is None else h_hi // DAY * DAY
         if d_lo is not None and d_hi is not None and d_lo >= d_hi:
             return [(HOURLY, h_lo, h_hi)], raw
-        days = DAILY if session or f.value("session_id") is not None else GLOBAL
-        segs: list[tuple[Level, int | None, int | None]] = [(days, d_lo, d_hi)]
+        segs: list[tuple[Level, int | None, int | None]] = [
+            (self._level(f, need, table), d_lo, d_hi)
+        ]
         if h_lo is not None and d_lo is not None and h_lo < d_lo:
             segs.append((HOURLY, h_lo, d_lo))
         if h_hi is not None and d_hi is not None and d_hi < h_hi:
             segs.append((HOURLY, d_hi, h_hi))
         return segs, raw
 
+    @staticmethod
+    def _level(f: _Filter, need: Iterable[str] | None, table: str) -> Level:
+        """The smallest daily level with the dimensions and the table a read needs."""
+        if need is None:
+            return DAILY
+        wanted = {*need, *(col for col, _ in f.eq)}
+        for level in DERIVED:
+            dims = level.latency_dims if table == "latency" else level.dims
+            if getattr(level, table) is not None and wanted <= set(dims):
+                return level
+        return DAILY
+
     def _source(
-        self, f: _Filter, tag_key: str | None = None, finest: str = "day", session: bool = True
+        self,
+        f: _Filter,
+        tag_key: str | None = None,
+        finest: str = "day",
+        need: Iterable[str] | None = None,
     ) -> _Src:
         """Rows shaped like rollup rows covering exactly the events matching ``f``."""
         # Which rollup answers: the main one without tags; the tag rollup for one pair
@@ -437,7 +463,7 @@ class UsageStore:
         if not rollups:
             part = self._raw_part(f, tag_key)
             return _Src(part.subquery("src"))
-        segs, raws = self._plan(f, finest, session)
+        segs, raws = self._plan(f, finest, need, "main" if tag is None else "tags")
         parts: list[Any] = [
             self._rollup_part(f, tag, level, lo, hi, tag_key is not None) for level, lo, hi in segs
         ]
@@ -445,7 +471,7 @@ class UsageStore:
         sel: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
         return _Src(sel.subquery("src"))
 
-    def _latency_source(self, f: _Filter, session: bool = True) -> _Src | None:
+    def _latency_source(self, f: _Filter, need: Iterable[str] | None = None) -> _Src | None:
         """Tool calls per hour / customer / session / agent / tool / latency bucket."""
         if f.value("model") is not None or f.value("provider") is not None:
             return None  # tool calls have neither
@@ -467,12 +493,16 @@ class UsageStore:
 
         if f.tags or not self._split(f)[0]:
             return _Src(raw().subquery("lat"))
-        segs, raws = self._plan(f, session=session)
+        segs, raws = self._plan(f, need=need, table="latency")
         parts: list[Any] = []
         for level, lo, hi in segs:
+            assert level.latency is not None
             t = level.latency.c
             period = t[level.period]
-            sess = t.session_id if "session_id" in level.latency_dims else sa.literal("")
+
+            def col(name: str, t: Any = t, level: Level = level) -> Any:
+                return t[name] if name in level.latency_dims else sa.literal("").label(name)
+
             conds: list[Any] = [t[col] == value for col, value in f.eq]
             if lo is not None:
                 conds.append(period >= lo)
@@ -480,8 +510,8 @@ class UsageStore:
                 conds.append(period < hi)
             parts.append(
                 sa.select(
-                    period.label("hour"), t.customer_id, sess.label("session_id"), t.agent_id,
-                    t.tool, t.bucket, t.calls,
+                    period.label("hour"), col("customer_id"), col("session_id"),
+                    col("agent_id"), col("tool"), t.bucket, t.calls,
                 ).where(*conds)
             )  # fmt: skip
         parts += [raw(a, b) for a, b in raws]
@@ -546,6 +576,12 @@ class UsageStore:
         return s.c[col], ""
 
     @staticmethod
+    def _need(dimension: str) -> tuple[str, ...]:
+        """The rollup dimensions a ``by`` / ``count_keys`` dimension groups by."""
+        col = DIMENSIONS.get(dimension)
+        return () if col is None else (col,)
+
+    @staticmethod
     def _tag_key(dimension: str) -> str | None:
         if dimension.startswith(_TAG_PREFIX):
             return dimension[len(_TAG_PREFIX) :] or None
@@ -570,12 +606,19 @@ class UsageStore:
             since, until, customer=customer, session=session, agent=agent, model=model,
             provider=provider, tool=tool, tags=tags,
         )  # fmt: skip
-        s = self._source(f, session=False)
+        s = self._source(f, need=())
         return int(self._fetch(sa.select(_sum(s.c.events)))[0][0] or 0)
 
     def time_range(self) -> tuple[datetime | None, datetime | None]:
         """Timestamps of the first and the last stored event."""
-        lo, hi = self._fetch(sa.select(sa.func.min(_E.ts), sa.func.max(_E.ts)))[0]
+        # Two subqueries: each is one seek in the time index (SQLite reads every row
+        # for min() and max() in one select).
+        lo, hi = self._fetch(
+            sa.select(
+                sa.select(sa.func.min(_E.ts)).scalar_subquery(),
+                sa.select(sa.func.max(_E.ts)).scalar_subquery(),
+            )
+        )[0]
 
         def conv(t: Any) -> datetime | None:
             return None if t is None else datetime.fromtimestamp(float(t), UTC)
@@ -603,7 +646,7 @@ class UsageStore:
         return self._totals(f)
 
     def _totals(self, f: _Filter, conn: sa.Connection | None = None) -> Usage:
-        s = self._source(f, session=False)
+        s = self._source(f, need=())
         return Usage.from_row(_row(self._fetch(sa.select(*self._usage_cols(s)), conn)[0]))
 
     def by(
@@ -633,7 +676,7 @@ class UsageStore:
             raise ValueError("limit and offset must be >= 0")
         tag_key = self._tag_key(dimension)
         self._check_dimension(dimension)
-        s = self._source(f, tag_key, session=dimension == "session")
+        s = self._source(f, tag_key, need=self._need(dimension))
         col, _ = self._dim_col(s, dimension)
         total = _sum(s.c.input_tokens + s.c.output_tokens)
         stmt = (
@@ -646,6 +689,37 @@ class UsageStore:
         if limit is not None:
             stmt = stmt.limit(limit)
         return {str(r[0]): Usage.from_row(_row(r[1:])) for r in self._fetch(stmt)}
+
+    def unkeyed(
+        self,
+        dimension: str,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        *,
+        customer: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Usage:
+        """Usage of the events matching the filters that have no key of ``dimension``
+        (``"customer"``, ``"session"``, ``"agent"``, ``"model"``, ``"provider"`` or
+        ``"tool"``): what :meth:`by` leaves out. Read through the dimension's index
+        (the rows keyed ``''``), so a page of :meth:`by` and this give a breakdown
+        that adds up to :meth:`totals` without listing every key."""
+        self._check_dimension(dimension)
+        if dimension not in DIMENSIONS:
+            raise ValueError(f"unkeyed() takes one of {sorted(DIMENSIONS)}, got {dimension!r}")
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        col = DIMENSIONS[dimension]
+        if f.value(col) is not None:
+            return Usage()  # every matching event has that key
+        return self._totals(_Filter(f.lo, f.hi, (*f.eq, (col, "")), f.tags))
 
     def _check_dimension(self, dimension: str) -> None:
         if not isinstance(dimension, str):
@@ -679,7 +753,7 @@ class UsageStore:
             provider=provider, tool=tool, tags=tags,
         )  # fmt: skip
         self._check_dimension(dimension)
-        s = self._source(f, self._tag_key(dimension), session=dimension == "session")
+        s = self._source(f, self._tag_key(dimension), need=self._need(dimension))
         col, _ = self._dim_col(s, dimension)
         stmt = sa.select(sa.func.count(sa.distinct(col))).where(col != "")
         return int(self._fetch(stmt)[0][0])
@@ -713,7 +787,7 @@ class UsageStore:
             since, until, customer=customer, session=session, agent=agent, model=model,
             provider=provider, tool=tool, tags=tags,
         )  # fmt: skip
-        s = self._source(f, finest=bucket, session=by == "session")
+        s = self._source(f, finest=bucket, need=() if by is None else (DIMENSIONS[by],))
         when = s.c.hour if bucket == "hour" else s.c.hour - s.c.hour % DAY
         when = when.label("t")
         keys: list[Any] = [when]
@@ -729,21 +803,25 @@ class UsageStore:
 
     def session_times(self, session_ids: Iterable[str]) -> dict[str, tuple[datetime, datetime]]:
         """First and last event time of each session."""
-        ids = list(session_ids)
+        ids = list(dict.fromkeys(session_ids))
         if not ids:
             return {}
+        # Two seeks per session in the (session_id, ts) index, one statement compiled
+        # once: not a GROUP BY reading every event of the sessions.
+        sid: Any = sa.bindparam("sid")
+        stmt = sa.select(
+            sa.select(sa.func.min(_E.ts)).where(_E.session_id == sid).scalar_subquery(),
+            sa.select(sa.func.max(_E.ts)).where(_E.session_id == sid).scalar_subquery(),
+        )
         out: dict[str, tuple[datetime, datetime]] = {}
-        for i in range(0, len(ids), 500):
-            stmt = (
-                sa.select(_E.session_id, sa.func.min(_E.ts), sa.func.max(_E.ts))
-                .where(_E.session_id.in_(ids[i : i + 500]))
-                .group_by(_E.session_id)
-            )
-            for s, lo, hi in self._fetch(stmt):
-                out[str(s)] = (
-                    datetime.fromtimestamp(float(lo), UTC),
-                    datetime.fromtimestamp(float(hi), UTC),
-                )
+        with self._engine.connect() as conn:
+            for s in ids:
+                lo, hi = conn.execute(stmt, {"sid": s}).one()
+                if lo is not None and hi is not None:
+                    out[s] = (
+                        datetime.fromtimestamp(float(lo), UTC),
+                        datetime.fromtimestamp(float(hi), UTC),
+                    )
         return out
 
     # ------------------------------------------------ cells and tool stats
@@ -889,14 +967,16 @@ class UsageStore:
     def _latest_by_tool(self, f: _Filter, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
         """The latest call ids of each tool (by time), over every session.
 
-        The hourly rollup says from which hour on the last few calls lie; the events of
-        those hours are read through the time index, newest first.
+        The rollups say from which period on (a day of the smallest daily level
+        holding the tool and the filters, or an hour at the ends of the range) the
+        last few calls lie; the events from there on are read through the time index,
+        newest first.
         """
         out: dict[str, tuple[str, ...]] = {}
         base = [_E.kind == "tool", *self._raw_conds(f), *self._time_cond(f)]
         for name in names:
             tf = _Filter(f.lo, f.hi, (*f.eq, ("tool", name)), f.tags)
-            src = self._source(tf, finest="hour")
+            src = self._source(tf, need=("tool",))
             hours = (
                 sa.select(src.c.hour, _sum(src.c.events))
                 .where(src.c.kind == "tool")
@@ -927,7 +1007,7 @@ class UsageStore:
         """``{tool: ToolStats}`` over every session, grouped by tool alone (no per-session
         work): calls, durations and histogram of the tool calls, usage of the calls made
         inside the tool, the category of its last call, its latest call ids by time."""
-        s = self._source(f, session=False)
+        s = self._source(f, need=("tool",))
         c = s.c
         is_tool = [c.kind == "tool", c.tool != ""]
         accs: dict[str, _tools.ToolAcc] = {}
@@ -962,7 +1042,7 @@ class UsageStore:
                     best[str(name)] = pick
             for name, (_, category) in best.items():
                 accs[name].category = category
-            lat = self._latency_source(f, session=False)
+            lat = self._latency_source(f, need=("tool",))
             if lat is not None and accs:
                 lk = [lat.c.tool, lat.c.bucket]
                 hist = sa.select(*lk, _sum(lat.c.calls)).where(lat.c.tool != "").group_by(*lk)
@@ -1144,8 +1224,7 @@ class UsageStore:
             self._begin_exclusive(conn)
             gone = self._totals(f, conn)
             n = int(
-                self._fetch(sa.select(_sum(self._source(f, session=False).c.events)), conn)[0][0]
-                or 0
+                self._fetch(sa.select(_sum(self._source(f, need=()).c.events)), conn)[0][0] or 0
             )
             rollups, h_lo, h_hi = self._split(f)
             hours: set[int] = set()  # deleted in part: rebuilt from the events left
@@ -1165,13 +1244,13 @@ class UsageStore:
                 hours = {hour_of(b) for b in (f.lo, f.hi) if b is not None}
             days |= {day_of_hour(h) for h in hours}
 
-            # The global (session-free) days: without a session filter, whole days go
-            # like the daily ones; with one, every day the session touched is rebuilt
-            # from the daily rows left (the global rows cannot tell sessions apart).
-            g_eq = [(c, v) for c, v in f.eq if c in GLOBAL.dims]
-            by_session = len(g_eq) < len(f.eq)
-            g_days = set(days)
-            if by_session and whole_days is not None:
+            # The derived daily levels: with every filtered dimension in their key, whole
+            # days go like the daily ones; otherwise (a session reset of the customer
+            # level, ...) every day the deleted events touched is rebuilt from the daily
+            # rows left, since their rows cannot tell the deleted events apart.
+            exact = {lv.name: all(c in lv.dims for c, _ in f.eq) for lv in DERIVED}
+            touched: set[int] = set()
+            if whole_days is not None and not all(exact.values()):
                 t = DAILY.main.c
                 conds = [t[col] == value for col, value in f.eq]
                 if whole_days[0] is not None:
@@ -1179,7 +1258,7 @@ class UsageStore:
                 if whole_days[1] is not None:
                     conds.append(t.day < whole_days[1])
                 found = self._fetch(sa.select(t.day).where(*conds).distinct(), conn)
-                g_days |= {int(r[0]) for r in found}
+                touched = {int(r[0]) for r in found}
 
             def conds_of(table: sa.Table, eq: list[tuple[str, str]]) -> list[Any]:
                 return [table.c[col] == value for col, value in eq]
@@ -1207,10 +1286,15 @@ class UsageStore:
                 if whole_days is not None:
                     delete(table, "day", *whole_days)
                 delete_in(table, "day", days)
-            for table in GLOBAL.tables:
-                if whole_days is not None and not by_session:
-                    delete(table, "day", *whole_days, eq=g_eq)
-                delete_in(table, "day", g_days, eq=g_eq)
+            rebuild: dict[str, tuple[set[int], list[tuple[str, str]]]] = {}
+            for level in DERIVED:
+                eq_l = [(c, v) for c, v in f.eq if c in level.dims]
+                dirty = set(days) if exact[level.name] else days | touched
+                rebuild[level.name] = (dirty, eq_l)
+                for table in level.tables:
+                    if whole_days is not None and exact[level.name]:
+                        delete(table, "day", *whole_days, eq=eq_l)
+                    delete_in(table, "day", dirty, eq=eq_l)
             conn.execute(EVENTS.delete().where(*self._raw_conds(f), *self._time_cond(f)))
             writer = self._writer or RollupWriter(self._engine.dialect)
             self._writer = writer
@@ -1236,9 +1320,19 @@ class UsageStore:
             if days:  # the days from their hourly rows (now up to date)
                 hourly = [rows_in_days(t, "hour", days, f.eq) for t in HOURLY.tables]
                 writer.add_rows(conn, HOURLY, DAILY, *hourly)
-            if g_days:  # the global days from the daily rows (now up to date)
-                daily = [rows_in_days(t, "day", g_days, g_eq) for t in DAILY.tables]
-                writer.add_rows(conn, DAILY, GLOBAL, *daily)
+            for level in DERIVED:  # their days from the daily rows (now up to date)
+                dirty, eq_l = rebuild[level.name]
+                if dirty:
+                    daily = [
+                        rows_in_days(t, "day", dirty, eq_l) if needed else []
+                        for t, needed in (
+                            (DAILY.main, True),
+                            (DAILY.latency, level.latency is not None),
+                            (DAILY.tags, level.tags is not None),
+                        )
+                        if t is not None
+                    ]
+                    writer.add_rows(conn, DAILY, level, *daily)
             conn.commit()
         return {
             "events": n,

@@ -50,9 +50,15 @@ micro-USD, so the string is exact. It is empty in CSV, ``null`` in JSON and
 it has a ``none`` row (usage recorded without that key: no session, outside any
 tool, no such tag) and, with ``limit``, an ``other`` row (the keys past the
 limit). CSV marks them in its ``row`` column (``total``, ``key``, ``none``,
-``other``), JSON lists them under ``unattributed`` and ``others``, the table
-prints them as ``(none)`` and ``(N more)`` (zero rows are not printed).
-Duration columns (floats) add up to rounding.
+``other``), JSON lists them under ``unattributed`` and ``others`` (and how many
+keys ``others`` sums under ``other_keys``), the table prints them as ``(none)``
+and ``(N more)`` with a line saying how to list them (zero rows are not
+printed). Duration columns (floats) add up to rounding.
+
+**Sessions are capped.** Without ``limit``, the session section lists the
+:data:`SESSION_ROWS` largest sessions and sums the others in its ``other`` row
+(``--limit N`` lists more, ``--session ID`` reports one): a report reads one
+page of sessions, however many the history holds.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ __all__ = [
     "DEFAULT_SECTIONS",
     "FORMATS",
     "SECTIONS",
+    "SESSION_ROWS",
     "TABLE_COLUMNS",
     "Report",
     "collect",
@@ -90,6 +97,11 @@ __all__ = [
 FORMATS = ("table", "json", "csv")
 SECTIONS = ("customer", "session", "agent", "model", "tool", "day", "hour", "tag:KEY")
 DEFAULT_SECTIONS = ("session", "model", "agent", "tool")
+# Sessions grow with history: without a limit, the session section lists the largest
+# SESSION_ROWS and sums the rest in one row (so that a report reads a page, whatever
+# the number of sessions). Other sections list every key unless a limit is given.
+SESSION_ROWS = 20
+_KEYED = ("customer", "session", "agent", "model", "tool")
 Progress = Callable[[str], None]
 _TAG_KEY = re.compile(r"^tag:(.{1,64})$", re.DOTALL)
 
@@ -252,21 +264,36 @@ def collect(
         tool_stats: dict[str, ToolStats] = {}
         for name in sections:
             say(f"grouping by {name}")
-            if name in ("day", "hour"):
-                series = st.timeseries(bucket=name, **f)
-                rows = {_bucket_key(start, name): u for start, _key, u in series}
+            cap = limit if limit is not None else SESSION_ROWS if name == "session" else None
+            if cap is not None and name in _KEYED:
+                # One page, largest first; the rest from two indexed reads (how many
+                # keys, the usage without a key): no listing of every session.
+                page = st.by(name, **f, limit=cap)
+                none = st.unkeyed(name, **f)
+                n_keys = len(page) if len(page) < cap else st.count_keys(name, **f)
+                section = Section(
+                    name=name,
+                    rows=page,
+                    none=none,
+                    others=_minus(_minus(totals, _usage_sum(list(page.values()))), none.to_row()),
+                    other_keys=n_keys - len(page),
+                )
             else:
-                rows = st.by(name, **f)
-            keys = list(rows)
-            shown = keys[:limit] if limit else keys
-            rest = [rows[k] for k in keys[len(shown) :]]
-            section = Section(
-                name=name,
-                rows={k: rows[k] for k in shown},
-                none=_minus(totals, _usage_sum(list(rows.values()))),
-                others=Usage.from_row(_usage_sum(rest)),
-                other_keys=len(rest),
-            )
+                if name in ("day", "hour"):
+                    series = st.timeseries(bucket=name, **f)
+                    rows = {_bucket_key(start, name): u for start, _key, u in series}
+                else:
+                    rows = st.by(name, **f)
+                keys = list(rows)
+                shown = keys[:cap] if cap else keys
+                rest = [rows[k] for k in keys[len(shown) :]]
+                section = Section(
+                    name=name,
+                    rows={k: rows[k] for k in shown},
+                    none=_minus(totals, _usage_sum(list(rows.values()))),
+                    others=Usage.from_row(_usage_sum(rest)),
+                    other_keys=len(rest),
+                )
             out.append(section)
             if name == "tool":
                 tf = {k: v for k, v in f.items() if k != "session"}
@@ -376,6 +403,13 @@ def _as_table(r: Report) -> str:
         if not _is_zero(s.none):
             table.append(["(none)", *(_cell(s.none, n) for n in names), *extras])
         out.append(_format_table(table))
+        if s.other_keys:
+            what = f"{s.name}s" if s.name in _KEYED else f"{_label(s.name)} rows"
+            one = f"--{s.name} ID shows one, " if s.name in ("customer", "session") else ""
+            out.append(
+                f"  {s.other_keys:,} more {what} in the ({s.other_keys:,} more) row: "
+                f"{one}--limit N lists more"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -397,6 +431,7 @@ def _as_json(r: Report) -> str:
         data[f"by_{s.name}"] = {k: _usage_json(u) for k, u in s.rows.items()}
     data["unattributed"] = {s.name: _usage_json(s.none) for s in r.sections}
     data["others"] = {s.name: _usage_json(s.others) for s in r.sections}
+    data["other_keys"] = {s.name: s.other_keys for s in r.sections}
     if any(s.name == "tool" for s in r.sections):
         data["tool_stats"] = {
             k: t.model_dump(mode="json", exclude={"duration_histogram"})
@@ -463,7 +498,8 @@ def render(
         sections: Which breakdowns: ``"customer"``, ``"session"``, ``"agent"``,
             ``"model"``, ``"tool"``, ``"day"``, ``"hour"``, ``"tag:KEY"``.
         limit: At most this many rows per breakdown (largest first; the rest
-            summed in one ``other`` row).
+            summed in one ``other`` row). ``None``: every key, but the session
+            section's :data:`SESSION_ROWS` largest.
         progress: Called with a short message before each step (e.g. print to stderr).
         store: Read this open store instead of opening ``db_url``.
 

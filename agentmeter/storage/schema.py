@@ -29,11 +29,14 @@ Tables (SQLAlchemy Core, portable across SQLite and PostgreSQL):
   ``agentmeter_rollup_tags_daily``: the same three per UTC day (column ``day``),
   so that a read over weeks or months of history reads one row per day and key,
   not 24.
-- ``agentmeter_rollup_global``, ``agentmeter_rollup_latency_global``,
-  ``agentmeter_rollup_tags_global``: per UTC day *without* the session dimension,
-  for the reads that neither filter nor group by session (totals, by customer /
-  agent / model / tool, time series, tool statistics over all sessions): their
-  cost does not grow with the number of sessions, which grows with history.
+- Daily tables with fewer dimensions, derived from the daily rows in the same
+  transaction, for the reads that need fewer: ``agentmeter_rollup_global`` (and
+  its latency and tag tables) without the session, ``agentmeter_rollup_by_customer``,
+  ``_by_agent``, ``_by_model`` (model, provider), ``_by_tool`` (and its latency
+  table) and ``agentmeter_rollup_total`` (kind only). A read takes the smallest one
+  holding every dimension it filters or groups by, so totals, breakdowns, time
+  series and tool statistics do not grow with the number of sessions (which grows
+  with history) nor with the cross product of the other dimensions.
 - ``agentmeter_schema``: a single row with the schema version. A database
   written by a newer agentmeter is refused with :class:`SchemaError` instead of
   being misread. (Alembic's own revision is kept in
@@ -55,10 +58,15 @@ from .._latency import bucket
 from ._deps import sqlalchemy as sa
 
 __all__ = [
+    "BY_AGENT",
+    "BY_CUSTOMER",
+    "BY_MODEL",
+    "BY_TOOL",
     "COLUMNS",
     "COUNTERS",
     "DAILY",
     "DAY",
+    "DERIVED",
     "DIMS",
     "EVENTS",
     "GLOBAL",
@@ -74,13 +82,12 @@ __all__ = [
     "ROLLUP_GLOBAL",
     "ROLLUP_LATENCY",
     "ROLLUP_LATENCY_DAILY",
-    "ROLLUP_LATENCY_GLOBAL",
     "ROLLUP_TABLES",
     "ROLLUP_TAGS",
     "ROLLUP_TAGS_DAILY",
-    "ROLLUP_TAGS_GLOBAL",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "TOTAL",
     "Level",
     "SchemaError",
     "check_version",
@@ -203,7 +210,11 @@ def _rollup(name: str, period: str, dims: tuple[str, ...] = DIMS) -> sa.Table:
         *_counter_columns(),
         sa.PrimaryKeyConstraint(period, *dims, name=f"pk_{name}"),
         *([sa.Index(f"ix_{name}_session", "session_id", period)] if "session_id" in dims else []),
-        sa.Index(f"ix_{name}_customer", "customer_id", period),
+        *(
+            [sa.Index(f"ix_{name}_customer", "customer_id", period)]
+            if "customer_id" in dims
+            else []
+        ),
         sqlite_with_rowid=False,
     )
 
@@ -218,7 +229,11 @@ def _latency(name: str, period: str, dims: tuple[str, ...] = LATENCY_DIMS) -> sa
         sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint(period, *dims, "bucket", name=f"pk_{name}"),
         *([sa.Index(f"ix_{name}_session", "session_id", period)] if "session_id" in dims else []),
-        sa.Index(f"ix_{name}_customer", "customer_id", period),
+        *(
+            [sa.Index(f"ix_{name}_customer", "customer_id", period)]
+            if "customer_id" in dims
+            else []
+        ),
         sqlite_with_rowid=False,
     )
 
@@ -240,46 +255,61 @@ def _tags(name: str, period: str, dims: tuple[str, ...] = DIMS) -> sa.Table:
 @dataclass(frozen=True)
 class Level:
     """One rollup granularity: its name, its period column (``hour`` / ``day``: the
-    epoch of the period's start), its key dimensions (the global level has no
-    session), and its three tables."""
+    epoch of the period's start), its key dimensions (beside ``kind``, always there),
+    and its tables -- the main one, and where kept the latency-bucket and tag ones."""
 
     name: str
     period: str
     main: sa.Table
-    latency: sa.Table
-    tags: sa.Table
+    latency: sa.Table | None
+    tags: sa.Table | None
     dims: tuple[str, ...] = DIMS
     latency_dims: tuple[str, ...] = LATENCY_DIMS
 
     @property
-    def tables(self) -> tuple[sa.Table, sa.Table, sa.Table]:
-        return (self.main, self.latency, self.tags)
+    def tables(self) -> tuple[sa.Table, ...]:
+        return tuple(t for t in (self.main, self.latency, self.tags) if t is not None)
 
 
-GLOBAL_DIMS = tuple(d for d in DIMS if d != "session_id")
-GLOBAL_LATENCY_DIMS = tuple(d for d in LATENCY_DIMS if d != "session_id")
+def _derived(name: str, dims: tuple[str, ...], latency: bool = False, tags: bool = False) -> Level:
+    """A daily level keyed by some of the dimensions (plus ``kind``)."""
+    key = (*dims, "kind")
+    lat = tuple(d for d in LATENCY_DIMS if d in dims)
+    return Level(
+        name,
+        "day",
+        _rollup(f"agentmeter_rollup_{name}", "day", key),
+        _latency(f"agentmeter_rollup_latency_{name}", "day", lat) if latency else None,
+        _tags(f"agentmeter_rollup_tags_{name}", "day", key) if tags else None,
+        key,
+        lat,
+    )
+
+
 ROLLUP = _rollup("agentmeter_rollup", "hour")
 ROLLUP_LATENCY = _latency("agentmeter_rollup_latency", "hour")
 ROLLUP_TAGS = _tags("agentmeter_rollup_tags", "hour")
 ROLLUP_DAILY = _rollup("agentmeter_rollup_daily", "day")
 ROLLUP_LATENCY_DAILY = _latency("agentmeter_rollup_latency_daily", "day")
 ROLLUP_TAGS_DAILY = _tags("agentmeter_rollup_tags_daily", "day")
-ROLLUP_GLOBAL = _rollup("agentmeter_rollup_global", "day", GLOBAL_DIMS)
-ROLLUP_LATENCY_GLOBAL = _latency("agentmeter_rollup_latency_global", "day", GLOBAL_LATENCY_DIMS)
-ROLLUP_TAGS_GLOBAL = _tags("agentmeter_rollup_tags_global", "day", GLOBAL_DIMS)
 HOURLY = Level("hourly", "hour", ROLLUP, ROLLUP_LATENCY, ROLLUP_TAGS)
 DAILY = Level("daily", "day", ROLLUP_DAILY, ROLLUP_LATENCY_DAILY, ROLLUP_TAGS_DAILY)
-GLOBAL = Level(
-    "global",
-    "day",
-    ROLLUP_GLOBAL,
-    ROLLUP_LATENCY_GLOBAL,
-    ROLLUP_TAGS_GLOBAL,
-    GLOBAL_DIMS,
-    GLOBAL_LATENCY_DIMS,
+# Daily levels derived from DAILY with fewer dimensions, smallest first: a read takes
+# the first one holding every dimension it filters or groups by.
+GLOBAL = _derived(
+    "global", ("customer_id", "agent_id", "model", "provider", "tool"), latency=True, tags=True
 )
-LEVELS = (HOURLY, DAILY, GLOBAL)
-ROLLUP_TABLES = (*HOURLY.tables, *DAILY.tables, *GLOBAL.tables)
+TOTAL = _derived("total", ())
+BY_CUSTOMER = _derived("by_customer", ("customer_id",))
+BY_AGENT = _derived("by_agent", ("agent_id",))
+BY_MODEL = _derived("by_model", ("model", "provider"))
+BY_TOOL = _derived("by_tool", ("tool",), latency=True)
+DERIVED = (TOTAL, BY_CUSTOMER, BY_AGENT, BY_MODEL, BY_TOOL, GLOBAL)
+GLOBAL_DIMS = GLOBAL.dims
+GLOBAL_LATENCY_DIMS = GLOBAL.latency_dims
+ROLLUP_GLOBAL = GLOBAL.main
+LEVELS = (HOURLY, DAILY, *DERIVED)
+ROLLUP_TABLES = tuple(t for level in LEVELS for t in level.tables)
 
 SCHEMA = sa.Table(
     "agentmeter_schema",

@@ -41,6 +41,8 @@ from .migrations import upgrade as ensure_schema
 from .schema import (
     COLUMNS,
     COUNTERS,
+    DAILY,
+    DERIVED,
     EVENTS,
     LEVELS,
     Level,
@@ -155,23 +157,24 @@ class RollupWriter:
         self._row_marks = "(" + ", ".join([self._mark] * len(COLUMNS)) + ")"
         self._inserts: dict[int, str] = {}
         # Per level (hourly, daily, global): the upserts of its main, latency and tag tables.
-        self._sql: dict[str, tuple[str, str, str]] = {}
+        self._sql: dict[str, tuple[str, str | None, str | None]] = {}
         for level in LEVELS:
             p = level.period
-            t = quote(level.latency.name)
-            key = (p, *level.latency_dims, "bucket")
-            cols = ", ".join(quote(c) for c in (*key, "calls"))
-            marks = ", ".join([self._mark] * (len(key) + 1))
-            latency = (
-                f"INSERT INTO {t} ({cols}) VALUES ({marks}) "
-                f"ON CONFLICT ({', '.join(quote(c) for c in key)}) "
-                f"DO UPDATE SET calls = {t}.calls + excluded.calls"
-            )
-            self._sql[level.name] = (
-                self._upsert(level.main, (p, *level.dims)),
-                latency,
-                self._upsert(level.tags, ("tag_key", "tag_value", p, *level.dims)),
-            )
+            latency = None
+            if level.latency is not None:
+                t = quote(level.latency.name)
+                key = (p, *level.latency_dims, "bucket")
+                cols = ", ".join(quote(c) for c in (*key, "calls"))
+                marks = ", ".join([self._mark] * (len(key) + 1))
+                latency = (
+                    f"INSERT INTO {t} ({cols}) VALUES ({marks}) "
+                    f"ON CONFLICT ({', '.join(quote(c) for c in key)}) "
+                    f"DO UPDATE SET calls = {t}.calls + excluded.calls"
+                )
+            tags = None
+            if level.tags is not None:
+                tags = self._upsert(level.tags, ("tag_key", "tag_value", p, *level.dims))
+            self._sql[level.name] = (self._upsert(level.main, (p, *level.dims)), latency, tags)
 
     def _upsert(self, table: sa.Table, key: tuple[str, ...]) -> str:
         q = self._quote
@@ -299,26 +302,30 @@ class RollupWriter:
         tag_rows = {k: _merge(v) for k, v in tag_parts.items()}
         levels: list[tuple[str, Any, Any, Any]] = [("hourly", main, lat, tag_rows)]
         if daily:
-            # The day of a row is the day of its hour; the global rows drop the session.
+            # The day of a row is the day of its hour; the derived levels keep some of
+            # the dimensions of the daily rows.
             day_main = _project(main, 0, _to_day)
             day_tags = _project(tag_rows, 2, _to_day)
             day_lat = _project_counts(lat, _to_day)
             levels.append(("daily", day_main, day_lat, day_tags))
-            levels.append(
-                (
-                    "global",
-                    _project(day_main, 0, _no_session),
-                    _project_counts(day_lat, _no_session),
-                    _project(day_tags, 2, _no_session),
+            for level in DERIVED:
+                pick = _picker(DAILY.dims, level.dims)
+                lpick = _picker(DAILY.latency_dims, level.latency_dims)
+                levels.append(
+                    (
+                        level.name,
+                        _project(day_main, 0, pick),
+                        _project_counts(day_lat, lpick) if level.latency is not None else {},
+                        _project(day_tags, 2, pick) if level.tags is not None else {},
+                    )
                 )
-            )
         # Sorted keys, tables in one order: every writer locks rollup rows alike.
         for name, m, lt, tg in levels:
             main_sql, lat_sql, tags_sql = self._sql[name]
             conn.exec_driver_sql(main_sql, [(*k, *c) for k, c in sorted(m.items())])
-            if lt:
+            if lt and lat_sql is not None:
                 conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(lt.items())])
-            if tg:
+            if tg and tags_sql is not None:
                 conn.exec_driver_sql(tags_sql, [(*k, *c) for k, c in sorted(tg.items())])
 
     def add_rows(
@@ -331,14 +338,16 @@ class RollupWriter:
         tags: Iterable[Sequence[Any]],
     ) -> None:
         """Add rollup rows as stored at ``source`` (period, key, counters) to the tables
-        of ``target`` (days from hours, the global key from the session one) -- how a
-        reset rebuilds the days it deleted in part."""
+        of ``target`` (days from hours, fewer dimensions) -- how a reset rebuilds the
+        days it deleted in part."""
         to_day = source.period == "hour" and target.period == "day"
         pick = [source.dims.index(d) for d in target.dims]
         lpick = [source.latency_dims.index(d) for d in target.latency_dims]
         main_sql, lat_sql, tags_sql = self._sql[target.name]
         width = len(source.dims)
         for rows, at, sql in ((main, 0, main_sql), (tags, 2, tags_sql)):
+            if sql is None:
+                continue
             merged: dict[tuple[Any, ...], list[Any]] = {}
             for r in rows:
                 period = int(r[at])
@@ -351,6 +360,8 @@ class RollupWriter:
                 merged.setdefault(key, []).append(r[at + 1 + width :])
             if merged:
                 conn.exec_driver_sql(sql, [(*k, *_merge(v)) for k, v in sorted(merged.items())])
+        if lat_sql is None:
+            return
         counts: dict[tuple[Any, ...], int] = {}
         lwidth = len(source.latency_dims)
         for r in latency:
@@ -370,9 +381,19 @@ def _to_day(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
     return (*key[:at], day_of_hour(key[at]), *key[at + 1 :])
 
 
-def _no_session(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
-    # The key is (period, customer, session, ...): the session follows the customer.
-    return (*key[: at + 2], *key[at + 3 :])
+def _picker(
+    source: tuple[str, ...], target: tuple[str, ...]
+) -> Callable[[tuple[Any, ...], int], tuple[Any, ...]]:
+    """Re-key (prefix, period, *source dims[, bucket]) as (prefix, period, *target dims
+    [, bucket]); ``at`` is the period's position."""
+    idx = [source.index(d) for d in target]
+    n = len(source)
+
+    def pick(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
+        dims = key[at + 1 : at + 1 + n]
+        return (*key[: at + 1], *(dims[i] for i in idx), *key[at + 1 + n :])
+
+    return pick
 
 
 def _project(

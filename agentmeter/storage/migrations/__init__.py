@@ -40,7 +40,7 @@ __all__ = ["HEAD", "VERSION_TABLE", "check", "is_current", "upgrade"]
 logger = logging.getLogger("agentmeter.storage")
 
 VERSION_TABLE = "agentmeter_alembic_version"
-HEAD = "0002"  # the revision of SCHEMA_VERSION
+HEAD = "0003"  # the latest revision (of SCHEMA_VERSION)
 V1_REVISION = "0001"
 _HERE = Path(__file__).resolve().parent
 _PG_LOCK = 0x61676D74_73636D61  # "agmtscma": the advisory lock of schema upgrades
