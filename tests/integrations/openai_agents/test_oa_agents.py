@@ -215,3 +215,23 @@ async def test_a_metered_tool_that_is_also_an_sdk_tool_counts_once(
     assert (stats["forecast"].calls, stats["forecast"].failed) == (1, 0)
     assert (stats["broken_forecast"].calls, stats["broken_forecast"].failed) == (1, 1)
     assert oa_tracker.snapshot().by_category["weather"].calls == 1
+
+
+async def test_a_tool_that_times_out_is_a_failed_call(
+    fake: FakeOpenAI, oa_tracker: agentmeter.Tracker
+) -> None:
+    """The SDK answers the model with its timeout message and goes on: failed, timed."""
+    import asyncio
+
+    @function_tool(timeout=0.05)
+    async def slow(city: str) -> str:
+        """A slow tool."""
+        await asyncio.sleep(5)
+        return "late"
+
+    agent = Agent(name="t", model=make_model(fake, "chat"), tools=[slow], model_settings=USAGE)
+    result = await Runner.run(agent, "n=1", hooks=amo.AgentMeterRunHooks(oa_tracker))
+    assert result.final_output == fake.reply
+    stats = oa_tracker.tool_stats()["slow"]
+    assert (stats.calls, stats.failed) == (1, 1)
+    assert stats.max_duration_ms >= 40
