@@ -277,24 +277,32 @@ class BudgetLedger:
         table = self.attr.get(dims)
         old = table.pop(values, None) if table is not None else None
         if old is not None:
-            self._forget(old)
+            # Replaced: its spend stays (a raised limit continues from what was used);
+            # removed: its keys go.
+            self._forget(old) if budget is None else self._uncache(old)
             if not table:
                 del self.attr[dims]
         if budget is not None:
             self.attr.setdefault(dims, {})[values] = attr_ref(attribution, budget)
         self.update_active()
 
-    def _forget(self, ref: BudgetRef) -> None:
-        """A budget was replaced or removed: drop its keys (in a private store)."""
+    def _uncache(self, ref: BudgetRef) -> list[str]:
+        """Forget the refs derived from ``ref`` (its periods, its tool limits); returns
+        the store keys they used."""
         base = ref.base or ref.key
-        keys = [base]
+        keys = []
+        for b in [base, *(f"{base}/tool:{_esc(t)}" for t in ref.budget.tool_limits or ())]:
+            cur = self._windows.pop(b, None)
+            keys.append(b if cur is None else cur.key)
         for tool in ref.budget.tool_limits or ():
-            keys.append(f"{base}/tool:{_esc(tool)}")
             self._tool_refs.pop((base, tool), None)
-        for k in keys:
-            cur = self._windows.pop(k, None)
-            self._drop(k if cur is None else cur.key)
-        self._refusals.pop(base, None)
+        return keys
+
+    def _forget(self, ref: BudgetRef) -> None:
+        """A budget was removed: drop its keys (in a private store) and its refusal."""
+        for key in self._uncache(ref):
+            self._drop(key)
+        self._refusals.pop(ref.base or ref.key, None)
 
     def budget_for(self, attribution: Mapping[str, str]) -> BudgetRef | None:
         """The budget set on exactly these attribution keys, if any."""
@@ -320,7 +328,7 @@ class BudgetLedger:
         """
         old = self.session_refs.pop(session_id, None)
         if old is not None:
-            self._forget(old)
+            self._forget(old) if budget is None else self._uncache(old)
         if budget is not None:
             ref = _ref_for(session_id, budget)
             cur = self._resolve(ref, self.clock()) if ref.periodic else ref

@@ -156,7 +156,8 @@ class ToolStats(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def cost_usd(self) -> Decimal | None:
-        """Cost of the LLM calls inside the tool (``None`` if all of them were unpriced)."""
+        """Cost of the tool: its own price per call (``set_tool_price``) plus the LLM
+        calls made inside it (``None`` if there was nothing but unpriced calls)."""
         if self.unpriced_calls and self.unpriced_calls >= self.llm_calls and not self.cost_micros:
             return None
         return micros_to_usd(self.cost_micros)
@@ -262,10 +263,18 @@ class BudgetStatus(BaseModel):
     limits: dict[str, int | Decimal]
     used: dict[str, int | Decimal]
     reserved: dict[str, int | Decimal]
-    period: str | None = Field(default=None, description="'day', 'week', 'month', '<n>s'")
-    period_start: datetime | None = None
-    resets_at: datetime | None = None
-    refused: BudgetRefusal | None = None
+    period: str | None = Field(
+        default=None, description="'day', 'week', 'month', '<n>s' (a window); null: none"
+    )
+    period_start: datetime | None = Field(
+        default=None, description="When the current period started (null without a period)"
+    )
+    resets_at: datetime | None = Field(
+        default=None, description="When the budget renews (null without a period)"
+    )
+    refused: BudgetRefusal | None = Field(
+        default=None, description="The last call refused in this period, and why (null: none)"
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -283,7 +292,9 @@ class BudgetStatus(BaseModel):
         """True when some limit has nothing left."""
         return any(v <= 0 for v in self.remaining.values())
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field(  # type: ignore[prop-decorator]
+        description="'refused' after a refusal this period, else 'exhausted' or 'within limits'"
+    )
     @property
     def state(self) -> str:
         """``"refused"`` after a refusal this period, else ``"exhausted"`` / ``"within limits"``."""
@@ -316,10 +327,10 @@ class BudgetAlert(BaseModel):
     limit: str = Field(description="The limit crossed, e.g. 'max_cost_usd'")
     threshold: float = Field(description="The fraction of the limit crossed")
     used: int | Decimal = Field(description="Spent so far in the period (dollars for cost)")
-    limit_value: int | Decimal
-    period: str | None = None
-    period_start: datetime | None = None
-    resets_at: datetime | None = None
+    limit_value: int | Decimal = Field(description="The limit (dollars for cost)")
+    period: str | None = Field(default=None, description="'day', 'week', 'month', '<n>s'")
+    period_start: datetime | None = Field(default=None, description="The period's start")
+    resets_at: datetime | None = Field(default=None, description="When the budget renews")
     at: datetime = Field(description="When the threshold was crossed")
 
     def __str__(self) -> str:

@@ -11,6 +11,8 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from agentmeter import Budget, BudgetAlert, BudgetExceeded, Tracker
 
@@ -408,3 +410,84 @@ def test_threads_cannot_jointly_overshoot_a_periodic_customer_budget():
         s = t.budget_status(f"s{i}")
         assert s is not None and s.used["max_tokens"] == 7 * made[i] <= 160
     assert t.snapshot().totals.input_tokens == 7 * sum(made)
+
+
+def test_replacing_a_budget_keeps_what_was_spent_under_the_new_limits():
+    clock = Clock(datetime(2026, 12, 10, tzinfo=UTC))
+    t = Tracker(clock=clock)
+    t.set_budget("s", Budget(max_tokens=25))
+    t.set_budget(budget=Budget(max_tokens=25, period="month"), customer_id="c")
+    t.set_budget(budget=Budget(tool_limits={"search": 1}), agent="a")
+    with t.meter("x", session_id="s", customer_id="c", agent_id="a"):
+        _llm(t)
+        _llm(t)
+        t.record_tool_call("search", True, 1.0)
+        with pytest.raises(BudgetExceeded):
+            t.check_budget(10)
+        t.set_budget("s", Budget(max_tokens=35))  # raised: 20 used, 10 more fit
+        t.set_budget(budget=Budget(max_tokens=35, period="month"), customer_id="c")
+        _llm(t)
+        with pytest.raises(BudgetExceeded):
+            t.check_budget(10)
+        with pytest.raises(BudgetExceeded):
+            t.check_budget(kind="tool", tool="search")
+        t.set_budget(budget=Budget(tool_limits={"search": 2}), agent="a")
+        t.check_budget(kind="tool", tool="search", call_id="t2")
+    for st in (t.budget_status("s"), t.budget_status(customer_id="c")):
+        assert st is not None and st.used["max_tokens"] == 30 and st.limits["max_tokens"] == 35
+    st = t.budget_status(agent="a")
+    assert st is not None and st.used["tool_limits[search]"] == 1
+    assert st.reserved["tool_limits[search]"] == 1 and st.limits["tool_limits[search]"] == 2
+
+
+def test_the_instrumentation_api_checks_customer_agent_and_model_budgets():
+    from agentmeter import instrumentation as ami
+
+    t = Tracker()
+    t.set_budget(budget=Budget(max_llm_calls=1), customer_id="acme")
+    t.set_budget(budget=Budget(max_llm_calls=1), agent="bot", model="gpt-4o")
+    ami.start_llm("gpt-4o-mini", tracker=t, customer_id="acme", prompt_tokens=5).finish()
+    with pytest.raises(BudgetExceeded) as info:
+        ami.start_llm("gpt-4o-mini", tracker=t, customer_id="acme", prompt_tokens=5)
+    assert info.value.owner == "customer 'acme'"
+    ami.start_llm("gpt-4o", tracker=t, agent_id="bot", prompt_tokens=5).finish()
+    ami.start_llm("gpt-4o-mini", tracker=t, agent_id="bot", prompt_tokens=5).cancel()
+    with pytest.raises(BudgetExceeded) as info:
+        ami.start_llm("gpt-4o", tracker=t, agent_id="bot", prompt_tokens=5)
+    assert info.value.owner == "agent 'bot' / model 'gpt-4o'"
+    st = t.budget_status(agent="bot", model="gpt-4o")
+    assert st is not None and st.used["max_llm_calls"] == 1 and st.reserved["max_llm_calls"] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=hst.lists(
+        hst.tuples(hst.integers(0, 40_000), hst.integers(1, 30)), min_size=1, max_size=30
+    ),
+    limit=hst.integers(1, 120),
+    window=hst.sampled_from(["day", timedelta(hours=3)]),
+)
+def test_each_period_counts_exactly_its_own_calls(
+    steps: list[tuple[int, int]], limit: int, window: str | timedelta
+) -> None:
+    """Random clock advances and call sizes: the status of the current period is the
+    sum of the calls made in it, never above the limit; refusals only when needed."""
+    clock = Clock(datetime(2026, 12, 1, 7, tzinfo=UTC))
+    t = Tracker(clock=clock)
+    t.set_budget(budget=Budget(max_tokens=limit, period=window), customer_id="c")  # type: ignore[arg-type]
+    spent: dict[object, int] = {}
+    for advance, n in steps:
+        clock.advance(advance)
+        st_ = t.budget_status(customer_id="c")
+        assert st_ is not None
+        start = st_.period_start
+        cid = t.new_call_id()
+        try:
+            t.check_budget(n, customer_id="c", call_id=cid)
+        except BudgetExceeded:
+            assert spent.get(start, 0) + n > limit
+            continue
+        t.record_llm("gpt-4o", n, 0, customer_id="c", call_id=cid)
+        spent[start] = spent.get(start, 0) + n
+        st_ = t.budget_status(customer_id="c")
+        assert st_ is not None and st_.used["max_tokens"] == spent[start] <= limit
