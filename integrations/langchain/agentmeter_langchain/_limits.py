@@ -21,29 +21,27 @@ from typing import Any
 
 __all__ = ["output_limit"]
 
-_PARAM_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _MAX = 2**53 - 1
 
 
-def _count(value: Any) -> int | None:
-    if value.__class__ is int and 0 < value <= _MAX:
-        return int(value)
-    return None
-
-
 def output_limit(metadata: dict[str, Any] | None, params: dict[str, Any] | None) -> int | None:
-    """The request's output-token limit, or ``None`` when it sets none (or not validly)."""
+    """The request's output-token limit, or ``None`` when it sets none (or not validly).
+
+    On every model call's path: the usual cases (``ls_max_tokens`` set, or no
+    limit at all) cost a few dict lookups.
+    """
     if metadata:
-        n = _count(metadata.get("ls_max_tokens"))
-        if n is not None:
-            return n
-    if not params or params.__class__ is not dict:
+        n = metadata.get("ls_max_tokens")
+        if n.__class__ is int and 0 < n <= _MAX:
+            return int(n)
+    if not isinstance(params, dict):
+        return None
+    get = params.get
+    a, b, c = get("max_tokens"), get("max_completion_tokens"), get("max_output_tokens")
+    if a is None and b is None and c is None:
         return None
     best = None
-    for key in _PARAM_KEYS:
-        value = params.get(key)
-        if value is not None:
-            n = _count(value)
-            if n is not None and (best is None or n > best):
-                best = n
+    for v in (a, b, c):
+        if v.__class__ is int and 0 < v <= _MAX and (best is None or v > best):
+            best = v
     return best
