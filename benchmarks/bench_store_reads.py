@@ -23,19 +23,28 @@ Run ``python benchmarks/bench_store_reads.py [--quick]``; prints a markdown tabl
   ``timeseries("day")``, ``tool_stats()``), ``agentmeter report`` (``cli.main``
   with stdout captured: open, read, format, print) and ``GET /api/v1/usage``
   through FastAPI's TestClient on ``create_app(db_url=...)`` (no network). The
-  report and the API list every session, model, agent (and customer): their time
-  includes output proportional to the number of keys, which is the same here.
+  report lists every model, agent and tool and a page of sessions (the 20
+  largest, the rest in one row); the API every customer, agent and model and a
+  page of 100 sessions.
   Both the process CPU time and the wall time are shown; the verdicts use the CPU
   time, because this 2-core VM runs other jobs (the load is in the last row) and
   an in-process read is single-threaded work on files in the page cache.
 - **Targets** (issue 10): <= 0.5 s at 10M events for the report and
   ``GET /api/v1/usage``, and read(10M) / read(100k) <= 1.5 for every read.
 - **What reads cost**: the rollup rows of the range -- days (plus at most 46
-  hours) x distinct (customer, session, agent, model, provider, tool, kind) --
-  not the events. A history ten times longer with as many keys per day means
-  about ten times the daily rows, so reads grow with days x keys, never with the
-  number of events per key; the surfaces that list every session also grow with
-  the number of sessions they print.
+  hours) x distinct keys of the smallest daily level holding the dimensions the
+  read needs (kind only for totals; customer, agent, model or tool for those
+  breakdowns; every dimension for per-session reads) -- not the events. A
+  history ten times longer with as many keys per day means about ten times the
+  daily rows, so reads grow with days x keys, never with the number of events
+  per key.
+- ``--many-sessions``: the same reads over ``bench_dashboard``'s many-session
+  files (one session per 100 events: 1,000 sessions at 100k events, 100,000 at
+  10M, 90 days, 50 customers, 6 agents, 7 models, 12 tools; built there through
+  the sink, cached). The page of sessions is one ``GROUP BY`` over the daily
+  rows keyed by session (an index scan, no Python per session), so the
+  session-reading parts grow with the number of sessions; the ratio there
+  compares 100x the sessions, and is context, not a target.
 """
 
 from __future__ import annotations
@@ -224,9 +233,11 @@ def measure(paths: list[Path]) -> list[dict[str, tuple[float, float]]]:
     from agentmeter.server import create_app
     from agentmeter.storage import UsageStore
 
-    since = START + 7 * 86400 + 1234.5  # partial hours at both ends
     out: list[dict[str, tuple[float, float]]] = [{} for _ in paths]
     stores = [UsageStore(p) for p in paths]
+    first = stores[0].time_range()[0]
+    # Partial hours at both ends, a week into the data.
+    since = (first.timestamp() if first else START) + 7 * 86400 + 1234.5
     exits = contextlib.ExitStack()
     clients = [exits.enter_context(TestClient(create_app(db_url=str(p)))) for p in paths]
     try:
@@ -269,10 +280,17 @@ def measure(paths: list[Path]) -> list[dict[str, tuple[float, float]]]:
     return out
 
 
-def rows(quick: bool = False) -> list[dict[str, str]]:
+def rows(quick: bool = False, many_sessions: bool = False) -> list[dict[str, str]]:
     """The benchmark rows: operation, measured, anchor, target, verdict."""
     large = 1_000_000 if quick else 10_000_000
-    small, big = measure([database(100_000), database(large)])
+    if many_sessions:
+        from bench_dashboard import EVENTS_PER_SESSION, many_sessions_database
+
+        small, big = measure([many_sessions_database(100_000), many_sessions_database(large)])
+        shape = f", {large // EVENTS_PER_SESSION:,} sessions (1 per 100 events)"
+    else:
+        small, big = measure([database(100_000), database(large)])
+        shape = ""
     label = f"{large / 1e6:.0f}M"
     table = []
     load = os.getloadavg()[0]
@@ -281,10 +299,14 @@ def rows(quick: bool = False) -> list[dict[str, str]]:
         ratio = cpu_big / cpu_small
         capped = name.startswith(("agentmeter report", "GET"))
         partial = "not on hours" in name
-        ok = ratio <= TARGET_RATIO and (not capped or cpu_big <= TARGET_S)
+        ok = (many_sessions or ratio <= TARGET_RATIO) and (not capped or cpu_big <= TARGET_S)
+        target = (f"<= {TARGET_S} s" if capped else "-") if many_sessions else (
+            (f"<= {TARGET_S} s, " if capped else "") + f"ratio <= {TARGET_RATIO}"
+        )  # fmt: skip
+        context = partial or (many_sessions and not capped)
         table.append(
             {
-                "operation": f"{name} at {label} events",
+                "operation": f"{name} at {label} events{shape}",
                 "measured": f"{cpu_big * 1000:,.0f} ms CPU, x{ratio:.2f} the 100k time "
                 f"(wall {wall_big * 1000:,.0f} ms)",
                 "anchor": f"100k events: {cpu_small * 1000:,.0f} ms CPU "
@@ -292,8 +314,8 @@ def rows(quick: bool = False) -> list[dict[str, str]]:
                 "target": "- (its partial hours are read from the events: "
                 "grows with the events per hour)"
                 if partial
-                else (f"<= {TARGET_S} s, " if capped else "") + f"ratio <= {TARGET_RATIO}",
-                "verdict": "context" if partial else "meets target" if ok else "MISSES target",
+                else target,
+                "verdict": "context" if context else "meets target" if ok else "MISSES target",
             }
         )
     table.append(
@@ -318,8 +340,13 @@ def markdown(table: list[dict[str, str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M events instead of 10M")
+    parser.add_argument(
+        "--many-sessions",
+        action="store_true",
+        help="over bench_dashboard's files with one session per 100 events",
+    )
     args = parser.parse_args(argv)
-    print(markdown(rows(quick=args.quick)))
+    print(markdown(rows(quick=args.quick, many_sessions=args.many_sessions)))
     return 0
 
 
