@@ -328,7 +328,7 @@ class BudgetStore(Protocol):
 
 
 class _KeyState:
-    __slots__ = ("expires_at", "reservations", "reserved", "used")
+    __slots__ = ("check_at", "expires_at", "reservations", "reserved", "used")
 
     def __init__(self) -> None:
         self.used = ZERO
@@ -337,6 +337,8 @@ class _KeyState:
         # so a reserve never walks the reservations still in flight.
         self.reservations: OrderedDict[str, tuple[Spend, int]] = OrderedDict()
         self.expires_at: float | None = None
+        # No reservation can be stale before this moment: reserve skips expiry until then.
+        self.check_at = 0.0
 
 
 def _add(a: Spend, b: Spend) -> Spend:
@@ -414,7 +416,7 @@ class InMemoryBudgetStore:
         with self._lock:
             st = self._state(key, now, expires_at)
             res = st.reservations
-            if res:
+            if res and now >= st.check_at:
                 self._expire(st, now)
             # The same call reserving again (two handlers seeing one run) replaces its
             # own booking: it is checked against what the *other* calls reserved.
@@ -441,9 +443,12 @@ class InMemoryBudgetStore:
         while res:
             rid, (req, t) = next(iter(res.items()))
             if t >= cutoff:
-                break
+                # The oldest live one: nothing can go stale before it does.
+                st.check_at = (t + 1) * self._tick_s + self._ttl
+                return
             del res[rid]
             st.reserved = _sub(st.reserved, req)
+        st.check_at = 0.0
 
     def settle(
         self,
