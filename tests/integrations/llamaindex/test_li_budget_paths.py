@@ -231,13 +231,11 @@ def test_embedding_of_the_query_is_refused(
 ) -> None:
     embed = CountingEmbedding(embed_dim=8)
     ami.instrument(li_tracker)
-    engine = index.as_query_engine(llm=CountingLLM(), embed_model=embed)
     retriever = index.as_retriever(embed_model=embed)
     with pytest.raises(agentmeter.BudgetExceeded, match="max_tokens"):
         with li_tracker.meter("job", budget=agentmeter.Budget(max_tokens=0)):
             retriever.retrieve("a query of some tokens")
     assert embed._queries == []
-    del engine
 
 
 # -------------------------------------------------------------- chat engines
