@@ -141,6 +141,17 @@ class Budget(BaseModel):
             out[k] = n
         return out
 
+    def __hash__(self) -> int:
+        # Frozen, so hashable like every other value object -- tool_limits is a dict.
+        limits = self.tool_limits
+        return hash(
+            (
+                type(self),
+                tuple(v for k, v in self.__dict__.items() if k != "tool_limits"),
+                None if limits is None else tuple(sorted(limits.items())),
+            )
+        )
+
     @property
     def period_label(self) -> str | None:
         """``"day"`` / ``"week"`` / ``"month"``, ``"<n>s"`` for a window, ``None`` without."""

@@ -491,3 +491,11 @@ def test_each_period_counts_exactly_its_own_calls(
         spent[start] = spent.get(start, 0) + n
         st_ = t.budget_status(customer_id="c")
         assert st_ is not None and st_.used["max_tokens"] == spent[start] <= limit
+
+
+def test_budgets_stay_hashable_and_comparable():
+    a = Budget(max_tokens=5, tool_limits={"search": 2, "fetch": 1}, period="day")
+    b = Budget(max_tokens=5, tool_limits={"fetch": 1, "search": 2}, period="day")
+    assert a == b and hash(a) == hash(b) and len({a, b, Budget(max_tokens=5)}) == 2
+    with pytest.raises(Exception):  # frozen
+        a.max_tokens = 6  # type: ignore[misc]
