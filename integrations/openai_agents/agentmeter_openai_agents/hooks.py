@@ -198,11 +198,13 @@ class AgentMeterRunHooks(RunHooks[Any]):
                 self._end_tool(self._tools.pop(tkey), "run ended before the tool returned")
 
     def settle(self, error: BaseException | None = None, *, cancelled: bool = False) -> None:
-        """End every call still pending (the run ended): failed, or abandoned if cancelled.
+        """End every call still pending on these hooks: failed, or abandoned if cancelled.
 
-        ``instrument()`` calls it when a run ends; with hooks of your own, a run that
-        raised leaves its model call pending until its context is freed -- call this
-        to settle it at once.
+        ``instrument()`` calls it when a run ends (on the run's own copy). With hooks of
+        your own, a run that raised leaves its model call (or a tool whose exception
+        ended the run) pending until the run's context is freed; call this to settle
+        it at once -- on hooks that serve that one run only, since it ends every call
+        they have in flight.
         """
         with ami.guarded("AgentMeterRunHooks.settle"):
             llm, self._llm = self._llm, {}
@@ -326,6 +328,7 @@ class AgentMeterRunHooks(RunHooks[Any]):
                 raise BudgetExceeded.of(exc) from None
             # A @metered_tool inside the tool body records under this same id: once.
             self._tools[self._tool_key(context, tool)] = (call, _tool_ids.bind(call.call_id))
+            self._watch(context)  # a tool whose exception ends the run fires no end hook
         if self.forward is not None:
             try:
                 await self.forward.on_tool_start(context, agent, tool)

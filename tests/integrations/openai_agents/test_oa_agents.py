@@ -235,3 +235,18 @@ async def test_a_tool_that_times_out_is_a_failed_call(
     stats = oa_tracker.tool_stats()["slow"]
     assert (stats.calls, stats.failed) == (1, 1)
     assert stats.max_duration_ms >= 40
+
+
+async def test_per_run_hooks_settle_a_tool_that_ended_the_run(
+    fake: FakeOpenAI, oa_tracker: agentmeter.Tracker
+) -> None:
+    """Without instrument(): no end hook fires for a tool whose exception ended the run;
+    ``hooks.settle(error)`` records it failed (instrument() does it by itself)."""
+    hooks = amo.AgentMeterRunHooks(oa_tracker)
+    agent = Agent(name="f", model=make_model(fake, "chat"), tools=[fatal], model_settings=USAGE)
+    with pytest.raises(Exception, match="fatal") as info:
+        await Runner.run(agent, "n=1", hooks=hooks)
+    assert "fatal" not in oa_tracker.tool_stats()  # pending
+    hooks.settle(info.value)
+    stats = oa_tracker.tool_stats()["fatal"]
+    assert (stats.calls, stats.failed) == (1, 1)
