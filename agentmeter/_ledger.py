@@ -340,10 +340,17 @@ class BudgetLedger:
         self.update_active()
 
     def close_session(self, session_id: str) -> None:
-        """Drop a closed session's budget."""
+        """Drop a closed session's budgets (its own, and those on it and other keys)."""
         ref = self.session_refs.pop(session_id, None)
         if ref is not None:
             self._forget(ref)
+        for dims in [d for d in self.attr if "session_id" in d]:
+            table = self.attr[dims]
+            i = dims.index("session_id")
+            for values in [v for v in table if v[i] == session_id]:
+                self._forget(table.pop(values))
+            if not table:
+                del self.attr[dims]
         self.update_active()
 
     def session_status(self, session_id: str) -> BudgetStatus | None:

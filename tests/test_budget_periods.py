@@ -499,3 +499,16 @@ def test_budgets_stay_hashable_and_comparable():
     assert a == b and hash(a) == hash(b) and len({a, b, Budget(max_tokens=5)}) == 2
     with pytest.raises(Exception):  # frozen
         a.max_tokens = 6  # type: ignore[misc]
+
+
+def test_closing_a_session_drops_its_budgets_on_several_keys_too():
+    t = Tracker()
+    t.set_budget("s1", Budget(max_tokens=100))
+    t.set_budget(session_id="s1", tool="search", budget=Budget(max_tool_calls=1))
+    t.set_budget(session_id="s2", tool="search", budget=Budget(max_tool_calls=1))
+    t.record_tool_call("search", True, 1.0, session_id="s1")
+    with pytest.raises(BudgetExceeded):
+        t.check_budget(kind="tool", tool="search", session_id="s1")
+    t.close_session("s1")
+    assert t.budgets() == [{"session_id": "s2", "tool": "search"}]
+    t.check_budget(kind="tool", tool="search", session_id="s1", call_id="again")
