@@ -65,6 +65,8 @@ _G_TOOL = guarded("AgentMeterCallbackHandler.on_tool")
 
 # ChatOpenAI with a base_url sends no stream_options: the fix is named for it.
 _OPENAI_CLASSES = {"openai": "ChatOpenAI", "azure": "AzureChatOpenAI"}
+# The run metadata keys _who reads (without any of them it answers the handler's own).
+_WHO_KEYS = frozenset(("session_id", "thread_id", "agent_id", "lc_agent_name", "langgraph_node"))
 
 
 class UnreportedUsageWarning(UserWarning):
@@ -328,7 +330,11 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             model = _str_or_none(model) or _class_name(serialized)
         if provider.__class__ is not str or not provider:
             provider = _str_or_none(provider)
-        if md and (self.session_id is None or self.agent_id is None):
+        if (
+            md
+            and (self.session_id is None or self.agent_id is None)
+            and not md.keys().isdisjoint(_WHO_KEYS)  # in C: most runs carry none of them
+        ):
             session, agent = self._who(md)
         else:
             session, agent = self.session_id, self.agent_id
