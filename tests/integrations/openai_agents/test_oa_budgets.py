@@ -24,6 +24,7 @@ pytestmark = [
 ]
 
 RAN: list[str] = []
+USAGE = ModelSettings(include_usage=True)
 
 
 @function_tool
@@ -127,3 +128,45 @@ async def test_concurrent_runs_never_jointly_overshoot(
     assert stopped and all(
         isinstance(r, agentmeter.BudgetExceeded) or r.final_output for r in results
     )
+
+
+async def test_customer_and_agent_budgets(fake: FakeOpenAI, oa_tracker: agentmeter.Tracker) -> None:
+    """A customer's budget counts across its sessions; an agent's stops that agent only."""
+    amo.instrument(oa_tracker)
+    oa_tracker.set_budget(budget=agentmeter.Budget(max_llm_calls=3), customer_id="acme")
+    agent = weather_agent(fake, "responses")
+    await Runner.run(agent, "n=1", context={"session_id": "a1", "customer_id": "acme"})
+    with pytest.raises(agentmeter.BudgetExceeded):  # 3rd call of acme, in another session
+        await Runner.run(agent, "n=1", context={"session_id": "a2", "customer_id": "acme"})
+    assert len(fake.served) == 3
+    assert oa_tracker.customer("acme").usage.llm_calls == 3
+
+    oa_tracker.set_budget(budget=agentmeter.Budget(max_llm_calls=0), agent="specialist")
+    specialist = Agent(name="specialist", model=make_model(fake, "chat"), model_settings=USAGE)
+    triage = Agent(
+        name="triage", model=make_model(fake, "chat"), handoffs=[specialist], model_settings=USAGE
+    )
+    before = len(fake.requests)
+    with pytest.raises(agentmeter.BudgetExceeded) as info:
+        await Runner.run(triage, "n=1", context={"session_id": "a3"})
+    assert len(fake.requests) == before + 1  # triage's call was made, the specialist's not
+    assert "specialist" in info.value.owner
+
+
+async def test_model_resolution_as_the_sdk_resolves_it(
+    fake: FakeOpenAI, oa_tracker: agentmeter.Tracker
+) -> None:
+    """A model name on the agent goes through the run's model provider; RunConfig.model
+    overrides it: agentmeter records the model the SDK called."""
+    from agents import OpenAIProvider, RunConfig
+
+    provider = OpenAIProvider(openai_client=fake.client(), use_responses=True)
+    agent = Agent(name="named", model="gpt-4o-mini", model_settings=USAGE)
+    hooks = amo.AgentMeterRunHooks(oa_tracker)
+    amo.instrument(oa_tracker)
+    await Runner.run(agent, "x", run_config=RunConfig(model_provider=provider))
+    await Runner.run(agent, "x", run_config=RunConfig(model_provider=provider, model="gpt-4.1"))
+    await Runner.run(agent, "x", hooks=hooks, run_config=RunConfig(model_provider=provider))
+    assert [r["body"]["model"] for r in fake.requests] == ["gpt-4o-mini", "gpt-4.1", "gpt-4o-mini"]
+    by_model = oa_tracker.snapshot().by_model
+    assert {m: u.llm_calls for m, u in by_model.items()} == {"gpt-4o-mini": 2, "gpt-4.1": 1}
