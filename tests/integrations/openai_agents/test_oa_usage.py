@@ -107,6 +107,9 @@ async def test_a_chat_stream_without_usage_is_estimated_not_zero(
 ) -> None:
     """The SDK asks a non-OpenAI base_url for no stream usage: its counters say 0 tokens.
     agentmeter records an estimate, flagged, and says how to get the real numbers."""
+    from agentmeter_openai_agents import hooks as hooks_module
+
+    hooks_module._warned.clear()  # warned once per model per process: start afresh
     agent = Agent(name="weather", model=make_model(fake, "chat"), tools=[get_weather])
     hooks = amo.AgentMeterRunHooks(oa_tracker)
     with pytest.warns(amo.UnreportedUsageWarning, match="include_usage=True"):
