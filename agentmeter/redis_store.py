@@ -53,13 +53,15 @@ thread. They are queued (a few microseconds) and a background thread sends them 
 order, batched in pipelines. While Redis is unreachable they stay queued (a warning
 is logged once per outage) and are replayed, in order, when it answers again --
 with exponential backoff and jitter between attempts, never a retry storm. A
-``reserve`` or ``usage`` on a key first sends that key's queued operations in the
-same pipeline, so a process always reads its own writes.
+``reserve`` or ``usage`` on a key first sends the key's operations its own thread
+queued, in the same pipeline, so a thread always reads its own writes (other threads
+and processes see them once sent: a few milliseconds later). A thread never waits
+for another thread's queue.
 
-Replays are idempotent: each queued operation carries this store instance's random
-token and a sequence number, and the script applies it only if that number is
-above the last one it applied for the token on that key (one small hash field per
-process and key, not one entry per call). An operation whose reply was lost (a
+Replays are idempotent: each queued operation carries a random token of the thread
+that queued it (per store instance) and a sequence number, and the script applies
+it only if that number is above the last one it applied for the token on that key
+(one small hash field per thread and key, not one entry per call). An operation whose reply was lost (a
 timeout after Redis had already run it) is therefore counted exactly once when it is
 sent again. A reserve whose reply was lost may also run late (a stopped server runs
 what its socket buffered when it resumes): the store queues a ``cancel`` behind it,
@@ -305,11 +307,14 @@ def _sub(a: Spend, b: Spend) -> Spend:
 class _Op:
     """One queued settle / release / cancel / drop."""
 
-    __slots__ = ("args", "done", "key", "seq", "spend", "t")
+    __slots__ = ("args", "done", "key", "lane", "seq", "spend", "t")
 
-    def __init__(self, key: str, seq: int, args: tuple[str, ...], spend: Spend | None) -> None:
+    def __init__(
+        self, key: str, lane: tuple[str, str], seq: int, args: tuple[str, ...], spend: Spend | None
+    ) -> None:
         self.t = time.monotonic()
         self.key = key
+        self.lane = lane  # (key, token of the thread that queued it)
         self.seq = seq
         self.args = args  # ARGV of the script
         self.spend = spend  # a settle's actual spend
@@ -419,15 +424,17 @@ class RedisBudgetStore:
     def _init_queue(self) -> None:
         # The token names this store instance in the replay guard; a forked child
         # draws its own (its sequence numbers would otherwise collide with the parent's).
-        self._token = os.urandom(8).hex()
+        self._token = os.urandom(8).hex()  # namespaces reservation ids
+        self._local = threading.local()  # each thread's own sequence token
         self._seq = 0
         self._lock = threading.Lock()
         self._order: deque[_Op] = deque()  # every queued op, oldest first (some done)
-        self._by_key: dict[str, deque[_Op]] = {}  # the live ops of each key, in order
+        # The live ops of each lane (key, thread token), in order.
+        self._by_key: dict[tuple[str, str], deque[_Op]] = {}
         self._live = 0
         self._known: dict[str, Spend] = {}  # key -> used, as Redis last reported it
         self._queued_spend: dict[str, Spend] = {}  # key -> sum of its queued settles
-        self._sending: dict[str, int] = {}  # key -> senders with its queued ops in flight
+        self._sending: dict[tuple[str, str], int] = {}  # lane -> senders with its ops in flight
         self._sent = threading.Condition(self._lock)  # notified when a key is unclaimed
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
@@ -453,6 +460,17 @@ class RedisBudgetStore:
         base = f"{self.prefix}{{{key}}}"
         return [f"{base}:s", f"{base}:r", f"{base}:e", f"{base}:q"]
 
+    def _thread_token(self) -> str:
+        """This thread's token in the replay guard: its operations form one sequence.
+
+        Per thread, so a reserve only waits for (and sends) the queued operations of
+        its own thread, never for the other threads' of the process.
+        """
+        token: str | None = getattr(self._local, "token", None)
+        if token is None:
+            token = self._local.token = os.urandom(8).hex()
+        return token
+
     def _rid(self, reservation_id: str) -> str:
         # Namespaced per store instance: two processes using the same call id (a
         # user's "c1") never take each other's bookings.
@@ -477,11 +495,13 @@ class RedisBudgetStore:
         rid = self._rid(reservation_id)
         exp = _exp(expires_at)
         tail = (*map(str, limits), *map(str, request))
+        token = self._thread_token()
         for attempt in (0, 1):
-            ops, seq = self._snapshot(key)
-            args = ("reserve", rid, self._ttl_ms, exp, self._token, str(seq), *tail)
+            lane = (key, token)
+            ops, seq = self._snapshot(lane)
+            args = ("reserve", rid, self._ttl_ms, exp, token, str(seq), *tail)
             try:
-                out = self._call("reserve", key, ops, args)
+                out = self._call("reserve", lane, ops, args)
             except BudgetStoreUnavailable as exc:
                 if isinstance(exc.__cause__, _UNREACHABLE):
                     # It may still run when Redis wakes up: make sure it books nothing.
@@ -534,7 +554,8 @@ class RedisBudgetStore:
         Raises:
             BudgetStoreUnavailable: Redis did not answer within ``timeout_s``.
         """
-        out = self._call("usage", key, self._snapshot(key)[0], ("usage",))
+        lane = (key, self._thread_token())
+        out = self._call("usage", lane, self._snapshot(lane)[0], ("usage",))
         with self._lock:
             self._learn(key, out[:6])
         return Spend(*(int(v) for v in out[:6])), Spend(*(int(v) for v in out[6:12]))
@@ -552,17 +573,19 @@ class RedisBudgetStore:
         """Queue one operation; returns the key's used amounts as far as this process
         knows them (the last state Redis reported plus what is queued), no network."""
         lost = 0
+        token = self._thread_token()
+        lane = (key, token)
         with self._lock:
             self._seq += 1
-            op = _Op(key, self._seq, (args[0], self._token, str(self._seq), *args[1:]), spend)
+            op = _Op(key, lane, self._seq, (args[0], token, str(self._seq), *args[1:]), spend)
             self._order.append(op)
             queued = self._queued_spend.get(key, ZERO)
             if spend is not None:
                 queued = self._queued_spend[key] = _add(queued, spend)
             estimate = _add(self._known.get(key, ZERO), queued)
-            dq = self._by_key.get(key)
+            dq = self._by_key.get(lane)
             if dq is None:
-                dq = self._by_key[key] = deque()
+                dq = self._by_key[lane] = deque()
             dq.append(op)
             self._live += 1
             self._stats["queued"] += 1
@@ -601,8 +624,8 @@ class RedisBudgetStore:
                 return
 
     def _finish(self, op: _Op) -> None:
-        """Take ``op`` and every earlier op of its key off the queue (lock held)."""
-        dq = self._by_key.get(op.key)
+        """Take ``op`` and every earlier op of its lane off the queue (lock held)."""
+        dq = self._by_key.get(op.lane)
         if dq is None:
             return
         while dq and dq[0].seq <= op.seq:
@@ -612,10 +635,12 @@ class RedisBudgetStore:
                 self._live -= 1
                 if first.spend is not None:
                     left = _sub(self._queued_spend.get(op.key, ZERO), first.spend)
-                    self._queued_spend[op.key] = left
+                    if left == ZERO:
+                        self._queued_spend.pop(op.key, None)
+                    else:
+                        self._queued_spend[op.key] = left
         if not dq:
-            del self._by_key[op.key]
-            self._queued_spend.pop(op.key, None)
+            del self._by_key[op.lane]
         if self._live == 0:
             self._order.clear()
             self._idle.notify_all()
@@ -632,7 +657,7 @@ class RedisBudgetStore:
         while True:
             self._wake.wait()
             batch: list[_Op] = []
-            keys: list[str] = []
+            keys: list[tuple[str, str]] = []
             with self._lock:
                 order = self._order
                 while order and order[0].done:
@@ -674,13 +699,14 @@ class RedisBudgetStore:
                 self._unclaim(keys)
             failures = 0
 
-    def _next_batch(self) -> tuple[list[_Op], list[str]]:
-        """The oldest live ops in queue order, their keys claimed (lock held).
+    def _next_batch(self) -> tuple[list[_Op], list[tuple[str, str]]]:
+        """The oldest live ops in queue order, their lanes claimed (lock held).
 
-        Keys whose ops another sender (a reserve) has in flight are left to it. Two
-        senders of one key would still be correct -- each sends the key's ops in
-        order from the first unconfirmed one, and a copy that runs second is a
-        replay -- but only load Redis twice.
+        A lane is a key and the token of the thread that queued its ops: one sequence
+        of sequence numbers. Lanes whose ops another sender (a reserve) has in flight
+        are left to it. Two senders of one lane would still be correct -- each sends
+        the lane's ops in order from the first unconfirmed one, and a copy that runs
+        second is a replay -- but only load Redis twice.
         """
         order = self._order
         while order and order[0].done:
@@ -688,59 +714,62 @@ class RedisBudgetStore:
         sending = self._sending
         batch: list[_Op] = []
         for op in order:
-            if not op.done and op.key not in sending:
+            if not op.done and op.lane not in sending:
                 batch.append(op)
                 if len(batch) == _SEND_BATCH:
                     break
-        keys = list({op.key: None for op in batch})
-        for key in keys:
-            sending[key] = 1
-        return batch, keys
+        lanes = list({op.lane: None for op in batch})
+        for lane in lanes:
+            sending[lane] = 1
+        return batch, lanes
 
-    def _unclaim(self, keys: list[str]) -> None:
-        if not keys:
+    def _unclaim(self, lanes: list[tuple[str, str]]) -> None:
+        if not lanes:
             return
         with self._lock:
             sending = self._sending
-            for key in keys:
-                n = sending.pop(key, 1) - 1
+            for lane in lanes:
+                n = sending.pop(lane, 1) - 1
                 if n > 0:
-                    sending[key] = n
+                    sending[lane] = n
             self._sent.notify_all()
             live = self._live
         if live:
             self._wake.set()
 
     # ----------------------------------------------------------- the network
-    def _snapshot(self, key: str) -> tuple[list[_Op], int]:
-        """``key``'s queued operations, claimed, and a sequence number after them.
+    def _snapshot(self, lane: tuple[str, str]) -> tuple[list[_Op], int]:
+        """The lane's queued operations (this thread's, on this key), claimed, and a
+        sequence number after them.
 
-        While another sender has the key's operations in flight, waits for it (up
-        to the deadline, not at all while Redis is known to be down): this call
-        then usually finds nothing left to send. Past that it sends them too.
+        While another sender has them in flight, waits for it (up to the deadline,
+        not at all while Redis is known to be down): this call then usually finds
+        nothing left to send. Past that it sends them too.
         """
         with self._lock:
-            if key in self._sending and self._down_since is None:
+            if lane in self._sending and self._down_since is None:
                 deadline = time.monotonic() + self.timeout_s
-                while key in self._sending and self._down_since is None:
+                while lane in self._sending and self._down_since is None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._sent.wait(remaining)
-            dq = self._by_key.get(key)
+            dq = self._by_key.get(lane)
             self._seq += 1
             if not dq:
                 return [], self._seq
-            self._sending[key] = self._sending.get(key, 0) + 1
+            self._sending[lane] = self._sending.get(lane, 0) + 1
             return list(dq), self._seq
 
-    def _call(self, operation: str, key: str, ops: list[_Op], args: Sequence[str]) -> Any:
-        """Run one script on ``key`` after its queued operations, in one pipeline."""
+    def _call(
+        self, operation: str, lane: tuple[str, str], ops: list[_Op], args: Sequence[str]
+    ) -> Any:
+        """Run one script on the lane's key after the lane's queued ops, in one pipeline."""
         try:
-            return self._call_after(operation, key, ops, args)
+            return self._call_after(operation, lane[0], ops, args)
         finally:
             if ops:
-                self._unclaim([key])
+                self._unclaim([lane])
 
     def _call_after(self, operation: str, key: str, ops: list[_Op], args: Sequence[str]) -> Any:
         if len(ops) > _MAX_CATCH_UP:

@@ -128,9 +128,10 @@ def test_a_replayed_settlement_counts_once(server: RedisServer) -> None:
     store.settle("k", None, Spend(5))
     assert store.flush(timeout=10)
     keys = store._keys("k")
-    token = store._token
+    token = store._thread_token()  # this thread's sequence of operations
+    rid = f"{store._token}:c1"  # reservation ids are namespaced per store
     again = [  # the reserve took sequence number 1
-        ("settle", token, "2", f"{token}:c1", "", "7", "7", "0", "0", "1", "0"),
+        ("settle", token, "2", rid, "", "7", "7", "0", "0", "1", "0"),
         ("settle", token, "3", "", "", "5", "0", "0", "0", "0", "0"),
     ]
     for args in again:
@@ -284,12 +285,12 @@ def test_a_forked_child_gets_its_own_queue(shared_redis: str) -> None:
     store = RedisBudgetStore(shared_redis, prefix=prefix())
     store.settle("k", None, Spend(1))
     assert store.flush(timeout=10)
-    parent_token = store._token
+    parent_token = store._thread_token()
     pid = os.fork()
     if pid == 0:  # the child: exit code says whether its spend counted
         code = 1
         try:
-            ok = store._token != parent_token
+            ok = store._thread_token() != parent_token
             store.settle("k", None, Spend(10))
             ok = ok and store.flush(timeout=10)
             code = 0 if ok else 2
