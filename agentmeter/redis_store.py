@@ -61,14 +61,15 @@ for another thread's queue.
 Replays are idempotent: each queued operation carries a random token of the thread
 that queued it (per store instance) and a sequence number, and the script applies
 it only if that number is above the last one it applied for the token on that key
-(one small hash field per thread and key, not one entry per call). An operation whose reply was lost (a
-timeout after Redis had already run it) is therefore counted exactly once when it is
-sent again. A reserve whose reply was lost may also run late (a stopped server runs
-what its socket buffered when it resumes): the store queues a ``cancel`` behind it,
-which gives such a booking back, or makes a reserve that arrives after it book
-nothing. The queue is bounded (``max_queue``): past it the oldest operations are
-dropped, counted in :attr:`~RedisBudgetStore.stats` and logged as errors -- never
-lost silently. At interpreter exit the queue is flushed for up to ``exit_flush_s``.
+(one small hash field per thread and key, not one entry per call). An operation
+whose reply was lost (a timeout after Redis had already run it) is therefore counted
+exactly once when it is sent again. A reserve whose reply was lost may also run
+late (a stopped server runs what its socket buffered when it resumes): the store
+queues a ``cancel`` behind it, which gives such a booking back, or makes a reserve
+that arrives after it book nothing. The queue is bounded (``max_queue``): past it
+the oldest operations are dropped, counted in :attr:`~RedisBudgetStore.stats` and
+logged as errors -- never lost silently. At interpreter exit the queue is flushed
+for up to ``exit_flush_s``.
 """
 
 from __future__ import annotations
