@@ -22,13 +22,13 @@ leaves the metering to the outermost.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from pydantic_ai.exceptions import ModelAPIError, UnexpectedModelBehavior
 from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models import KnownModelName, Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.models.wrapper import WrapperModel
@@ -48,6 +48,37 @@ _G_END = ami.guarded("MeteredModel.response")
 # True while a MeteredModel is handing a request to the model it wraps: a metered
 # model inside it (FallbackModel's members) then passes the request through.
 _METERING: ContextVar[bool] = ContextVar("agentmeter_pydantic_ai.metering", default=False)
+
+# Where an exception raised inside a stream comes from when the stream itself broke (the
+# connection, the provider's client, pydantic-ai's model errors); anything else was raised
+# by the code consuming the stream, which stopped reading: the call did not fail.
+_TRANSPORT_MODULES = frozenset(
+    {
+        "httpx",
+        "httpcore",
+        "h11",
+        "h2",
+        "aiohttp",
+        "ssl",
+        "openai",
+        "anthropic",
+        "google",
+        "groq",
+        "mistralai",
+        "cohere",
+        "botocore",
+        "aiobotocore",
+        "huggingface_hub",
+    }
+)
+
+
+def stream_broke(error: BaseException) -> bool:
+    """Whether ``error`` says the stream broke (rather than its consumer stopping)."""
+    if isinstance(error, ModelAPIError | UnexpectedModelBehavior | OSError | TimeoutError):
+        return True
+    return type(error).__module__.split(".", 1)[0] in _TRANSPORT_MODULES
+
 
 # pydantic-ai's `system` names that are not providers agentmeter prices by.
 _NOT_PROVIDERS = frozenset({"test", "function", "fallback"})
@@ -249,7 +280,9 @@ class MeteredModel(WrapperModel):
         with _G_END:
             response = stream.get()
             done = error is None and response.state in ("complete", "suspended")
-            if done or error is None or isinstance(error, asyncio.CancelledError | GeneratorExit):
+            if done or error is None or not stream_broke(error):
+                # Drained; or left early -- the consumer stopped reading, was cancelled,
+                # or raised an error of its own: recorded as abandoned, not failed.
                 self._finish(call, response, complete=done)
                 return
             # A stream that broke: what it received, flagged partial and failed.

@@ -327,3 +327,21 @@ async def test_stream_that_breaks_is_a_failed_partial_call(
     assert event.status == "error" and event.estimated
     assert event.metadata == {"stream": "failed", "partial": True}
     assert event.input_tokens > 0
+
+
+async def test_consumer_error_inside_a_stream_is_abandoned_not_failed(
+    pa_tracker: agentmeter.Tracker, fake_openai: FakeOpenAI
+) -> None:
+    final = recorded("openai_chat_stream_final_usage_chunk")
+    fake_openai.queue_sse(chat_stream("one two three four five six seven", final, chunks=7))
+    events = _events(pa_tracker)
+    agent = Agent(
+        fake_openai.chat_model(), capabilities=[AgentMeter(tracker=pa_tracker, session_id="s-ce")]
+    )
+    with pytest.raises(ZeroDivisionError):
+        async with agent.run_stream("Count") as run:
+            async for _ in run.stream_text(delta=True, debounce_by=None):
+                _ = 1 / 0  # the consumer's own bug, not the call's
+    [event] = _llm(events)
+    assert event.status == "ok" and event.estimated
+    assert event.metadata == {"stream": "abandoned", "partial": True}
