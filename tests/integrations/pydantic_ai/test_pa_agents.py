@@ -371,3 +371,34 @@ async def test_session_and_customer_from_run_metadata(pa_tracker: agentmeter.Tra
     await agent.run("again", deps={"session_id": "s-deps"}, metadata={"session_id": "s-meta"})
     assert pa_tracker.session("s-deps").usage.llm_calls == 1
     assert pa_tracker.session("s-meta").usage.llm_calls == 1
+
+
+async def test_fallback_model_of_metered_models_counts_each_request_once(
+    pa_tracker: agentmeter.Tracker,
+) -> None:
+    from agentmeter_pydantic_ai import metered
+    from pydantic_ai.exceptions import ModelAPIError
+    from pydantic_ai.models.fallback import FallbackModel
+
+    async def down(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        raise ModelAPIError("primary", "overloaded")
+
+    async def up(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(
+            parts=[TextPart("from the backup")],
+            usage=RequestUsage(input_tokens=30, output_tokens=4),
+        )
+
+    model = FallbackModel(
+        metered(FunctionModel(down, model_name="primary"), tracker=pa_tracker),
+        metered(FunctionModel(up, model_name="backup"), tracker=pa_tracker),
+    )
+    events = _events(pa_tracker)
+    agent = Agent(model, capabilities=[AgentMeter(tracker=pa_tracker, session_id="s-fb")])
+    result = await agent.run("hello")
+    assert result.output == "from the backup"
+    llm = [e for e in events if e.kind != "tool"]
+    assert len(llm) == 1 and llm[0].model == "backup"  # the model that answered
+    u = pa_tracker.session("s-fb").usage
+    assert (u.llm_calls, u.input_tokens, u.output_tokens) == (1, 30, 4)
+    assert u.llm_calls == result.usage.requests
