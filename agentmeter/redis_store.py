@@ -352,7 +352,8 @@ class RedisBudgetStore:
             seconds stops counting (its process died, or a stream was never closed).
         timeout_s: The per-operation deadline: ``reserve`` and ``usage`` raise
             :class:`BudgetStoreUnavailable` after at most about this long when Redis
-            does not answer.
+            does not answer. Every answer slower than this refuses a call (fail
+            closed): raise it where Redis or the host is heavily loaded.
         max_queue: Settlements kept while Redis is unreachable; past it the oldest
             are dropped (counted in :attr:`stats`, logged as errors).
         exit_flush_s: How long interpreter exit waits for queued settlements.
