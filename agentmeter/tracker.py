@@ -939,6 +939,9 @@ class Tracker:
         budget: Budget | None = None,
         tags: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
+        customer_budget: Budget | None = None,
+        session_budget: Budget | None = None,
+        agent_budget: Budget | None = None,
     ) -> Scope:
         """Open an attribution scope: ``with tracker.meter("turn", session_id="s1") as scope:``.
 
@@ -948,13 +951,35 @@ class Tracker:
         ``customer_id`` (the party billed), ``session_id`` and ``agent_id`` are
         inherited by nested scopes unless they set their own; ``tags`` are merged
         key by key and stored with every event recorded inside.
+
+        ``customer_budget`` / ``session_budget`` / ``agent_budget`` attach a budget to
+        the ``customer_id`` / ``session_id`` / ``agent_id`` given in the same call,
+        exactly as :meth:`set_budget` does: it counts every call of that customer,
+        session or agent, inside this scope or not, and outlives the scope (a later
+        ``set_budget`` or ``meter`` replaces it, keeping what was spent).
         """
         _validate.name("name", name, optional=False)
         _validate.names(session_id=session_id, agent_id=agent_id, customer_id=customer_id)
-        if budget is not None and not isinstance(budget, Budget):
-            raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
+        keyed = (
+            ("customer_budget", customer_budget, "customer_id", customer_id),
+            ("session_budget", session_budget, "session_id", session_id),
+            ("agent_budget", agent_budget, "agent_id", agent_id),
+            ("budget", budget, "", ""),
+        )
+        for arg, value, id_arg, id_value in keyed:
+            if value is not None and not isinstance(value, Budget):
+                raise TypeError(f"{arg} must be an agentmeter.Budget, got {type(value).__name__}")
+            if value is not None and id_arg and id_value is None:
+                raise ValueError(f"{arg} needs {id_arg} in the same meter() call")
         _validate.metadata(metadata)
         tags = _validate.tags(tags)
+        # Every argument is checked above: a bad one changes no budget.
+        if customer_budget is not None:
+            self.set_budget(budget=customer_budget, customer_id=customer_id)
+        if session_budget is not None:
+            self.set_budget(session_id, session_budget)
+        if agent_budget is not None:
+            self.set_budget(budget=agent_budget, agent=agent_id)
         return Scope(
             self,
             name,
