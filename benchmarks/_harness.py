@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 # The clock of best_per_op: wall-clock time by default; process CPU time with
 # use_cpu_clock() (``--cpu``), which does not count the time this process waited
@@ -77,3 +77,36 @@ def table(rows: list[dict[str, str]]) -> str:
     out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     out += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
     return "\n".join(out)
+
+
+async def time_awaited(fn: Callable[[], Awaitable[object]], calls: int) -> list[float]:
+    """Duration of each of ``calls`` awaited calls (seconds)."""
+    clock = time.perf_counter
+    times = []
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(calls):
+            t0 = clock()
+            await fn()
+            times.append(clock() - t0)
+    finally:
+        gc.enable()
+    return times
+
+
+def time_sync(fn: Callable[[], object], calls: int) -> list[float]:
+    """Duration of each of ``calls`` calls (seconds)."""
+    clock = time.perf_counter
+    times = []
+    for _ in range(calls):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return times
+
+
+def low_quantile(times: list[float]) -> float:
+    """A low quantile of per-call times: what a call costs when nothing preempts it."""
+    ordered = sorted(times)
+    return ordered[len(ordered) // 10]

@@ -26,46 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
-import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from _harness import low_quantile as _low
+from _harness import time_awaited as _time_calls
+from _harness import time_sync as _time_sync
+
 PROMPT = "Explain in one sentence what agentmeter measures for an AI agent run."
-
-
-async def _time_calls(fn: Callable[[], Awaitable[object]], calls: int) -> list[float]:
-    """Duration of each of ``calls`` awaited calls (seconds)."""
-    clock = time.perf_counter
-    times = []
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(calls):
-            t0 = clock()
-            await fn()
-            times.append(clock() - t0)
-    finally:
-        gc.enable()
-    return times
-
-
-def _time_sync(fn: Callable[[], object], calls: int) -> list[float]:
-    clock = time.perf_counter
-    times = []
-    for _ in range(calls):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return times
-
-
-def _low(times: list[float]) -> float:
-    """A low quantile of per-call times: what a call costs when nothing preempts it."""
-    ordered = sorted(times)
-    return ordered[len(ordered) // 10]
 
 
 async def _measure(quick: bool) -> list[dict[str, str]]:
