@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import _periods
@@ -112,6 +113,9 @@ class BudgetLedger:
         self._refusals: dict[str, tuple[float | None, BudgetRefusal]] = {}  # root base -> last
         self._fired: dict[str, set[tuple[int, float]]] = {}  # period key -> thresholds fired
         self._alert_lock = threading.Lock()
+        # A store shared by processes that claims each alert threshold for all of them.
+        claim = getattr(self.store, "settle_claiming_alerts", None)
+        self._claiming: Callable[..., None] | None = claim if callable(claim) else None
 
     def _drop(self, key: str) -> None:
         # A shared store (Redis) holds one budget for every process: one process
@@ -496,13 +500,55 @@ class BudgetLedger:
 
     def _settle_key(self, ref: BudgetRef, rid: str | None, spend: Spend) -> list[BudgetAlert]:
         store = self.store
+        if ref.budget.alert_at and self._claiming is not None:
+            thresholds = self._open_thresholds(ref, spend)
+            if thresholds:
+                # The shared store decides which process fires each threshold; the
+                # alerts arrive later, through _won, from the thread that sent it.
+                self._claiming(
+                    ref.key,
+                    rid,
+                    spend,
+                    thresholds,
+                    functools.partial(self._won, ref),
+                    expires_at=ref.expires_at,
+                )
+                return []
         if ref.expires_at is None:
             used = store.settle(ref.key, rid, spend)
         else:
             used = store.settle(ref.key, rid, spend, expires_at=ref.expires_at)
-        if not ref.budget.alert_at:
+        if not ref.budget.alert_at or self._claiming is not None:
             return []
         return self._crossed(ref, used, spend)
+
+    def _open_thresholds(self, ref: BudgetRef, spend: Spend) -> list[tuple[str, int]]:
+        """``(name, amount)`` of the thresholds this spend may cross that this tracker
+        has not seen fire this period (for a store that claims them for everyone)."""
+        fired = self._fired.get(ref.key, ())
+        out: list[tuple[str, int]] = []
+        for i, lim in enumerate(ref.limits):
+            if lim < 0 or spend[i] <= 0:
+                continue
+            for t in ref.budget.alert_at:
+                if (i, t) not in fired:
+                    # used >= t * lim, for an integer used, is used >= ceil(t * lim).
+                    amount = (Decimal(repr(t)) * lim).to_integral_value(rounding=ROUND_CEILING)
+                    out.append((f"{i}:{t!r}", int(amount)))
+        return out
+
+    def _won(self, ref: BudgetRef, names: list[str], used: Spend) -> None:
+        """The shared store says these thresholds were crossed by this tracker's settle."""
+        won: list[tuple[int, float]] = []
+        for name in names:
+            i, _, t = name.partition(":")
+            won.append((int(i), float(t)))
+        with self._alert_lock:
+            fired = self._fired.setdefault(ref.key, set())
+            new = [w for w in won if w not in fired]
+            fired.update(new)
+        if new and self.on_alerts is not None:
+            self.on_alerts(self._alerts(ref, new, used))
 
     def _crossed(self, ref: BudgetRef, used: object, spend: Spend) -> list[BudgetAlert]:
         """Alerts for the thresholds this spend made ``ref`` cross (each once a period)."""
@@ -532,6 +578,15 @@ class BudgetLedger:
             fired.update(new)
         if not new:
             return out
+        return self._alerts(ref, new, used)
+
+    def _alerts(
+        self, ref: BudgetRef, new: list[tuple[int, float]], used: Spend
+    ) -> list[BudgetAlert]:
+        """The :class:`BudgetAlert` of each ``(limit index, threshold)`` in ``new``."""
+        budget = ref.budget
+        limits = ref.limits
+        out: list[BudgetAlert] = []
         now = self.clock()
         tz = budget.timezone
         for i, t in new:

@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -34,7 +34,15 @@ from . import _validate
 from .errors import BudgetExceeded
 from .models import BudgetStatus, micros_to_usd
 
-__all__ = ["Budget", "BudgetStore", "InMemoryBudgetStore", "Reservation", "Spend"]
+__all__ = [
+    "AlertClaimingStore",
+    "AlertsWon",
+    "Budget",
+    "BudgetStore",
+    "InMemoryBudgetStore",
+    "Reservation",
+    "Spend",
+]
 
 
 class Budget(BaseModel):
@@ -336,6 +344,38 @@ class BudgetStore(Protocol):
 
     def drop(self, key: str) -> None:
         """Forget a key (its scope ended or its session closed)."""
+
+
+AlertsWon = Callable[[list[str], Spend], object]
+"""``deliver(won, used)``: the alert thresholds a settle won (``"<limit>:<fraction>"``
+names) and the budget key's used amounts after it; see :class:`AlertClaimingStore`."""
+
+
+@runtime_checkable
+class AlertClaimingStore(Protocol):
+    """A :class:`BudgetStore` shared by many processes that decides, for all of them,
+    which settle fires an alert threshold.
+
+    A tracker on such a store fires each ``alert_at`` threshold once per period for
+    every process sharing the key, not once per process. Without this method (the
+    in-memory store, a store of your own) the tracker fires a threshold once per
+    period per tracker, from the used amounts ``settle`` answers.
+    """
+
+    def settle_claiming_alerts(
+        self,
+        key: str,
+        reservation_id: str | None,
+        actual: Spend,
+        thresholds: Sequence[tuple[str, int]],
+        deliver: AlertsWon,
+        *,
+        expires_at: float | None = None,
+    ) -> None:
+        """Settle like :meth:`BudgetStore.settle`; claim, atomically with it, each of
+        ``thresholds`` (``(name, used amount at which it fires)``) the key's used
+        amount reached and no settle claimed before; then call ``deliver(won, used)``
+        once, outside every lock, if it won any."""
 
 
 class _KeyState:

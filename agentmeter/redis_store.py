@@ -20,7 +20,9 @@ Layout per budget key ``K`` (all in one hash slot, so Redis Cluster works too):
 - ``{prefix}{K}:r`` -- hash ``reservation id -> "t,i,o,c,l,x"`` (what it booked);
 - ``{prefix}{K}:e`` -- sorted set ``reservation id -> deadline`` (server clock, ms);
 - ``{prefix}{K}:q`` -- hash ``store instance -> last applied sequence number`` (see
-  *Settling off the recording thread*).
+  *Settling off the recording thread*);
+- ``{prefix}{K}:a`` -- hash ``"<limit>:<threshold>" -> the settle that fired it`` (see
+  *Alerts*).
 
 A reservation not settled or released before its deadline (its process crashed)
 is subtracted from ``reserved`` by the next script that touches the key (a range
@@ -70,6 +72,16 @@ that arrives after it book nothing. The queue is bounded (``max_queue``): past i
 the oldest operations are dropped, counted in :attr:`~RedisBudgetStore.stats` and
 logged as errors -- never lost silently. At interpreter exit the queue is flushed
 for up to ``exit_flush_s``.
+
+**Alerts.** A budget's ``alert_at`` thresholds fire once per period for all the
+processes sharing the store, not once per process: a settle carries the thresholds
+its tracker has not seen fire, and the script claims each one the key's *total*
+used amount reached (``HSETNX``, atomically with the settle), so exactly one settle
+among every process wins it. The winner's tracker delivers the alert -- from the
+thread that sent the settle (the background thread, or a ``reserve`` that carried
+it), never blocking the recording thread. A threshold's claim expires with its
+period; a dropped key (a closed session) forgets its claims. A settle whose reply
+was lost and is replayed still delivers what it won (the claim names it).
 """
 
 from __future__ import annotations
@@ -100,7 +112,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
         "agentmeter.redis_store needs redis-py: pip install 'agentmeter-core[redis]'"
     ) from exc
 
-from .budget import Spend, exceeded
+from .budget import AlertsWon, Spend, exceeded
 from .errors import BudgetStoreUnavailable
 
 __all__ = ["BudgetStoreUnavailable", "RedisBudgetStore"]
@@ -117,7 +129,7 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # Amounts are integers kept exact as Lua doubles (below 2**53: 9e15 tokens or
 # micro-USD) and written back with "%.0f", never in exponent notation.
 _SCRIPT = """
-local S, R, E, Q = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local S, R, E, Q, AL = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local A = ARGV
 local FIELDS = {'u1','u2','u3','u4','u5','u6','r1','r2','r3','r4','r5','r6'}
 local MIN_KEEP_S = 3600
@@ -215,25 +227,52 @@ elseif op == 'usage' then
 end
 
 -- A queued operation. A: op ('settle' | 'release' | 'cancel' | 'drop'), token, seq,
--- rid, exp (for 'cancel': the seq of the reserve it cancels), actual x6 (settle).
+-- rid, exp (for 'cancel': the seq of the reserve it cancels), actual x6 (settle),
+-- then (settle) alert thresholds as pairs: field ('<limit index>:<fraction>'), the
+-- used amount at which it fires. A threshold the settled used amount reached is
+-- claimed with HSETNX in AL, so among every process sharing the key exactly one
+-- settle fires it; the claim holds the token and seq of the settle that won it.
 -- Applied only if seq is above the token's last one on this key: a replay of an
--- operation that already ran is a no-op. Returns {0} for a replay, {1} for a drop,
--- else {1, used x6} (the key's used amounts after it).
+-- operation that already ran is a no-op. Returns {0} for a replay (or {0, used x6,
+-- fields...} when the replayed settle had won thresholds: its first reply was
+-- lost), {1} for a drop, else {1, used x6, fields claimed...} (the key's used
+-- amounts after it, and the thresholds this settle won).
 local seq = tonumber(A[3])
 local last = tonumber(redis.call('HGET', Q, A[2]) or '0')
-if seq <= last then return {0} end
+local mine = A[2] .. ':' .. A[3]
+if seq <= last then
+  if op ~= 'settle' or #A < 13 then return {0} end
+  local out = {0}
+  for i = 12, #A - 1, 2 do
+    if redis.call('HGET', AL, A[i]) == mine then out[#out + 1] = A[i] end
+  end
+  if #out == 1 then return {0} end
+  local cur = load()
+  local res = {0}
+  for i = 1, 6 do res[i + 1] = string.format('%.0f', cur[i]) end
+  for i = 2, #out do res[#res + 1] = out[i] end
+  return res
+end
 if op == 'drop' then
-  redis.call('DEL', S, R, E)
+  redis.call('DEL', S, R, E, AL)
   redis.call('HSET', Q, A[2], A[3])
   -- Keep the replay guard a day past the drop, then let it go too.
   redis.call('EXPIRE', Q, 86400)
   return {1}
 end
 local cur = load()
+local won = {}
 if op == 'settle' then
   if A[4] ~= '' then unbook(cur, A[4]) end
   for i = 1, 6 do cur[i] = cur[i] + tonumber(A[5 + i]) end
   save(cur)
+  -- Before keep_until, so that a new claims hash gets the key's expiry too.
+  for i = 12, #A - 1, 2 do
+    local dim = tonumber(string.match(A[i], '^(%d+):')) + 1
+    if cur[dim] >= tonumber(A[i + 1]) and redis.call('HSETNX', AL, A[i], mine) == 1 then
+      won[#won + 1] = A[i]
+    end
+  end
 elseif unbook(cur, A[4]) then
   save(cur)
 end
@@ -249,10 +288,12 @@ else
 end
 local out = {1}
 for i = 1, 6 do out[i + 1] = string.format('%.0f', cur[i]) end
+for i = 1, #won do out[i + 7] = won[i] end
 return out
 """
 
 _SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+_NKEYS = 5  # Redis keys per budget key (see _keys)
 _SEND_BATCH = 256  # queued operations per pipeline sent by the background thread
 _MAX_CATCH_UP = 512  # queued operations of one key a reserve may send before its own
 _LINGER_S = 0.005
@@ -308,10 +349,16 @@ def _sub(a: Spend, b: Spend) -> Spend:
 class _Op:
     """One queued settle / release / cancel / drop."""
 
-    __slots__ = ("args", "done", "key", "lane", "seq", "spend", "t")
+    __slots__ = ("args", "deliver", "done", "key", "lane", "seq", "spend", "t")
 
     def __init__(
-        self, key: str, lane: tuple[str, str], seq: int, args: tuple[str, ...], spend: Spend | None
+        self,
+        key: str,
+        lane: tuple[str, str],
+        seq: int,
+        args: tuple[str, ...],
+        spend: Spend | None,
+        deliver: AlertsWon | None = None,
     ) -> None:
         self.t = time.monotonic()
         self.key = key
@@ -319,6 +366,7 @@ class _Op:
         self.seq = seq
         self.args = args  # ARGV of the script
         self.spend = spend  # a settle's actual spend
+        self.deliver = deliver  # a settle carrying alert thresholds: who gets what it won
         self.done = False
 
 
@@ -460,7 +508,7 @@ class RedisBudgetStore:
     def _keys(self, key: str) -> list[str]:
         # The braces make a Redis Cluster hash tag: a budget's keys share a slot.
         base = f"{self.prefix}{{{key}}}"
-        return [f"{base}:s", f"{base}:r", f"{base}:e", f"{base}:q"]
+        return [f"{base}:s", f"{base}:r", f"{base}:e", f"{base}:q", f"{base}:a"]
 
     def _thread_token(self) -> str:
         """This thread's token in the replay guard: its operations form one sequence.
@@ -545,6 +593,33 @@ class RedisBudgetStore:
         rid = "" if reservation_id is None else self._rid(reservation_id)
         return self._enqueue(key, ("settle", rid, _exp(expires_at), *map(str, actual)), actual)
 
+    def settle_claiming_alerts(
+        self,
+        key: str,
+        reservation_id: str | None,
+        actual: Spend,
+        thresholds: Sequence[tuple[str, int]],
+        deliver: AlertsWon,
+        *,
+        expires_at: float | None = None,
+    ) -> None:
+        """:meth:`settle`, and claim the alert thresholds it makes the key reach.
+
+        ``thresholds`` are ``(name, amount)`` pairs -- ``name`` is ``"<index of the
+        limit in Spend>:<fraction>"``, ``amount`` the used amount at which it fires.
+        The script claims each one the key's used amount (every process's spend)
+        reached, atomically with the settle; of all the processes sharing the key,
+        exactly one settle wins a threshold. ``deliver(won, used)`` is called once,
+        with the names this settle won and the key's used amounts after it, when
+        Redis answered -- on the thread that sent it, outside the store's lock; never
+        when it won nothing.
+        """
+        rid = "" if reservation_id is None else self._rid(reservation_id)
+        args = ["settle", rid, _exp(expires_at), *map(str, actual)]
+        for name, amount in thresholds:
+            args += (name, str(amount))
+        self._enqueue(key, tuple(args), actual, deliver)
+
     def release(self, key: str, reservation_id: str) -> None:
         """Drop a reservation whose call was never made (queued, like :meth:`settle`)."""
         self._enqueue(key, ("release", self._rid(reservation_id), ""))
@@ -571,7 +646,13 @@ class RedisBudgetStore:
             self._known.pop(key, None)
 
     # --------------------------------------------------------------- the queue
-    def _enqueue(self, key: str, args: tuple[str, ...], spend: Spend | None = None) -> Spend:
+    def _enqueue(
+        self,
+        key: str,
+        args: tuple[str, ...],
+        spend: Spend | None = None,
+        deliver: AlertsWon | None = None,
+    ) -> Spend:
         """Queue one operation; returns the key's used amounts as far as this process
         knows them (the last state Redis reported plus what is queued), no network."""
         lost = 0
@@ -579,7 +660,8 @@ class RedisBudgetStore:
         lane = (key, token)
         with self._lock:
             self._seq += 1
-            op = _Op(key, lane, self._seq, (args[0], token, str(self._seq), *args[1:]), spend)
+            argv = (args[0], token, str(self._seq), *args[1:])
+            op = _Op(key, lane, self._seq, argv, spend, deliver)
             self._order.append(op)
             queued = self._queued_spend.get(key, ZERO)
             if spend is not None:
@@ -796,7 +878,7 @@ class RedisBudgetStore:
         for attempt in (0, 1):
             if not ops and last is not None:
                 try:
-                    reply = self._client.evalsha(self._sha, 4, *self._keys(last[0]), *last[1])
+                    reply = self._client.evalsha(self._sha, _NKEYS, *self._keys(last[0]), *last[1])
                 except NoScriptError:
                     if attempt:
                         raise
@@ -806,9 +888,9 @@ class RedisBudgetStore:
                 return reply
             pipe = self._client.pipeline(transaction=False)
             for op in ops:
-                pipe.evalsha(self._sha, 4, *self._keys(op.key), *op.args)
+                pipe.evalsha(self._sha, _NKEYS, *self._keys(op.key), *op.args)
             if last is not None:
-                pipe.evalsha(self._sha, 4, *self._keys(last[0]), *last[1])
+                pipe.evalsha(self._sha, _NKEYS, *self._keys(last[0]), *last[1])
             replies = pipe.execute(raise_on_error=False)
             if any(isinstance(r, NoScriptError) for r in replies):
                 # Redis lost its script cache (a restart, SCRIPT FLUSH): only a suffix
@@ -832,6 +914,7 @@ class RedisBudgetStore:
 
     def _confirm(self, ops: list[_Op], replies: list[Any]) -> None:
         failed: list[tuple[_Op, Exception]] = []
+        won: list[tuple[AlertsWon, list[str], Spend]] = []
         with self._lock:
             for op, reply in zip(ops, replies, strict=False):
                 if isinstance(reply, NoScriptError):
@@ -839,14 +922,24 @@ class RedisBudgetStore:
                 if isinstance(reply, Exception):
                     failed.append((op, reply))
                     self._stats["failed"] += 1
-                elif not reply or reply[0] == 0:
-                    self._stats["replays_ignored"] += 1
                 else:
-                    self._stats["applied"] += 1
-                    if len(reply) == 7:
-                        self._learn(op.key, reply[1:])
+                    if not reply or reply[0] == 0:
+                        self._stats["replays_ignored"] += 1
+                    else:
+                        self._stats["applied"] += 1
+                        if len(reply) >= 7:
+                            self._learn(op.key, reply[1:7])
+                    if len(reply) > 7 and op.deliver is not None and not op.done:
+                        # The thresholds this settle won (or, replayed, had won).
+                        names = [v.decode() if isinstance(v, bytes) else str(v) for v in reply[7:]]
+                        won.append((op.deliver, names, Spend(*(int(v) for v in reply[1:7]))))
                 if not op.done:
                     self._finish(op)
+        for deliver, names, used in won:
+            try:
+                deliver(names, used)
+            except Exception:  # a subscriber's bug must not stop the queue
+                logger.exception("agentmeter: delivering budget alerts failed")
         for op, err in failed:
             # Redis refused it (out of memory, a read-only replica): it cannot be
             # retried in order without blocking every later operation.

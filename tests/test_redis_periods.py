@@ -23,7 +23,7 @@ from test_redis_store import REDIS_SERVER, RedisServer
 import agentmeter
 from agentmeter import Budget, BudgetExceeded
 from agentmeter.budget import Spend
-from agentmeter.redis_store import RedisBudgetStore
+from agentmeter.redis_store import _SHA, RedisBudgetStore
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server binary not found")
 
@@ -151,12 +151,19 @@ def test_expires_at_is_set_atomically_and_never_in_the_past(redis_url: str) -> N
     future = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
     limits = Spend(1000, -1, -1, -1, -1, -1)
     store.reserve("k", "o", limits, Spend(10), "r1", expires_at=future)
-    s, r, e, q = store._keys("k")
+    s, r, e, q, a = store._keys("k")
     assert client.expiretime(s) == client.expiretime(r) == client.expiretime(e) == int(future)
     store.settle("k", "r1", Spend(7), expires_at=future)
     store.settle("k", None, Spend(1), expires_at=future)
     assert store.usage("k") == (Spend(8), Spend())
     assert client.expiretime(s) == client.expiretime(q) == int(future)
+    # The alert claims of a period expire with it.
+    store.settle_claiming_alerts(
+        "k", None, Spend(1), [("0:0.5", 5)], lambda won, used: None, expires_at=future
+    )
+    store.flush(timeout=10)
+    assert client.hkeys(a) == [b"0:0.5"]
+    assert client.expiretime(a) == int(future)
     # A skewed (or injected) clock whose period is long over: the key is kept at
     # least an hour after the write, not deleted on the spot.
     store.settle("old", None, Spend(5), expires_at=1_000_000_000.0)
@@ -202,11 +209,65 @@ def redis_url() -> Any:
         server.stop()
 
 
-def test_alerts_with_redis_need_no_round_trip(redis_url: str) -> None:
-    """settle answers the used amounts this process knows (no network), so alert
-    thresholds are checked on the recording thread without waiting for Redis; each
-    process (tracker) fires a threshold once per period, and sees the others' spend
-    once Redis reported it."""
+def _alert_worker(url: str, prefix: str, start: Any, results: Any) -> None:
+    """One process: 3 threads spending 40 x 10 tokens each against acme's monthly
+    budget of 4,000 tokens (4 processes spend 4,800: the budget refuses the rest)."""
+    store = RedisBudgetStore(url, prefix=prefix, timeout_s=5.0)
+    tracker = agentmeter.Tracker(budget_store=store)
+    tracker.set_price("m", input_per_mtok=1, output_per_mtok=1)
+    budget = Budget(max_tokens=4000, alert_at=(0.25, 0.5, 0.8, 1.0), period="month")
+    tracker.set_budget(budget=budget, customer_id="acme")
+    fired: list[tuple[float, int]] = []
+    tracker.subscribe_alerts(lambda a: fired.append((a.threshold, int(a.used))))
+    start.wait(timeout=60)
+
+    def run(i: int) -> None:
+        for n in range(40):
+            call_id = f"{os.getpid()}-{i}-{n}"
+            try:
+                tracker.check_budget(10, customer_id="acme", call_id=call_id)
+            except BudgetExceeded:
+                continue
+            tracker.record_llm("m", 10, 0, customer_id="acme", call_id=call_id)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=120)
+    assert store.flush(timeout=60)
+    store.close()
+    results.put(fired)
+
+
+@pytest.mark.timeout(180)
+def test_alerts_fire_once_across_processes(redis_url: str) -> None:
+    """4 processes on one Redis-backed monthly budget: each threshold fires exactly once
+    in all of them together (not once per process), at a used amount that reached it."""
+    prefix = f"alerts-{uuid.uuid4().hex[:8]}:"
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(4), ctx.Queue()
+    procs = [
+        ctx.Process(target=_alert_worker, args=(redis_url, prefix, start, results))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    fired = [results.get(timeout=150) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    every = sorted(a for f in fired for a in f)
+    assert [t for t, _ in every] == [0.25, 0.5, 0.8, 1.0]
+    for threshold, used in every:
+        assert used >= threshold * 4000
+    assert sum(1 for f in fired if f) >= 1
+
+
+def test_alerts_with_redis_fire_once_for_every_process(redis_url: str) -> None:
+    """Two trackers on two stores sharing a Redis budget (two processes, as far as
+    Redis can tell): the settle that takes the *shared* used amount over a threshold
+    fires it, once, in whichever tracker sent it; the recording thread never waits."""
     prefix = f"alert-{uuid.uuid4().hex[:8]}:"
     fired: dict[str, list[tuple[float, int | object]]] = {"a": [], "b": []}
     trackers = {}
@@ -222,15 +283,40 @@ def test_alerts_with_redis_need_no_round_trip(redis_url: str) -> None:
     ta, sa = trackers["a"]
     tb, sb = trackers["b"]
     ta.record_llm("m", 300, 0, customer_id="acme")
-    ta.record_llm("m", 300, 0, customer_id="acme")  # a: 600 known locally -> 0.5
-    assert fired["a"] == [(0.5, 600)]
+    ta.record_llm("m", 300, 0, customer_id="acme")  # 600 in Redis -> 0.5, fired by a
     assert sa.flush(timeout=10)
-    tb.check_budget(10, customer_id="acme", call_id="b1")  # b reads Redis: 600 used
-    tb.record_llm("m", 10, 0, customer_id="acme", call_id="b1")
+    assert fired["a"] == [(0.5, 600)]
+    tb.record_llm("m", 10, 0, customer_id="acme")  # b's settle: 610, 0.5 already fired
     assert sb.flush(timeout=10)
-    assert fired["b"] == [(0.5, 610)]
-    tb.record_llm("m", 300, 0, customer_id="acme")  # b: 910 -> 0.9
-    assert fired["b"][-1] == (0.9, 910)
-    assert sb.usage("customer:acme")[0].tokens == 910
+    assert fired["b"] == []
+    tb.record_llm("m", 300, 0, customer_id="acme")  # 910 -> 0.9, fired by b
+    assert sb.flush(timeout=10)
+    assert fired == {"a": [(0.5, 600)], "b": [(0.9, 910)]}
+    ta.record_llm("m", 50, 0, customer_id="acme")
+    assert sa.flush(timeout=10)
+    assert fired == {"a": [(0.5, 600)], "b": [(0.9, 910)]}  # nothing fires twice
+    assert sb.usage("customer:acme")[0].tokens == 960
     for _, store in trackers.values():
         store.close()
+
+
+def test_a_replayed_settle_delivers_the_thresholds_it_won(redis_url: str) -> None:
+    """A settle whose reply was lost (Redis ran it, the client timed out) is sent again:
+    the replay is not counted twice, and it still delivers the threshold it had won."""
+    store = RedisBudgetStore(redis_url, prefix=f"replay-{uuid.uuid4().hex[:8]}:")
+    got: list[tuple[list[str], Spend]] = []
+    store.settle_claiming_alerts(
+        "k", None, Spend(60), [("0:0.5", 50)], lambda won, used: got.append((won, used))
+    )
+    assert store.flush(timeout=10)
+    assert got == [(["0:0.5"], Spend(60))]
+    keys = store._keys("k")
+    token = store._thread_token()
+    argv = ("settle", token, "1", "", "", "60", "0", "0", "0", "0", "0", "0:0.5", "50")
+    client = store.client
+    assert client.evalsha(_SHA, len(keys), *keys, *argv) == [0, b"60", *[b"0"] * 5, b"0:0.5"]
+    # Another process's settle reaching the threshold later does not win it again.
+    other = ("settle", "other", "1", "", "", "5", "0", "0", "0", "0", "0", "0:0.5", "50")
+    assert client.evalsha(_SHA, len(keys), *keys, *other) == [1, b"65", *[b"0"] * 5]
+    assert store.usage("k")[0] == Spend(65)
+    store.close()

@@ -135,9 +135,11 @@ def test_a_replayed_settlement_counts_once(server: RedisServer) -> None:
         ("settle", token, "3", "", "", "5", "0", "0", "0", "0", "0"),
     ]
     for args in again:
-        assert store.client.evalsha(_SHA, 4, *keys, *args) == [0]
+        assert store.client.evalsha(_SHA, len(keys), *keys, *args) == [0]
     # A later one still applies.
-    reply = store.client.evalsha(_SHA, 4, *keys, "settle", token, "9", "", "", "1", *"00000")
+    reply = store.client.evalsha(
+        _SHA, len(keys), *keys, "settle", token, "9", "", "", "1", *"00000"
+    )
     assert reply == [1, b"13", b"7", b"0", b"0", b"1", b"0"]  # applied; used after it
     assert store.usage("k") == (Spend(13, 7, 0, 0, 1, 0), Spend())
     store.close()
@@ -263,7 +265,7 @@ def test_replays_never_change_the_state(
         keys = store._keys("k")
         picks = sorted({i % len(sent) for i in replay})
         for i in picks:
-            assert store.client.evalsha(_SHA, 4, *keys, *sent[i]) == [0]
+            assert store.client.evalsha(_SHA, len(keys), *keys, *sent[i]) == [0]
     assert store.usage("k") == ref.usage("k")
     store.close()
 
