@@ -29,6 +29,12 @@ Where the numbers come from (see :mod:`.schema`):
   events (exact, but proportional to the events in the range). Tool statistics
   under a tag filter (their latency histograms are not kept per tag) also read
   the raw tool events.
+- **Sessions**: ``by("session")``, ``count_keys("session")`` and
+  ``session_times()`` read the per-session tables (one row per session, and per
+  customer x session, kept by the writer) when the read has no time range and no
+  filter but ``customer`` / ``session``: a page of the largest sessions and their
+  number cost one index range and one row, however many sessions are stored.
+  Other session reads group the rollup rows as above.
 - **Recent call ids** of a tool: one indexed ``LIMIT`` query per (session, tool)
   or (customer, tool), a few hundred per statement.
 
@@ -59,6 +65,7 @@ from .engine import ensure_current, open_existing
 from .schema import (
     COLUMNS,
     COUNTERS,
+    CUSTOMER_SESSIONS,
     DAILY,
     DAY,
     DERIVED,
@@ -68,6 +75,9 @@ from .schema import (
     HOURLY,
     LLM_KINDS,
     ROLLUP_TABLES,
+    SESSION_COUNTS,
+    SESSION_FIELDS,
+    SESSIONS,
     Level,
     day_of_hour,
     hour_of,
@@ -676,6 +686,18 @@ class UsageStore:
             raise ValueError("limit and offset must be >= 0")
         tag_key = self._tag_key(dimension)
         self._check_dimension(dimension)
+        table = self._session_table(f) if dimension == "session" else None
+        if table is not None:
+            t = table.c
+            page = (
+                sa.select(t.session_id, *(t[name] for name in SESSION_FIELDS))
+                .where(*(t[col] == value for col, value in f.eq))
+                .order_by(t.tokens.desc(), t.session_id)
+                .offset(offset)
+            )
+            if limit is not None:
+                page = page.limit(limit)
+            return {str(r[0]): Usage.from_row(_row(r[1:])) for r in self._fetch(page)}
         s = self._source(f, tag_key, need=self._need(dimension))
         col, _ = self._dim_col(s, dimension)
         total = _sum(s.c.input_tokens + s.c.output_tokens)
@@ -721,6 +743,16 @@ class UsageStore:
             return Usage()  # every matching event has that key
         return self._totals(_Filter(f.lo, f.hi, (*f.eq, (col, "")), f.tags))
 
+    def _session_table(self, f: _Filter) -> sa.Table | None:
+        """The per-session table answering a session read of ``f``: none for a time
+        range, tags, or a filter on another dimension (those group the rollups)."""
+        if not self._rollups or f.lo is not None or f.hi is not None or f.tags:
+            return None
+        cols = {col for col, _ in f.eq}
+        if not cols <= {"customer_id", "session_id"} or any(v == "" for _, v in f.eq):
+            return None
+        return CUSTOMER_SESSIONS if "customer_id" in cols else SESSIONS
+
     def _check_dimension(self, dimension: str) -> None:
         if not isinstance(dimension, str):
             raise TypeError("dimension must be a str")
@@ -753,6 +785,16 @@ class UsageStore:
             provider=provider, tool=tool, tags=tags,
         )  # fmt: skip
         self._check_dimension(dimension)
+        table = self._session_table(f) if dimension == "session" else None
+        if table is not None:
+            if f.value("session_id") is not None:  # that one session, if stored
+                t = table.c
+                one = sa.select(sa.func.count()).where(*(t[c] == v for c, v in f.eq))
+                return int(self._fetch(one)[0][0])
+            cust = f.value("customer_id") or ""  # '': every session
+            c = SESSION_COUNTS.c
+            found = self._fetch(sa.select(c.sessions).where(c.customer_id == cust))
+            return int(found[0][0]) if found else 0
         s = self._source(f, self._tag_key(dimension), need=self._need(dimension))
         col, _ = self._dim_col(s, dimension)
         stmt = sa.select(sa.func.count(sa.distinct(col))).where(col != "")
@@ -806,6 +848,20 @@ class UsageStore:
         ids = list(dict.fromkeys(session_ids))
         if not ids:
             return {}
+        out: dict[str, tuple[datetime, datetime]] = {}
+        if self._rollups:  # the per-session rows: one primary-key lookup each
+            t = SESSIONS.c
+            for i in range(0, len(ids), 500):
+                stmt = sa.select(t.session_id, t.first_seen, t.last_seen).where(
+                    t.session_id.in_(ids[i : i + 500])
+                )
+                for sid, lo, hi in self._fetch(stmt):
+                    if lo is not None and hi is not None:
+                        out[str(sid)] = (
+                            datetime.fromtimestamp(float(lo), UTC),
+                            datetime.fromtimestamp(float(hi), UTC),
+                        )
+            return out
         # Two seeks per session in the (session_id, ts) index, one statement compiled
         # once: not a GROUP BY reading every event of the sessions.
         sid: Any = sa.bindparam("sid")
@@ -813,7 +869,6 @@ class UsageStore:
             sa.select(sa.func.min(_E.ts)).where(_E.session_id == sid).scalar_subquery(),
             sa.select(sa.func.max(_E.ts)).where(_E.session_id == sid).scalar_subquery(),
         )
-        out: dict[str, tuple[datetime, datetime]] = {}
         with self._engine.connect() as conn:
             for s in ids:
                 lo, hi = conn.execute(stmt, {"sid": s}).one()
@@ -1226,6 +1281,18 @@ class UsageStore:
             n = int(
                 self._fetch(sa.select(_sum(self._source(f, need=()).c.events)), conn)[0][0] or 0
             )
+            # The sessions that lose events: those of the daily rows of the days the
+            # bounds touch (before anything is deleted); rebuilt at the end.
+            dr = DAILY.main.c
+            sess_conds = [dr.session_id != "", *(dr[col] == value for col, value in f.eq)]
+            if f.lo is not None:
+                sess_conds.append(dr.day >= day_of_hour(hour_of(f.lo)))
+            if f.hi is not None:
+                sess_conds.append(dr.day < f.hi)
+            affected = [
+                str(r[0])
+                for r in self._fetch(sa.select(dr.session_id).where(*sess_conds).distinct(), conn)
+            ]
             rollups, h_lo, h_hi = self._split(f)
             hours: set[int] = set()  # deleted in part: rebuilt from the events left
             days: set[int] = set()  # deleted in part: rebuilt from the hourly rows left
@@ -1333,6 +1400,8 @@ class UsageStore:
                         if t is not None
                     ]
                     writer.add_rows(conn, DAILY, level, *daily)
+            if affected:  # from the daily rows, now up to date
+                writer.rebuild_sessions(conn, affected)
             conn.commit()
         return {
             "events": n,

@@ -37,6 +37,17 @@ Tables (SQLAlchemy Core, portable across SQLite and PostgreSQL):
   holding every dimension it filters or groups by, so totals, breakdowns, time
   series and tool statistics do not grow with the number of sessions (which grows
   with history) nor with the cross product of the other dimensions.
+- ``agentmeter_sessions``: one row per session (non-empty session id) with the
+  tracker's counters of its events (``agentmeter._fields.FIELDS``, the columns of
+  :class:`~agentmeter.Usage`), ``events``, ``tokens`` (input + output tokens of
+  every kind: the order of ``by("session")``) and the first / last event time;
+  ``agentmeter_customer_sessions`` the same per customer x session (without the
+  times); ``agentmeter_session_counts`` how many sessions each customer has
+  (``customer_id = ''``: every session). Indexed on (``tokens`` descending,
+  session) and (customer, ``tokens`` descending, session), so that the largest
+  sessions and their number are read in the time of one page, however many
+  sessions the history holds. Written by the sink in the same transaction as the
+  events and the rollups (revision 0004).
 - ``agentmeter_schema``: a single row with the schema version. A database
   written by a newer agentmeter is refused with :class:`SchemaError` instead of
   being misread. (Alembic's own revision is kept in
@@ -54,6 +65,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _fields
 from .._latency import bucket
 from ._deps import sqlalchemy as sa
 
@@ -64,6 +76,7 @@ __all__ = [
     "BY_TOOL",
     "COLUMNS",
     "COUNTERS",
+    "CUSTOMER_SESSIONS",
     "DAILY",
     "DAY",
     "DERIVED",
@@ -87,6 +100,10 @@ __all__ = [
     "ROLLUP_TAGS_DAILY",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "SESSIONS",
+    "SESSION_COUNTS",
+    "SESSION_FIELDS",
+    "SESSION_TABLES",
     "TOTAL",
     "Level",
     "SchemaError",
@@ -309,7 +326,65 @@ GLOBAL_DIMS = GLOBAL.dims
 GLOBAL_LATENCY_DIMS = GLOBAL.latency_dims
 ROLLUP_GLOBAL = GLOBAL.main
 LEVELS = (HOURLY, DAILY, *DERIVED)
-ROLLUP_TABLES = tuple(t for level in LEVELS for t in level.tables)
+
+# Per-session totals: the tracker's counters (Usage's fields), in that order.
+SESSION_FIELDS: tuple[str, ...] = _fields.FIELDS
+
+
+def _session_table(name: str, key: tuple[str, ...], times: bool) -> sa.Table:
+    table = sa.Table(
+        name,
+        metadata,
+        *_dim_columns(key),
+        sa.Column("events", sa.BigInteger, nullable=False, server_default="0"),
+        # input + output tokens of every kind: what by() orders keys by.
+        sa.Column("tokens", sa.BigInteger, nullable=False, server_default="0"),
+        *(
+            sa.Column(
+                f,
+                sa.Float(precision=53) if f in _fields.FLOAT_FIELDS else sa.BigInteger,
+                nullable=False,
+                server_default="0",
+            )
+            for f in SESSION_FIELDS
+        ),
+        *(
+            [
+                sa.Column("first_seen", sa.Float(precision=53)),
+                sa.Column("last_seen", sa.Float(precision=53)),
+            ]
+            if times
+            else []
+        ),
+        sa.PrimaryKeyConstraint(*key, name=f"pk_{name}"),
+        sqlite_with_rowid=False,
+    )
+    # The order of by("session"): largest first, then by id -- a page is an index range.
+    sa.Index(
+        f"ix_{name}_order",
+        *(table.c[k] for k in key[:-1]),
+        table.c.tokens.desc(),
+        table.c.session_id,
+    )
+    return table
+
+
+SESSIONS = _session_table("agentmeter_sessions", ("session_id",), times=True)
+CUSTOMER_SESSIONS = _session_table(
+    "agentmeter_customer_sessions", ("customer_id", "session_id"), times=False
+)
+SESSION_COUNTS = sa.Table(
+    "agentmeter_session_counts",
+    metadata,
+    # '' counts every session (of any customer or none); a customer id, that customer's.
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("sessions", sa.BigInteger, nullable=False, server_default="0"),
+    sa.PrimaryKeyConstraint("customer_id", name="pk_agentmeter_session_counts"),
+    sqlite_with_rowid=False,
+)
+SESSION_TABLES = (SESSIONS, CUSTOMER_SESSIONS, SESSION_COUNTS)
+# Every table the writer keeps in step with the events.
+ROLLUP_TABLES = (*(t for level in LEVELS for t in level.tables), *SESSION_TABLES)
 
 SCHEMA = sa.Table(
     "agentmeter_schema",

@@ -41,10 +41,15 @@ from .migrations import upgrade as ensure_schema
 from .schema import (
     COLUMNS,
     COUNTERS,
+    CUSTOMER_SESSIONS,
     DAILY,
     DERIVED,
     EVENTS,
     LEVELS,
+    LLM_KINDS,
+    SESSION_COUNTS,
+    SESSION_FIELDS,
+    SESSIONS,
     Level,
     day_of_hour,
     hour_of,
@@ -175,6 +180,14 @@ class RollupWriter:
             if level.tags is not None:
                 tags = self._upsert(level.tags, ("tag_key", "tag_value", p, *level.dims))
             self._sql[level.name] = (self._upsert(level.main, (p, *level.dims)), latency, tags)
+        # Per-session totals: multi-row upserts returning each row's events, so that the
+        # writer learns which sessions are new (their events equal this batch's).
+        self._session_sql: dict[tuple[str, int], str] = {}
+        t = quote(SESSION_COUNTS.name)
+        self._count_sql = (
+            f"INSERT INTO {t} (customer_id, sessions) VALUES ({self._mark}, {self._mark}) "
+            f"ON CONFLICT (customer_id) DO UPDATE SET sessions = {t}.sessions + excluded.sessions"
+        )
 
     def _upsert(self, table: sa.Table, key: tuple[str, ...]) -> str:
         q = self._quote
@@ -206,6 +219,185 @@ class RollupWriter:
             f"INSERT INTO {t} ({', '.join(q(c) for c in cols)}) "
             f"VALUES ({', '.join([self._mark] * len(cols))}) "
             f"ON CONFLICT ({', '.join(q(c) for c in key)}) DO UPDATE SET {', '.join(sets)}"
+        )
+
+    def _session_upsert(self, table: sa.Table, n: int) -> str:
+        """The upsert of ``n`` rows of a per-session table, returning key and events."""
+        sql = self._session_sql.get((table.name, n))
+        if sql is not None:
+            return sql
+        q = self._quote
+        t = q(table.name)
+        key = tuple(c.name for c in table.primary_key.columns)
+        cols = [c.name for c in table.columns]
+        sets = []
+        for c in cols:
+            if c in key:
+                continue
+            old, new = f"{t}.{q(c)}", f"excluded.{q(c)}"
+            if c == "first_seen":
+                expr = f"CASE WHEN {old} IS NULL OR {new} < {old} THEN {new} ELSE {old} END"
+            elif c == "last_seen":
+                expr = f"CASE WHEN {old} IS NULL OR {new} > {old} THEN {new} ELSE {old} END"
+            else:
+                expr = f"{old} + {new}"
+            sets.append(f"{q(c)} = {expr}")
+        marks = "(" + ", ".join([self._mark] * len(cols)) + ")"
+        sql = self._session_sql[(table.name, n)] = (
+            f"INSERT INTO {t} ({', '.join(q(c) for c in cols)}) VALUES "
+            + ", ".join([marks] * n)
+            + f" ON CONFLICT ({', '.join(q(k) for k in key)}) DO UPDATE SET {', '.join(sets)}"
+            + f" RETURNING {', '.join(q(k) for k in key)}, {t}.events"
+        )
+        return sql
+
+    def _upsert_sessions(
+        self, conn: sa.Connection, table: sa.Table, rows: dict[tuple[Any, ...], list[Any]]
+    ) -> list[tuple[Any, ...]]:
+        """Upsert per-session rows (key -> values after the key, ``events`` first);
+        the keys that are new in the table."""
+        new: list[tuple[Any, ...]] = []
+        items = sorted(rows.items())  # one lock order in every writer
+        width = len(table.columns)
+        i, n = 0, len(items)
+        for size in _CHUNKS:
+            size = min(size, 32766 // width)
+            while n - i >= size:
+                chunk = items[i : i + size]
+                i += size
+                params = tuple(chain.from_iterable((*k, *v) for k, v in chunk))
+                got = conn.exec_driver_sql(self._session_upsert(table, size), params).fetchall()
+                events = {k: v[0] for k, v in chunk}
+                new += [tuple(r[:-1]) for r in got if int(r[-1]) == events[tuple(r[:-1])]]
+        return new
+
+    def add_sessions(
+        self,
+        conn: sa.Connection,
+        main: dict[tuple[Any, ...], list[Any]],
+        spans: dict[str, list[float]],
+    ) -> None:
+        """Add hourly rollup rows (key ``hour, *DIMS``; ``COUNTERS``) to the per-session
+        totals, with each session's first and last event time in ``spans``, and count
+        the sessions that are new."""
+        per: dict[tuple[Any, ...], list[Any]] = {}
+        per_cust: dict[tuple[Any, ...], list[Any]] = {}
+        for key, c in main.items():
+            sess = key[2]
+            if not sess:
+                continue
+            u = _session_values(key[7], c)
+            for target, k in ((per, (sess,)), (per_cust, (key[1], sess) if key[1] else None)):
+                if k is None:
+                    continue
+                acc = target.get(k)
+                if acc is None:
+                    target[k] = list(u)
+                else:
+                    for j, v in enumerate(u):
+                        acc[j] += v
+        if not per:
+            return
+        for k, acc in per.items():
+            acc += spans[k[0]]  # first_seen, last_seen
+        counts: dict[str, int] = {}
+        new = self._upsert_sessions(conn, SESSIONS, per)
+        if new:
+            counts[""] = len(new)
+        for cust, _ in self._upsert_sessions(conn, CUSTOMER_SESSIONS, per_cust):
+            counts[cust] = counts.get(cust, 0) + 1
+        if counts:
+            conn.exec_driver_sql(self._count_sql, sorted(counts.items()))
+
+    def rebuild_sessions(self, conn: sa.Connection, session_ids: Iterable[str]) -> None:
+        """Rebuild the per-session rows of ``session_ids`` from the daily rollup rows
+        (already up to date) and their times from the events, then recount the
+        sessions -- how a reset keeps the per-session tables exact."""
+        ids = sorted({s for s in session_ids if s})
+        d = DAILY.main.c
+        llm = d.kind.in_(LLM_KINDS)
+        emb = d.kind == "embedding"
+        tool = d.kind == "tool"
+
+        def when(cond: Any, col: Any) -> Any:
+            return sa.func.coalesce(sa.func.sum(sa.case((cond, col), else_=0)), 0)
+
+        def total(col: Any) -> Any:
+            return sa.func.coalesce(sa.func.sum(col), 0)
+
+        sums = {
+            "input_tokens": when(llm, d.input_tokens),
+            "output_tokens": total(d.output_tokens),
+            "cache_read_tokens": total(d.cache_read_tokens),
+            "cache_write_tokens": total(d.cache_write_tokens),
+            "reasoning_tokens": total(d.reasoning_tokens),
+            "llm_calls": when(llm, d.events),
+            "failed_llm_calls": when(llm, d.failed),
+            "estimated_calls": total(d.estimated),
+            "cost_micros": total(d.cost_micros),
+            "unpriced_calls": when(sa.or_(llm, emb), d.unpriced),
+            "llm_latency_ms": when(llm, d.latency_ms),
+            "embedding_tokens": when(emb, d.input_tokens),
+            "embedding_calls": when(emb, d.events),
+            "tool_calls": when(tool, d.events),
+            "failed_tool_calls": when(tool, d.failed),
+            "tool_duration_ms": when(tool, d.latency_ms),
+            "cache_hits": when(d.kind == "cache_hit", d.events),
+            "cache_misses": when(d.kind == "cache_miss", d.events),
+            "tokens_saved": total(d.tokens_saved),
+        }
+        assert tuple(sums) == SESSION_FIELDS
+        values = [total(d.events), total(d.input_tokens + d.output_tokens), *sums.values()]
+        names = ["events", "tokens", *SESSION_FIELDS]
+        e = EVENTS.c
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for table in (SESSIONS, CUSTOMER_SESSIONS):
+                conn.execute(table.delete().where(table.c.session_id.in_(chunk)))
+            conn.execute(
+                SESSIONS.insert().from_select(
+                    ["session_id", *names],
+                    sa.select(d.session_id, *values)
+                    .where(d.session_id.in_(chunk))
+                    .group_by(d.session_id),
+                )
+            )
+            conn.execute(
+                CUSTOMER_SESSIONS.insert().from_select(
+                    ["customer_id", "session_id", *names],
+                    sa.select(d.customer_id, d.session_id, *values)
+                    .where(d.session_id.in_(chunk), d.customer_id != "")
+                    .group_by(d.customer_id, d.session_id),
+                )
+            )
+            s = SESSIONS.c
+            conn.execute(
+                SESSIONS.update()
+                .where(s.session_id.in_(chunk))
+                .values(
+                    first_seen=sa.select(sa.func.min(e.ts))
+                    .where(e.session_id == s.session_id)
+                    .scalar_subquery(),
+                    last_seen=sa.select(sa.func.max(e.ts))
+                    .where(e.session_id == s.session_id)
+                    .scalar_subquery(),
+                )
+            )
+        # Recounted from the tables: a reset is rare, and this is one pass over the
+        # session rows (not the events).
+        c = CUSTOMER_SESSIONS.c
+        conn.execute(SESSION_COUNTS.delete())
+        conn.execute(
+            SESSION_COUNTS.insert().from_select(
+                ["customer_id", "sessions"],
+                sa.select(sa.literal(""), sa.func.count()).select_from(SESSIONS),
+            )
+        )
+        conn.execute(
+            SESSION_COUNTS.insert().from_select(
+                ["customer_id", "sessions"],
+                sa.select(c.customer_id, sa.func.count()).group_by(c.customer_id),
+            )
         )
 
     def _insert_sql(self, n: int) -> str:
@@ -248,16 +440,18 @@ class RollupWriter:
         *,
         daily: bool = True,
     ) -> None:
-        """Add stored rows (with their event ids) to the rollup tables of both levels
-        (``daily=False``: the hourly ones only)."""
+        """Add stored rows (with their event ids) to the rollup tables of every level
+        and to the per-session totals (``daily=False``: the hourly rollups only)."""
         # Events grouped by hourly key and tag set: each event's counters are summed
         # once (in C); the key's row, its tag pairs' rows and the daily rows are merges
         # of those few sums.
         groups: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
         lat: dict[tuple[Any, ...], int] = {}
+        spans: dict[str, list[float]] = {}  # session -> [first, last] event time
         for item in items:
             r = item[1]
-            hour = hour_of(r[_TS])
+            ts = r[_TS]
+            hour = hour_of(ts)
             cust, sess, agent, tool = (
                 r[_CUST] or "",
                 r[_SESS] or "",
@@ -283,6 +477,14 @@ class RollupWriter:
             if r[_BUCKET] is not None and r[_KIND] == "tool":
                 lk = (hour, cust, sess, agent, tool, r[_BUCKET])
                 lat[lk] = lat.get(lk, 0) + 1
+            if sess:
+                span = spans.get(sess)
+                if span is None:
+                    spans[sess] = [ts, ts]
+                elif ts < span[0]:
+                    span[0] = ts
+                elif ts > span[1]:
+                    span[1] = ts
         if not groups:
             return
         parts: dict[tuple[Any, ...], list[list[Any]]] = {}
@@ -327,6 +529,8 @@ class RollupWriter:
                 conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(lt.items())])
             if tg and tags_sql is not None:
                 conn.exec_driver_sql(tags_sql, [(*k, *c) for k, c in sorted(tg.items())])
+        if daily:  # after every rollup table: the same lock order in every writer
+            self.add_sessions(conn, main, spans)
 
     def add_rows(
         self,
@@ -375,6 +579,27 @@ class RollupWriter:
             counts[key] = counts.get(key, 0) + int(r[-1])
         if counts:
             conn.exec_driver_sql(lat_sql, [(*k, n) for k, n in sorted(counts.items())])
+
+
+_LLM = frozenset(LLM_KINDS)
+
+
+def _session_values(kind: str, c: Sequence[Any]) -> list[Any]:
+    """``events``, ``tokens`` and the tracker's counters (``SESSION_FIELDS``) of one
+    rollup row (``COUNTERS``) of ``kind`` -- as :class:`UsageStore` reads rollup rows."""
+    llm = kind in _LLM
+    emb = kind == "embedding"
+    tool = kind == "tool"
+    events, failed, lat = c[0], c[6], float(c[10])
+    return [
+        events, c[1] + c[2],
+        c[1] if llm else 0, c[2], c[3], c[4], c[5],
+        events if llm else 0, failed if llm else 0, c[7], c[8],
+        c[9] if llm or emb else 0, lat if llm else 0.0,
+        c[1] if emb else 0, events if emb else 0,
+        events if tool else 0, failed if tool else 0, lat if tool else 0.0,
+        events if kind == "cache_hit" else 0, events if kind == "cache_miss" else 0, c[13],
+    ]  # fmt: skip
 
 
 def _to_day(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:

@@ -40,7 +40,7 @@ __all__ = ["HEAD", "VERSION_TABLE", "check", "is_current", "upgrade"]
 logger = logging.getLogger("agentmeter.storage")
 
 VERSION_TABLE = "agentmeter_alembic_version"
-HEAD = "0003"  # the latest revision (of SCHEMA_VERSION)
+HEAD = "0004"  # the latest revision (of SCHEMA_VERSION)
 V1_REVISION = "0001"
 _HERE = Path(__file__).resolve().parent
 _PG_LOCK = 0x61676D74_73636D61  # "agmtscma": the advisory lock of schema upgrades
@@ -65,7 +65,8 @@ def is_current(conn: sa.Connection) -> bool:
 
 def _complete(conn: sa.Connection) -> bool:
     """Every table of the schema is there (development databases of the 0.2 cycle,
-    at revision 0002 before the daily rollups existed, are not)."""
+    at revision 0002 before the daily rollups existed, are not). ``ROLLUP_TABLES``
+    includes the per-session tables."""
     names = set(sa.inspect(conn).get_table_names())
     return all(t.name in names for t in ROLLUP_TABLES)
 
