@@ -81,8 +81,8 @@ class _Spec:
             None,
             self.tool,
             self.category,
-            customer_id=self.customer_id,
-            tags=self.tags,
+            self.customer_id,
+            self.tags,
         )
 
 

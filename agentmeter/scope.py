@@ -35,6 +35,7 @@ STACK: contextvars.ContextVar[tuple[Scope, ...]] = contextvars.ContextVar(
     "agentmeter_scopes", default=()
 )
 _uids = itertools.count(1)
+_now = time.time  # bound once: enter and exit run on every @metered call
 
 # Functions that return the id of the framework call (e.g. a LangChain tool run)
 # the current code runs inside. Integrations register one so that a decorated tool
@@ -128,10 +129,12 @@ class Scope:
         metadata: dict[str, Any] | None = None,
         tool: str | None = None,
         category: str | None = None,
-        *,
         customer_id: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
+        # Every parameter is positional-or-keyword: @metered builds one Scope per
+        # call from a partial of positionals, and CPython binds keyword-only
+        # parameters by dictionary lookups (see agentmeter._signature).
         self.tracker = tracker
         self.name = name
         self._session_id = session_id
@@ -145,7 +148,7 @@ class Scope:
         self.parent: Scope | None = None
         self.path: tuple[str, ...] = (name,)
         self.budget_refs: tuple[BudgetRef, ...] = ()
-        self.row = _fields.zeros()
+        self.row = [0] * _fields.N  # _fields.zeros(), without a call
         self._token: contextvars.Token[tuple[Scope, ...]] | None = None
         self.uid = 0
         self.started_at: float | None = None
@@ -181,7 +184,7 @@ class Scope:
             self.budget_refs = parent.budget_refs
         if self.budget is not None:
             self.budget_refs = (*self.budget_refs, self.tracker.ledger.scope_ref(self))
-        self.started_at = time.time()
+        self.started_at = _now()
         self._token = STACK.set((*stack, self))
         if self.tracker.events.scope_sinks:
             self._notify("scope_started")
@@ -207,7 +210,7 @@ class Scope:
             self.error = type(exc).__name__
         token = self._token
         self._token = None
-        self.ended_at = time.time()
+        self.ended_at = _now()
         if token is not None:
             try:
                 STACK.reset(token)

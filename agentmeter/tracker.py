@@ -31,6 +31,7 @@ from ._events import EventBus, Sink, Subscriber, build_event
 from ._guard import swallow
 from ._ledger import BudgetLedger
 from ._recorder import FOLD_AT, Key, Recorder
+from ._signature import KW, KeywordsOnly, keywords_only, positional_error
 from .budget import Budget, BudgetStore, Reservation, Spend
 from .errors import BudgetExceeded, NotFoundError
 from .models import (
@@ -212,12 +213,13 @@ class Tracker:
         self.prices.set_tool_price(tool, cost_usd)
 
     # --------------------------------------------------------------- recording
+    @keywords_only
     def record_llm(
         self,
         model: str,
         input_tokens: int,
         output_tokens: int,
-        *,
+        _kw: KeywordsOnly = KW,  # keyword-only: see agentmeter._signature
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
@@ -264,6 +266,8 @@ class Tracker:
         Raises:
             ValueError, TypeError: on bad arguments; nothing is counted then.
         """
+        if _kw is not KW:
+            raise positional_error("record_llm", 3)
         # Validation: one cheap test per argument inline; the helpers (which raise
         # or normalise) only run when a test fails.
         if type(model) is not str or not model or not model.isascii():
@@ -480,11 +484,12 @@ class Tracker:
         except Exception as exc:
             swallow(exc, "record_llm")
 
+    @keywords_only
     def record_embedding(
         self,
         model: str,
         input_tokens: int,
-        *,
+        _kw: KeywordsOnly = KW,  # keyword-only: see agentmeter._signature
         provider: str | None = None,
         latency_ms: float | None = None,
         cost_usd: float | Decimal | None = None,
@@ -500,6 +505,8 @@ class Tracker:
         error: str | None = None,
     ) -> None:
         """Record one embedding call of ``input_tokens``; arguments as :meth:`record_llm`."""
+        if _kw is not KW:
+            raise positional_error("record_embedding", 2)
         _validate.name("model", model, optional=False)
         input_tokens = _validate.count("input_tokens", input_tokens)
         latency_ms = _validate.opt_duration("latency_ms", latency_ms)
@@ -554,12 +561,13 @@ class Tracker:
         except Exception as exc:
             swallow(exc, "record_embedding")
 
+    @keywords_only
     def record_tool_call(
         self,
         tool: str,
         ok: bool,
         duration_ms: float,
-        *,
+        _kw: KeywordsOnly = KW,  # keyword-only: see agentmeter._signature
         category: str = "",
         call_id: object = None,
         session_id: str | None = None,
@@ -589,6 +597,8 @@ class Tracker:
                 server); default the tool's price (:meth:`set_tool_price`), else none.
                 It counts in the call's cost and every aggregate it belongs to.
         """
+        if _kw is not KW:
+            raise positional_error("record_tool_call", 3)
         _validate.name("tool", tool, optional=False)
         _validate.flag("ok", ok)
         duration_ms = _validate.duration("duration_ms", duration_ms)

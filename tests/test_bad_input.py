@@ -167,3 +167,32 @@ def test_other_public_functions_refuse_bad_values(
     with pytest.raises(exc, match=match):
         call(tracker)
     assert tracker.snapshot().totals == agentmeter.Usage()
+
+
+def test_record_methods_take_their_options_by_keyword_only() -> None:
+    """The hot record methods declare their options after a marker (for speed) but
+    behave as keyword-only: a positional option is refused, nothing is counted, and
+    the published signature is the keyword-only one."""
+    import inspect
+
+    t = agentmeter.Tracker()
+    with pytest.raises(TypeError, match=r"record_llm\(\) takes 3 positional arguments"):
+        t.record_llm("gpt-4o-mini", 10, 5, 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"record_embedding\(\) takes 2 positional"):
+        t.record_embedding("text-embedding-3-small", 10, "openai")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"record_tool_call\(\) takes 3 positional"):
+        t.record_tool_call("search", True, 1.0, "web")  # type: ignore[arg-type]
+    assert t.snapshot().totals.llm_calls == 0
+    assert t.snapshot().totals.tool_calls == 0
+    for method, positional in (
+        (t.record_llm, ["model", "input_tokens", "output_tokens"]),
+        (t.record_embedding, ["model", "input_tokens"]),
+        (t.record_tool_call, ["tool", "ok", "duration_ms"]),
+        (agentmeter.record_llm, ["model", "input_tokens", "output_tokens"]),
+    ):
+        params = inspect.signature(method).parameters.values()
+        assert [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
+        assert "_kw" not in inspect.signature(method).parameters
+        assert all(p.kind is p.KEYWORD_ONLY for p in params if p.name not in positional)
+    t.record_llm("gpt-4o-mini", 10, 5, cache_read_tokens=3)
+    assert t.snapshot().totals.cache_read_tokens == 3
