@@ -73,6 +73,39 @@ class Attribution(NamedTuple):
         scope = self.scope
         return scope is not None and bool(scope.budget_refs)
 
+    @property
+    def tools_budgeted(self) -> bool:
+        """Whether a budget may limit a *tool* called here (not for the hot path).
+
+        True when a budget that applies here limits tool calls (``max_tool_calls``,
+        ``tool_limits``), when some budget is set on a tool (``set_budget(tool=...)``),
+        or when a cost budget applies while some tool has a price. An integration
+        that cannot see a framework's tool runs asks this to say so, loudly, only
+        when it matters.
+        """
+        tracker = self.tracker
+        ledger = tracker.ledger
+        if not ledger.active and not self.stack:
+            return False
+        if any("tool" in dims for dims in ledger.attr):
+            return True
+        scope = self.scope
+        session, agent, customer = self.session_id, self.agent_id, self.customer_id
+        if scope is not None:
+            session = session or scope.session_id
+            agent = agent or scope.agent_id
+            customer = customer or scope.customer_id
+        # The price book keeps no public "any tool priced?" flag; reading its table
+        # is free and this runs once per handler at most.
+        priced = bool(getattr(tracker.prices, "_tool_prices", None))
+        for ref in ledger.refs(scope, session, customer, agent):
+            b = ref.budget
+            if b.max_tool_calls is not None or b.tool_limits:
+                return True
+            if priced and b.max_cost_usd is not None:
+                return True
+        return False
+
 
 def _plain(value: object) -> bool:
     """``value`` is ``None`` or a non-empty ASCII str: valid without further checks."""

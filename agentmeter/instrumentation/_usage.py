@@ -904,28 +904,33 @@ def from_langchain(usage_metadata: Any) -> UsageCounts | None:
                 if d.__class__ is not dict or not d.keys() <= _LC_IN_KEYS:
                     return _from_langchain_guarded(um)
                 cr, cw, ai = d.get("cache_read", 0), d.get("cache_creation", 0), d.get("audio", 0)
+                if not (
+                    cr.__class__ is int
+                    and cw.__class__ is int
+                    and ai.__class__ is int
+                    and cr >= 0
+                    and cw >= 0
+                    and 0 <= ai <= inp
+                    and cr + cw <= inp
+                ):
+                    return _from_langchain_guarded(um)
             d = um.get("output_token_details")
             if d is not None:
                 if d.__class__ is not dict or not d.keys() <= _LC_OUT_KEYS:
                     return _from_langchain_guarded(um)
                 rs, ao = d.get("reasoning", 0), d.get("audio", 0)
-            if (
-                cr.__class__ is int
-                and cw.__class__ is int
-                and ai.__class__ is int
-                and rs.__class__ is int
-                and ao.__class__ is int
-                and cr >= 0
-                and cw >= 0
-                and ai >= 0
-                and rs >= 0
-                and ao >= 0
-                and cr + cw <= inp
-                and ai <= inp
-                and rs <= out
-                and ao <= out
-            ):
-                return _unchecked(inp, out, cr, cw, rs, ai, ao, None, (), True, True)
+                if not (
+                    rs.__class__ is int
+                    and ao.__class__ is int
+                    and 0 <= rs <= out
+                    and 0 <= ao <= out
+                ):
+                    return _from_langchain_guarded(um)
+            # _unchecked(), inline: every value passed the checks above.
+            counts: UsageCounts = _new_tuple(
+                UsageCounts, (inp, out, cr, cw, rs, ai, ao, None, (), True, True)
+            )
+            return counts
     return _from_langchain_guarded(um)
 
 

@@ -20,11 +20,12 @@ from ._context import current_tool_run_id
 from ._quiet import install as _install_quiet_budget_stops
 from ._quiet import set_quiet_budget_stops
 from .embeddings import MeteredEmbeddings
-from .handler import AgentMeterCallbackHandler, UnreportedUsageWarning
+from .handler import AgentMeterCallbackHandler, BudgetNotEnforcedWarning, UnreportedUsageWarning
 from .instrument import instrument, instrumented_handler, uninstrument
 
 __all__ = [
     "AgentMeterCallbackHandler",
+    "BudgetNotEnforcedWarning",
     "MeteredEmbeddings",
     "UnreportedUsageWarning",
     "current_tool_run_id",

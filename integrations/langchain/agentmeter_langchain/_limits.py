@@ -19,9 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["output_limit"]
+__all__ = ["LIMIT_KEYS", "MAX_LIMIT", "output_limit"]
 
-_MAX = 2**53 - 1
+MAX_LIMIT = 2**53 - 1
+"""The largest limit taken as given (agentmeter's count bound)."""
+LIMIT_KEYS = frozenset(("max_tokens", "max_completion_tokens", "max_output_tokens"))
+"""The invocation-params keys that may hold a limit: a run whose params hold none of
+them (checked in C with ``keys().isdisjoint``) sets none there."""
 
 
 def output_limit(metadata: dict[str, Any] | None, params: dict[str, Any] | None) -> int | None:
@@ -32,7 +36,7 @@ def output_limit(metadata: dict[str, Any] | None, params: dict[str, Any] | None)
     """
     if metadata:
         n = metadata.get("ls_max_tokens")
-        if n.__class__ is int and 0 < n <= _MAX:
+        if n.__class__ is int and 0 < n <= MAX_LIMIT:
             return int(n)
     if not isinstance(params, dict):
         return None
@@ -42,6 +46,6 @@ def output_limit(metadata: dict[str, Any] | None, params: dict[str, Any] | None)
         return None
     best = None
     for v in (a, b, c):
-        if v.__class__ is int and 0 < v <= _MAX and (best is None or v > best):
+        if v.__class__ is int and 0 < v <= MAX_LIMIT and (best is None or v > best):
             best = v
     return best

@@ -33,6 +33,7 @@ from agentmeter.instrumentation import (
     LLMCall,
     ToolCall,
     UsageCounts,
+    capture,
     from_langchain,
     from_langchain_llm_output,
     from_openai_chat,
@@ -42,12 +43,14 @@ from agentmeter.instrumentation import (
 )
 
 from ._context import ensure_call_id_provider, tool_run_ended, tool_run_started
+from ._limits import LIMIT_KEYS as _LIMIT_KEYS
+from ._limits import MAX_LIMIT as _MAX_LIMIT
 from ._limits import output_limit
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
-__all__ = ["AgentMeterCallbackHandler", "UnreportedUsageWarning"]
+__all__ = ["AgentMeterCallbackHandler", "BudgetNotEnforcedWarning", "UnreportedUsageWarning"]
 
 logger = logging.getLogger("agentmeter.langchain")
 
@@ -71,6 +74,29 @@ _WHO_KEYS = frozenset(("session_id", "thread_id", "agent_id", "lc_agent_name", "
 
 class UnreportedUsageWarning(UserWarning):
     """A model returned no (or malformed) token usage; agentmeter recorded an estimate."""
+
+
+class BudgetNotEnforcedWarning(UserWarning):
+    """A budget applied to LangChain calls that this handler cannot see, so cannot stop.
+
+    Said once per handler, with the setting that makes the budget enforceable: a
+    handler given only to a chat model's constructor (``ChatX(callbacks=[h])``)
+    sees that model's runs, never the tool runs of the agent around it, so tool
+    budgets (``tool_limits``, ``max_tool_calls``, a budget set on a tool, a priced
+    tool under a cost budget) do not stop those tools. The model calls themselves
+    are still metered and budgeted.
+    """
+
+
+_UNSEEN_TOOLS = (
+    "agentmeter: a budget limits tool calls here, but this AgentMeterCallbackHandler "
+    "cannot see the tool runs of the agent or chain around the model (it was given to "
+    "the chat model's constructor, ChatX(callbacks=[handler]), so LangChain shows it "
+    "only that model's runs): those tool budgets are NOT enforced and tool calls are not "
+    "metered. Fix: pass the handler in the run's config, "
+    'agent.invoke(inputs, config={"callbacks": [handler]}), or meter every run with '
+    "agentmeter_langchain.instrument()."
+)
 
 
 def _swallow(exc: Exception, guard: guarded) -> None:
@@ -170,6 +196,10 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
     raise_error: bool = True
     # Called inline for async runs: no thread-pool hop per event, caller's context.
     run_inline: bool = True
+    # LangChain reads these on every event (BaseCallbackHandler has them as
+    # properties, a Python call each); plain class attributes answer in C.
+    ignore_llm: bool = False
+    ignore_chat_model: bool = False
 
     def __init__(
         self,
@@ -200,6 +230,10 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         self.max_runs = max_runs
         self._runs: dict[UUID, _Run] = {}
         self._warned: set[tuple[str, bool]] = set()
+        # Chain runs in progress, only while it is undecided whether this handler
+        # sees the runs around its model runs (see _unseen_parent); then emptied.
+        self._chains: dict[UUID, None] = {}
+        self._parents_seen: bool | None = None  # None: undecided
         self.abandoned_streams = 0
         """Streams recorded as abandoned (consumer stopped, or never finished)."""
         self.unreported_usage_calls = 0
@@ -283,12 +317,20 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """Start the call in flight: model, attribution, budget check (may raise)."""
         try:
-            prompt = messages[0] if messages else ()
-            self._start(serialized, prompt, run_id, parent_run_id, metadata, kwargs, "chat")
+            self._start(
+                serialized,
+                messages[0] if messages else (),
+                run_id,
+                parent_run_id,
+                metadata,
+                invocation_params,
+                "chat",
+            )
         except Exception as exc:
             _swallow(exc, _G_START)
 
@@ -300,11 +342,20 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None = None,
         metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """Completion-model twin of :meth:`on_chat_model_start`."""
         try:
-            self._start(serialized, prompts, run_id, parent_run_id, metadata, kwargs, "completion")
+            self._start(
+                serialized,
+                prompts,
+                run_id,
+                parent_run_id,
+                metadata,
+                invocation_params,
+                "completion",
+            )
         except Exception as exc:
             _swallow(exc, _G_START)
 
@@ -315,17 +366,16 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         run_id: UUID,
         parent_run_id: UUID | None,
         md: dict[str, Any] | None,
-        kwargs: dict[str, Any],
+        params: dict[str, Any] | None,
         kind: str,
     ) -> None:
-        model = provider = None
+        model = provider = limit = None
         if md:
             model = md.get("ls_model_name")
             provider = md.get("ls_provider")
-        if model is None:
-            params = kwargs.get("invocation_params")
-            if params:
-                model = params.get("model") or params.get("model_name")
+            limit = md.get("ls_max_tokens")
+        if model is None and params:
+            model = params.get("model") or params.get("model_name")
         if model.__class__ is not str or not model:
             model = _str_or_none(model) or _class_name(serialized)
         if provider.__class__ is not str or not provider:
@@ -341,7 +391,27 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         customer = self.customer_id
         if customer is None and md:
             customer = _str_or_none(md.get("customer_id"))  # as self._customer(md)
+        # The request's output limit: a hard cap reserves the call's worst case. The
+        # usual answers (LangChain's ls_max_tokens, or no limit at all) in C.
+        if not self.enforce_budgets:
+            limit = None
+        elif limit.__class__ is not int or not 0 < limit <= _MAX_LIMIT:  # type: ignore[operator]
+            limit = (
+                output_limit(None, params)
+                if params and not params.keys().isdisjoint(_LIMIT_KEYS)
+                else None
+            )
         runs = self._runs
+        tool = None
+        if parent_run_id is not None:
+            parent = runs.get(parent_run_id)
+            if parent is not None:
+                tool = _tool_of(parent)
+            elif self._parents_seen is None:  # undecided: is this handler on the whole tree?
+                if parent_run_id in self._chains:
+                    self._decided(True)
+                else:
+                    self._unseen_parent(session, agent, customer)
         call = start_llm(
             model,
             provider=provider,
@@ -352,16 +422,38 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             session_id=session,
             agent_id=agent,
             customer_id=customer,
-            tool=_tool_of(runs.get(parent_run_id)) if parent_run_id is not None else None,
+            tool=tool,
             check_budget=self.enforce_budgets,  # reserves only where a budget applies
-            # The request's output limit: a hard cap reserves the call's worst case.
-            max_output_tokens=(
-                output_limit(md, kwargs.get("invocation_params")) if self.enforce_budgets else None
-            ),
+            max_output_tokens=limit,
         )
         runs[run_id] = call
         if len(runs) > self.max_runs:
             self._track(run_id, call)  # evicts
+
+    def _unseen_parent(self, session: str | None, agent: str | None, customer: str | None) -> None:
+        """A model run below a run this handler never saw: say once if tool budgets go unseen.
+
+        A handler in the run's config (or ``instrument()``'s) sees every run of the
+        tree, so a model run's parent -- a chain, an agent node -- started through it
+        first. When it did not, the handler only hangs on the model (constructor
+        callbacks) and the agent's tool runs never reach it. Decided once: after the
+        first such run the handler stops tracking chains.
+        """
+        with _G_START:
+            if not self.enforce_budgets:
+                self._decided(False)
+                return
+            attribution = capture(
+                self.tracker, session_id=session, agent_id=agent, customer_id=customer
+            )
+            if attribution.tools_budgeted:
+                self._decided(False)
+                logger.warning(_UNSEEN_TOOLS)
+                warnings.warn(_UNSEEN_TOOLS, BudgetNotEnforcedWarning, stacklevel=5)
+
+    def _decided(self, seen: bool) -> None:
+        self._parents_seen = seen
+        self._chains.clear()
 
     # ------------------------------------------------------------- streaming
     def on_llm_new_token(
@@ -619,6 +711,11 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             tool = _tool_of(self._runs.get(parent_run_id))
             if tool is not None:
                 self._track(run_id, tool)
+        if self._parents_seen is None:  # until decided: which runs a model's parent may be
+            chains = self._chains
+            chains[run_id] = None
+            if len(chains) > self.max_runs:
+                self._decided(True)  # thousands of chains seen: this handler sees the tree
 
     def on_retriever_start(
         self,
@@ -635,15 +732,19 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
     def on_chain_end(self, outputs: dict[str, Any], *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested chain."""
         self._runs.pop(run_id, None)
+        self._chains.pop(run_id, None)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested chain."""
         self._runs.pop(run_id, None)
+        self._chains.pop(run_id, None)
 
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested retriever."""
         self._runs.pop(run_id, None)
+        self._chains.pop(run_id, None)
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested retriever."""
         self._runs.pop(run_id, None)
+        self._chains.pop(run_id, None)
