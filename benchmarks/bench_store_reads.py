@@ -41,10 +41,13 @@ Run ``python benchmarks/bench_store_reads.py [--quick]``; prints a markdown tabl
 - ``--many-sessions``: the same reads over ``bench_dashboard``'s many-session
   files (one session per 100 events: 1,000 sessions at 100k events, 100,000 at
   10M, 90 days, 50 customers, 6 agents, 7 models, 12 tools; built there through
-  the sink, cached). The page of sessions is one ``GROUP BY`` over the daily
-  rows keyed by session (an index scan, no Python per session), so the
-  session-reading parts grow with the number of sessions; the ratio there
-  compares 100x the sessions, and is context, not a target.
+  the sink, cached). The report's and the API's page of sessions and their
+  number come from the per-session tables (an index range and one row), so
+  those two rows have the same targets as above (<= 0.5 s, <= 1.5x the 100k
+  time) with 100x the sessions. ``snapshot()`` is left out of this mode: it is
+  the whole tracker view, one entry (and its cells) per session, so its size
+  and time grow with the sessions by definition (100,000 at 10M); reads that
+  must stay flat page their sessions. The other rows there are context.
 """
 
 from __future__ import annotations
@@ -225,8 +228,9 @@ def _interleaved(fns: list[Callable[[], object]], repeat: int = 7) -> list[tuple
     return best
 
 
-def measure(paths: list[Path]) -> list[dict[str, tuple[float, float]]]:
-    """(wall, CPU) seconds per read over each database, measured interleaved."""
+def measure(paths: list[Path], *, snapshot: bool = True) -> list[dict[str, tuple[float, float]]]:
+    """(wall, CPU) seconds per read over each database, measured interleaved
+    (``snapshot=False``: without ``snapshot()``, whose size grows with the sessions)."""
     from fastapi.testclient import TestClient
 
     from agentmeter import cli
@@ -251,6 +255,8 @@ def measure(paths: list[Path]) -> list[dict[str, tuple[float, float]]]:
                 since, since + 3 * 86400
             ),
         }
+        if not snapshot:
+            del reads["UsageStore.snapshot()"]
         for name, read in reads.items():
             timed = _interleaved([lambda st=st, read=read: read(st) for st in stores])
             for i, t in enumerate(timed):
@@ -286,7 +292,9 @@ def rows(quick: bool = False, many_sessions: bool = False) -> list[dict[str, str
     if many_sessions:
         from bench_dashboard import EVENTS_PER_SESSION, many_sessions_database
 
-        small, big = measure([many_sessions_database(100_000), many_sessions_database(large)])
+        small, big = measure(
+            [many_sessions_database(100_000), many_sessions_database(large)], snapshot=False
+        )
         shape = f", {large // EVENTS_PER_SESSION:,} sessions (1 per 100 events)"
     else:
         small, big = measure([database(100_000), database(large)])
@@ -299,8 +307,14 @@ def rows(quick: bool = False, many_sessions: bool = False) -> list[dict[str, str
         ratio = cpu_big / cpu_small
         capped = name.startswith(("agentmeter report", "GET"))
         partial = "not on hours" in name
-        ok = (many_sessions or ratio <= TARGET_RATIO) and (not capped or cpu_big <= TARGET_S)
-        target = (f"<= {TARGET_S} s" if capped else "-") if many_sessions else (
+        # Many sessions: the report and the API keep both targets (they page their
+        # sessions); the store's other reads are context there.
+        ok = (ratio <= TARGET_RATIO or (many_sessions and not capped)) and (
+            not capped or cpu_big <= TARGET_S
+        )
+        target = (
+            f"<= {TARGET_S} s, ratio <= {TARGET_RATIO}" if capped else "-"
+        ) if many_sessions else (
             (f"<= {TARGET_S} s, " if capped else "") + f"ratio <= {TARGET_RATIO}"
         )  # fmt: skip
         context = partial or (many_sessions and not capped)

@@ -22,7 +22,7 @@ Guarantees of the sinks
   one daemon writer thread per sink (measured: ~0.2-0.5 us for ``submit``; the
   tracker's own event building adds ~1-1.8 us; see ``benchmarks/bench_storage.py``).
 - **Batches.** The writer wakes every ``flush_interval`` (0.2 s by default) or as
-  soon as ``batch_size`` (2000) events wait, and writes them in one transaction:
+  soon as ``batch_size`` (10,000) events wait, and writes them in one transaction:
   the raw events (``INSERT ... ON CONFLICT (call_id) DO NOTHING RETURNING``) and
   the hourly rollup rows of exactly the rows that were new (see :mod:`.sql`).
 - **Rollups.** Raw events are kept for audit and export; every read of

@@ -63,6 +63,7 @@ from ..models import CustomerUsage, SessionUsage, Snapshot, ToolStats, Usage
 from ._deps import sqlalchemy as sa
 from .engine import ensure_current, open_existing
 from .schema import (
+    ALLTIME,
     COLUMNS,
     COUNTERS,
     CUSTOMER_SESSIONS,
@@ -413,8 +414,13 @@ class UsageStore:
         and the ``table`` (``main``, ``latency`` or ``tags``), the other whole hours
         from the hourly ones -- and raw-event segments ``(hour_lo, hour_hi)`` for the
         partial hours at the ends. Callers check :meth:`_split` first (no whole hour:
-        raw events only)."""
+        raw events only). ``finest="all"``: the read groups by no period, so without
+        a time range a whole-history level (one row per key) may answer it."""
         _, h_lo, h_hi = self._split(f)
+        if finest == "all" and f.lo is None and f.hi is None:
+            whole = self._alltime(f, need, table)
+            if whole is not None:
+                return [(whole, None, None)], []
         raw: list[tuple[int | None, int | None]] = []
         if f.lo is not None and h_lo is not None and f.lo < h_lo:
             raw.append((None, h_lo))
@@ -434,6 +440,19 @@ class UsageStore:
         if h_hi is not None and d_hi is not None and d_hi < h_hi:
             segs.append((HOURLY, d_hi, h_hi))
         return segs, raw
+
+    @staticmethod
+    def _alltime(f: _Filter, need: Iterable[str] | None, table: str) -> Level | None:
+        """The whole-history level holding every dimension and the table a read
+        without a time range needs, if any."""
+        if need is None:
+            return None
+        wanted = {*need, *(col for col, _ in f.eq)}
+        for level in ALLTIME:
+            dims = level.latency_dims if table == "latency" else level.dims
+            if getattr(level, table) is not None and wanted <= set(dims):
+                return level
+        return None
 
     @staticmethod
     def _level(f: _Filter, need: Iterable[str] | None, table: str) -> Level:
@@ -481,7 +500,9 @@ class UsageStore:
         sel: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
         return _Src(sel.subquery("src"))
 
-    def _latency_source(self, f: _Filter, need: Iterable[str] | None = None) -> _Src | None:
+    def _latency_source(
+        self, f: _Filter, need: Iterable[str] | None = None, finest: str = "day"
+    ) -> _Src | None:
         """Tool calls per hour / customer / session / agent / tool / latency bucket."""
         if f.value("model") is not None or f.value("provider") is not None:
             return None  # tool calls have neither
@@ -503,7 +524,7 @@ class UsageStore:
 
         if f.tags or not self._split(f)[0]:
             return _Src(raw().subquery("lat"))
-        segs, raws = self._plan(f, need=need, table="latency")
+        segs, raws = self._plan(f, finest, need=need, table="latency")
         parts: list[Any] = []
         for level, lo, hi in segs:
             assert level.latency is not None
@@ -698,7 +719,7 @@ class UsageStore:
             if limit is not None:
                 page = page.limit(limit)
             return {str(r[0]): Usage.from_row(_row(r[1:])) for r in self._fetch(page)}
-        s = self._source(f, tag_key, need=self._need(dimension))
+        s = self._source(f, tag_key, finest="all", need=self._need(dimension))
         col, _ = self._dim_col(s, dimension)
         total = _sum(s.c.input_tokens + s.c.output_tokens)
         stmt = (
@@ -795,7 +816,7 @@ class UsageStore:
             c = SESSION_COUNTS.c
             found = self._fetch(sa.select(c.sessions).where(c.customer_id == cust))
             return int(found[0][0]) if found else 0
-        s = self._source(f, self._tag_key(dimension), need=self._need(dimension))
+        s = self._source(f, self._tag_key(dimension), finest="all", need=self._need(dimension))
         col, _ = self._dim_col(s, dimension)
         stmt = sa.select(sa.func.count(sa.distinct(col))).where(col != "")
         return int(self._fetch(stmt)[0][0])
@@ -1062,7 +1083,7 @@ class UsageStore:
         """``{tool: ToolStats}`` over every session, grouped by tool alone (no per-session
         work): calls, durations and histogram of the tool calls, usage of the calls made
         inside the tool, the category of its last call, its latest call ids by time."""
-        s = self._source(f, need=("tool",))
+        s = self._source(f, finest="all", need=("tool",))
         c = s.c
         is_tool = [c.kind == "tool", c.tool != ""]
         accs: dict[str, _tools.ToolAcc] = {}
@@ -1097,7 +1118,7 @@ class UsageStore:
                     best[str(name)] = pick
             for name, (_, category) in best.items():
                 accs[name].category = category
-            lat = self._latency_source(f, need=("tool",))
+            lat = self._latency_source(f, need=("tool",), finest="all")
             if lat is not None and accs:
                 lk = [lat.c.tool, lat.c.bucket]
                 hist = sa.select(*lk, _sum(lat.c.calls)).where(lat.c.tool != "").group_by(*lk)
@@ -1400,6 +1421,7 @@ class UsageStore:
                         if t is not None
                     ]
                     writer.add_rows(conn, DAILY, level, *daily)
+            writer.rebuild_alltime(conn)  # from the derived daily rows, now up to date
             if affected:  # from the daily rows, now up to date
                 writer.rebuild_sessions(conn, affected)
             conn.commit()

@@ -37,6 +37,12 @@ Tables (SQLAlchemy Core, portable across SQLite and PostgreSQL):
   holding every dimension it filters or groups by, so totals, breakdowns, time
   series and tool statistics do not grow with the number of sessions (which grows
   with history) nor with the cross product of the other dimensions.
+- Whole-history tables ``agentmeter_rollup_all_by_customer`` and
+  ``agentmeter_rollup_all_by_tool`` (with its latency table): the daily
+  ``by_customer`` / ``by_tool`` rows summed over every day (``day`` is always
+  0), for reads without a time range -- the customer breakdown and the tool
+  statistics of a report read one row per key (and latency bucket), not one per
+  day (revision 0004).
 - ``agentmeter_sessions``: one row per session (non-empty session id) with the
   tracker's counters of its events (``agentmeter._fields.FIELDS``, the columns of
   :class:`~agentmeter.Usage`), ``events``, ``tokens`` (input + output tokens of
@@ -70,6 +76,10 @@ from .._latency import bucket
 from ._deps import sqlalchemy as sa
 
 __all__ = [
+    "ALLTIME",
+    "ALLTIME_SOURCE",
+    "ALL_BY_CUSTOMER",
+    "ALL_BY_TOOL",
     "BY_AGENT",
     "BY_CUSTOMER",
     "BY_MODEL",
@@ -322,10 +332,18 @@ BY_AGENT = _derived("by_agent", ("agent_id",))
 BY_MODEL = _derived("by_model", ("model", "provider"))
 BY_TOOL = _derived("by_tool", ("tool",), latency=True)
 DERIVED = (TOTAL, BY_CUSTOMER, BY_AGENT, BY_MODEL, BY_TOOL, GLOBAL)
+# Whole-history twins of derived levels (``day`` is always 0: one row per key for
+# all time), for reads without a time range whose daily rows grow with the history
+# (customers active per day, latency buckets filled per tool and day).
+ALL_BY_CUSTOMER = _derived("all_by_customer", ("customer_id",))
+ALL_BY_TOOL = _derived("all_by_tool", ("tool",), latency=True)
+ALLTIME = (ALL_BY_CUSTOMER, ALL_BY_TOOL)
+# The daily level each whole-history level sums.
+ALLTIME_SOURCE = {ALL_BY_CUSTOMER.name: BY_CUSTOMER, ALL_BY_TOOL.name: BY_TOOL}
 GLOBAL_DIMS = GLOBAL.dims
 GLOBAL_LATENCY_DIMS = GLOBAL.latency_dims
 ROLLUP_GLOBAL = GLOBAL.main
-LEVELS = (HOURLY, DAILY, *DERIVED)
+LEVELS = (HOURLY, DAILY, *DERIVED, *ALLTIME)
 
 # Per-session totals: the tracker's counters (Usage's fields), in that order.
 SESSION_FIELDS: tuple[str, ...] = _fields.FIELDS

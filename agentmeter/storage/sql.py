@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -39,12 +40,15 @@ from .engine import make_engine, redact, resolve_url, sqlite_path
 from .jsonl import append_lines, raw_from_json
 from .migrations import upgrade as ensure_schema
 from .schema import (
+    ALLTIME,
+    ALLTIME_SOURCE,
     COLUMNS,
     COUNTERS,
     CUSTOMER_SESSIONS,
     DAILY,
     DERIVED,
     EVENTS,
+    HOUR,
     LEVELS,
     LLM_KINDS,
     SESSION_COUNTS,
@@ -52,7 +56,6 @@ from .schema import (
     SESSIONS,
     Level,
     day_of_hour,
-    hour_of,
     to_row,
 )
 
@@ -83,6 +86,15 @@ _SAVED, _BUCKET, _CUST, _TAGS = (
 # Rows per multi-row INSERT: a few fixed sizes, so the databases' statement caches
 # (and psycopg's prepared statements) see a handful of statements, never one per size.
 _CHUNKS = (1024, 256, 64, 16, 4, 1)
+BATCH_SIZE = 10_000  # SQLSink's default batch size
+# Rollup counters (COUNTERS order) of several rows merged in SQL; the category is
+# filled from the event its category_seq names.
+_MERGED = (
+    "sum(events), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
+    "sum(cache_write_tokens), sum(reasoning_tokens), sum(failed), sum(estimated), "
+    "sum(cost_micros), sum(unpriced), sum(latency_ms), min(latency_min), "
+    "max(latency_max), sum(tokens_saved), '', max(category_seq)"
+)
 assert max(_CHUNKS) * len(COLUMNS) <= 32766  # SQLite's default limit of parameters
 
 
@@ -400,6 +412,35 @@ class RollupWriter:
             )
         )
 
+    def rebuild_alltime(self, conn: sa.Connection) -> None:
+        """Rebuild the whole-history tables from their daily levels (already up to
+        date): one ``GROUP BY`` over days x keys each -- how a reset keeps them exact."""
+        q = self._quote
+        for level in ALLTIME:
+            source = ALLTIME_SOURCE[level.name]
+            assert source.dims == level.dims and source.latency_dims == level.latency_dims
+            src, dst = q(source.main.name), q(level.main.name)
+            dims = ", ".join(q(d) for d in level.dims)
+            conn.exec_driver_sql(f"DELETE FROM {dst}")
+            conn.exec_driver_sql(
+                f"INSERT INTO {dst} (day, {dims}, {', '.join(COUNTERS)}) "
+                f"SELECT 0, {dims}, {_MERGED} FROM {src} GROUP BY {dims}"
+            )
+            # The category of the last event naming one (its id kept in category_seq).
+            conn.exec_driver_sql(
+                f"UPDATE {dst} SET category = coalesce((SELECT e.category FROM "
+                f"{q(EVENTS.name)} e WHERE e.id = {dst}.category_seq), '') "
+                "WHERE category_seq IS NOT NULL"
+            )
+            if level.latency is not None and source.latency is not None:
+                lsrc, ldst = q(source.latency.name), q(level.latency.name)
+                ldims = ", ".join(q(d) for d in (*level.latency_dims, "bucket"))
+                conn.exec_driver_sql(f"DELETE FROM {ldst}")
+                conn.exec_driver_sql(
+                    f"INSERT INTO {ldst} (day, {ldims}, calls) "
+                    f"SELECT 0, {ldims}, sum(calls) FROM {lsrc} GROUP BY {ldims}"
+                )
+
     def _insert_sql(self, n: int) -> str:
         sql = self._inserts.get(n)
         if sql is None:
@@ -447,11 +488,10 @@ class RollupWriter:
         # of those few sums.
         groups: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
         lat: dict[tuple[Any, ...], int] = {}
-        spans: dict[str, list[float]] = {}  # session -> [first, last] event time
+        floor = math.floor
         for item in items:
             r = item[1]
-            ts = r[_TS]
-            hour = hour_of(ts)
+            hour = floor(r[_TS] / HOUR) * HOUR  # schema.hour_of, inline: once per event
             cust, sess, agent, tool = (
                 r[_CUST] or "",
                 r[_SESS] or "",
@@ -477,22 +517,24 @@ class RollupWriter:
             if r[_BUCKET] is not None and r[_KIND] == "tool":
                 lk = (hour, cust, sess, agent, tool, r[_BUCKET])
                 lat[lk] = lat.get(lk, 0) + 1
-            if sess:
-                span = spans.get(sess)
-                if span is None:
-                    spans[sess] = [ts, ts]
-                elif ts < span[0]:
-                    span[0] = ts
-                elif ts > span[1]:
-                    span[1] = ts
         if not groups:
             return
         parts: dict[tuple[Any, ...], list[list[Any]]] = {}
         tag_parts: dict[tuple[Any, ...], list[list[Any]]] = {}
         pairs: dict[str, list[tuple[str, str]]] = {}
+        spans: dict[str, list[float]] = {}  # session -> [first, last] event time
         for gk, g in groups.items():
             counters = _counters(g)
             key, tags = gk[:-1], gk[-1]
+            sess = gk[2]
+            if sess and daily:
+                times = [r[_TS] for _, r in g]
+                lo, hi = min(times), max(times)
+                span = spans.get(sess)
+                if span is None:
+                    spans[sess] = [lo, hi]
+                else:
+                    span[0], span[1] = min(span[0], lo), max(span[1], hi)
             parts.setdefault(key, []).append(counters)
             if tags:
                 found = pairs.get(tags)
@@ -520,6 +562,12 @@ class RollupWriter:
                         _project_counts(day_lat, lpick) if level.latency is not None else {},
                         _project(day_tags, 2, pick) if level.tags is not None else {},
                     )
+                )
+            derived = {entry[0]: entry for entry in levels}
+            for level in ALLTIME:  # the derived rows, every day as day 0
+                _, m, lt, _ = derived[ALLTIME_SOURCE[level.name].name]
+                levels.append(
+                    (level.name, _project(m, 0, _to_zero), _project_counts(lt, _to_zero), {})
                 )
         # Sorted keys, tables in one order: every writer locks rollup rows alike.
         for name, m, lt, tg in levels:
@@ -602,6 +650,10 @@ def _session_values(kind: str, c: Sequence[Any]) -> list[Any]:
     ]  # fmt: skip
 
 
+def _to_zero(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
+    return (*key[:at], 0, *key[at + 1 :])
+
+
 def _to_day(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
     return (*key[:at], day_of_hour(key[at]), *key[at + 1 :])
 
@@ -676,7 +728,11 @@ class SQLSink(BackgroundWriter):
         url: A SQLAlchemy URL, or a file path for SQLite; default ``$AGENTMETER_DB``
             or ``./agentmeter.db``. Tables are created when missing, a version-1
             database is upgraded (see :mod:`agentmeter.storage.migrations`).
-        batch_size: Most rows per batch (one transaction each).
+        batch_size: Most rows per batch (one transaction each). Default 10,000 (or
+            ``max_queue`` when smaller): under load a batch's rollup keys (hours x
+            customers x sessions x ... x tag pairs) repeat from event to event, so a
+            larger batch writes fewer rollup rows per event, and one commit less
+            often; at low rates ``flush_interval`` bounds the wait instead.
         flush_interval: Seconds an event may wait in memory before it is written
             (the bound on what a killed process loses).
         max_queue: Events held in memory before ``submit`` applies backpressure.
@@ -698,7 +754,7 @@ class SQLSink(BackgroundWriter):
         self,
         url: str | os.PathLike[str] | None = None,
         *,
-        batch_size: int = 2000,
+        batch_size: int | None = None,
         flush_interval: float = 0.2,
         max_queue: int = 100_000,
         block_timeout: float = 1.0,
@@ -742,7 +798,7 @@ class SQLSink(BackgroundWriter):
             )
         super().__init__(
             name=f"agentmeter-sql:{redact(self.url)}",
-            batch_size=batch_size,
+            batch_size=min(BATCH_SIZE, max_queue) if batch_size is None else batch_size,
             flush_interval=flush_interval,
             max_queue=max_queue,
             block_timeout=block_timeout,

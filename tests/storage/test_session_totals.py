@@ -1,7 +1,8 @@
-"""The per-session tables: exactly a GROUP BY over the raw events, through duplicates,
-resets, 8 concurrent writers and the migration that builds them; the session reads
-(``by("session")``, ``count_keys("session")``, ``session_times``) that use them give
-what the rollups and the raw events give."""
+"""The per-session tables and the whole-history customer / tool rows: exactly a GROUP BY
+over the raw events, through duplicates, resets, 8 concurrent writers and the migration
+that builds them; the reads that use them (``by("session")``, ``count_keys("session")``,
+``session_times``, ``by("customer")``, ``tool_stats()``) give what the rollups and the raw
+events give."""
 
 from __future__ import annotations
 
@@ -77,13 +78,17 @@ def _raw_sums() -> str:
     )
 
 
+def _value(v: Any) -> Any:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, float) or (not isinstance(v, int) and float(v) != int(v)):
+        return round(float(v), 6)  # sums in another order
+    return int(v)
+
+
 def _norm(rows: Any) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    """Rows keyed by their key columns; floats rounded (sums in another order)."""
-    out = {}
-    for r in rows:
-        key, vals = r[0], r[1]
-        out[key] = tuple(round(float(v), 6) if isinstance(v, float) else int(v) for v in vals)
-    return out
+    """Rows keyed by their key columns, values normalised (Decimals, float sums)."""
+    return {key: tuple(_value(v) for v in vals) for key, vals in rows}
 
 
 def session_mismatches(url: str) -> dict[str, Any]:
@@ -137,6 +142,43 @@ def session_mismatches(url: str) -> dict[str, Any]:
                     if v != (0,)
                 },
             }
+            # The whole-history customer and tool tables: a GROUP BY over every event.
+            counters = (
+                "count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
+                "sum(cache_write_tokens), sum(reasoning_tokens), "
+                "sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END), sum(estimated), "
+                "sum(coalesce(cost_micros, 0)), sum(CASE WHEN cost_micros IS NULL THEN 1 "
+                "ELSE 0 END), sum(coalesce(latency_ms, 0)), min(latency_ms), max(latency_ms), "
+                "sum(tokens_saved), max(CASE WHEN category <> '' THEN id END) AS seq"
+            )
+            stored = (
+                "events, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+                "reasoning_tokens, failed, estimated, cost_micros, unpriced, latency_ms, "
+                "latency_min, latency_max, tokens_saved, category_seq, category"
+            )
+            for dim in ("customer_id", "tool"):
+                name = f"all_by_{dim.removesuffix('_id')}"
+                want[name] = fetch(
+                    "SELECT g.*, coalesce((SELECT category FROM agentmeter_events c "
+                    "WHERE c.id = g.seq), '') FROM (SELECT coalesce("
+                    f"{dim}, '') AS k, kind, {counters} FROM agentmeter_events "
+                    "GROUP BY 1, 2) g",
+                    2,
+                )
+                got[name] = fetch(
+                    f"SELECT {dim}, kind, {stored} FROM agentmeter_rollup_{name} WHERE day = 0",
+                    2,
+                )
+            want["latency_all_by_tool"] = fetch(
+                "SELECT coalesce(tool, ''), latency_bucket, count(*) FROM agentmeter_events "
+                "WHERE kind = 'tool' AND latency_bucket IS NOT NULL GROUP BY 1, 2",
+                2,
+            )
+            got["latency_all_by_tool"] = fetch(
+                "SELECT tool, bucket, calls FROM agentmeter_rollup_latency_all_by_tool "
+                "WHERE day = 0",
+                2,
+            )
     finally:
         engine.dispose()
     out: dict[str, Any] = {}
@@ -165,6 +207,11 @@ def _check_reads(url: str) -> None:
             assert store.count_keys("session", **kw) == len(expected)
         ids = [*list(raw.by("session")), "no-such-session"]
         assert store.session_times(ids) == raw.session_times(ids)
+        # The whole-history customer and tool rows answer these.
+        assert store.by("customer") == raw.by("customer")
+        assert store.count_keys("customer") == raw.count_keys("customer")
+        assert store.by("tool") == raw.by("tool")
+        assert store.tool_stats() == raw.tool_stats()
 
 
 def _f(kw: dict[str, Any]) -> Any:

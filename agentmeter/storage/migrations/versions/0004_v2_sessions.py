@@ -1,4 +1,4 @@
-"""Schema version 2, continued: per-session totals.
+"""Schema version 2, continued: per-session totals, whole-history customer and tool rows.
 
 Revision ID: 0004
 Revises: 0003
@@ -14,6 +14,10 @@ Create Date: 2026-12-02
 - Filled from the daily rollup rows (one ``GROUP BY`` over days x keys, through
   the session index) and the events' (session, time) index for the first and
   last times: never a pass over the events.
+- ``agentmeter_rollup_all_by_customer``, ``agentmeter_rollup_all_by_tool`` and
+  ``agentmeter_rollup_latency_all_by_tool``: the daily ``by_customer`` /
+  ``by_tool`` rows summed over all days (``day`` = 0), for reads without a time
+  range; filled from those daily rows.
 - The schema version stays 2 (version 2 is not released before this revision).
 
 Frozen: a revision never imports agentmeter's live schema.
@@ -82,7 +86,93 @@ SUMS = {
     "cache_misses": _when("kind = 'cache_miss'", "events"),
     "tokens_saved": "sum(tokens_saved)",
 }
-NAMES = ("agentmeter_sessions", "agentmeter_customer_sessions", "agentmeter_session_counts")
+NAMES = (
+    "agentmeter_sessions",
+    "agentmeter_customer_sessions",
+    "agentmeter_session_counts",
+    "agentmeter_rollup_all_by_customer",
+    "agentmeter_rollup_all_by_tool",
+    "agentmeter_rollup_latency_all_by_tool",
+)
+COUNTER_COLS = (
+    "events, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+    "reasoning_tokens, failed, estimated, cost_micros, unpriced, latency_ms, latency_min, "
+    "latency_max, tokens_saved, category, category_seq"
+)
+MERGED = (
+    "sum(events), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
+    "sum(cache_write_tokens), sum(reasoning_tokens), sum(failed), sum(estimated), "
+    "sum(cost_micros), sum(unpriced), sum(latency_ms), min(latency_min), "
+    "max(latency_max), sum(tokens_saved), '', max(category_seq)"
+)
+
+
+def _rollup_counters() -> list[sa.Column]:  # type: ignore[type-arg]
+    big = [
+        "events",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "failed",
+        "estimated",
+        "cost_micros",
+        "unpriced",
+    ]
+    return [
+        *(sa.Column(n, sa.BigInteger, nullable=False, server_default="0") for n in big),
+        sa.Column("latency_ms", sa.Float(precision=53), nullable=False, server_default="0"),
+        sa.Column("latency_min", sa.Float(precision=53)),
+        sa.Column("latency_max", sa.Float(precision=53)),
+        sa.Column("tokens_saved", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("category", sa.Text, nullable=False, server_default=""),
+        sa.Column("category_seq", sa.BigInteger),
+    ]
+
+
+def _alltime(name: str, dims: tuple[str, ...], latency: bool) -> None:
+    """A whole-history table (``day`` = 0) summing the daily ``by_<name>`` rows."""
+    main, source = f"agentmeter_rollup_all_by_{name}", f"agentmeter_rollup_by_{name}"
+    key = (*dims, "kind")
+    op.create_table(
+        main,
+        sa.Column("day", sa.BigInteger, nullable=False),
+        *(sa.Column(d, sa.Text, nullable=False, server_default="") for d in key),
+        *_rollup_counters(),
+        sa.PrimaryKeyConstraint("day", *key, name=f"pk_{main}"),
+        sqlite_with_rowid=False,
+    )
+    if "customer_id" in dims:
+        op.create_index(f"ix_{main}_customer", main, ["customer_id", "day"])
+    cols = ", ".join(key)
+    op.execute(
+        f"INSERT INTO {main} (day, {cols}, {COUNTER_COLS}) "
+        f"SELECT 0, {cols}, {MERGED} FROM {source} GROUP BY {cols}"
+    )
+    op.execute(
+        f"UPDATE {main} SET category = coalesce((SELECT c.category FROM {EVENTS} c "
+        f"WHERE c.id = {main}.category_seq), '') WHERE category_seq IS NOT NULL"
+    )
+    if latency:
+        lat, lsource = (
+            f"agentmeter_rollup_latency_all_by_{name}",
+            f"agentmeter_rollup_latency_by_{name}",
+        )
+        op.create_table(
+            lat,
+            sa.Column("day", sa.BigInteger, nullable=False),
+            *(sa.Column(d, sa.Text, nullable=False, server_default="") for d in dims),
+            sa.Column("bucket", sa.Integer, nullable=False),
+            sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
+            sa.PrimaryKeyConstraint("day", *dims, "bucket", name=f"pk_{lat}"),
+            sqlite_with_rowid=False,
+        )
+        lcols = ", ".join((*dims, "bucket"))
+        op.execute(
+            f"INSERT INTO {lat} (day, {lcols}, calls) "
+            f"SELECT 0, {lcols}, sum(calls) FROM {lsource} GROUP BY {lcols}"
+        )
 
 
 def _table(name: str, key: tuple[str, ...], times: bool) -> None:
@@ -127,6 +217,8 @@ def upgrade() -> None:
     for name in NAMES:
         if name in existing:  # an incomplete database rebuilt: from the rollups again
             op.drop_table(name)
+    _alltime("customer", ("customer_id",), latency=False)
+    _alltime("tool", ("tool",), latency=True)
     _table("agentmeter_sessions", ("session_id",), times=True)
     _table("agentmeter_customer_sessions", ("customer_id", "session_id"), times=False)
     # Two seeks per session in the events' (session_id, ts) index.
