@@ -55,6 +55,25 @@ def floor_per_op(n: int = 200_000) -> float:
     return best_per_op(floor_loop, n)
 
 
+def best_interleaved(
+    fns: dict[str, Callable[[int], object]], n: int, rounds: int = 7, repeats: int = 3
+) -> dict[str, float]:
+    """Seconds per operation of each of ``fns`` and of the floor (key ``"floor"``),
+    each the best over ``rounds`` rounds that run them all in turn.
+
+    On a VM whose speed drifts from one second to the next (the floor alone moved
+    0.17-0.35 us within minutes on this one), a floor measured once at the start
+    and an operation measured a minute later see different machines; run in turn,
+    the best of each comes from the same quiet moments.
+    """
+    best = {name: float("inf") for name in ("floor", *fns)}
+    for _ in range(rounds):
+        best["floor"] = min(best["floor"], best_per_op(floor_loop, 2 * n, repeats))
+        for name, fn in fns.items():
+            best[name] = min(best[name], best_per_op(fn, n, repeats))
+    return best
+
+
 def us(seconds: float) -> str:
     """Format seconds as microseconds."""
     return f"{seconds * 1e6:.2f} us"
