@@ -31,6 +31,7 @@ from uuid import UUID
 
 from .. import _validate
 from .._guard import guarded, swallow
+from .._signature import KW, KeywordsOnly, keywords_only, positional_error
 from ..budget import Budget
 from ..errors import BudgetExceeded, BudgetStoreUnavailable
 from ..scope import STACK, Scope
@@ -372,10 +373,11 @@ class LLMCall(_InFlight):
             if token is not None:
                 STACK.reset(token)  # set and reset in one context, this frame
 
+    @keywords_only
     def finish(
         self,
         usage: UsageCounts | None = None,
-        *,
+        _kw: KeywordsOnly = KW,  # keyword-only: see agentmeter._signature
         output_text: str | None = None,
         model: str | None = None,
         provider: str | None = None,
@@ -404,6 +406,8 @@ class LLMCall(_InFlight):
         Raises:
             TypeError, ValueError: on bad arguments (the call stays open then).
         """
+        if _kw is not KW:
+            raise positional_error("LLMCall.finish", 1)
         if (
             usage.__class__ is UsageCounts
             and output_text is None
@@ -779,9 +783,10 @@ class ToolCall(_InFlight):
 
 
 # ------------------------------------------------------------------- factories
+@keywords_only
 def start_llm(
     model: str,
-    *,
+    _kw: KeywordsOnly = KW,  # keyword-only: see agentmeter._signature
     provider: str | None = None,
     kind: str = "chat",
     call_id: object = None,
@@ -821,6 +826,8 @@ def start_llm(
         BudgetExceeded: the call would overspend a budget (nothing was booked).
         TypeError, ValueError: on bad arguments.
     """
+    if _kw is not KW:
+        raise positional_error("start_llm", 1)
     if model.__class__ is not str or not model or not model.isascii():
         _validate.name("model", model, optional=False)
     if provider is not None and (

@@ -318,19 +318,79 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         metadata: dict[str, Any] | None = None,
         invocation_params: dict[str, Any] | None = None,
+        _completion: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         """Start the call in flight: model, attribution, budget check (may raise)."""
+        # One body for chat and completion models (on_llm_start passes its prompts
+        # as _completion), in this frame: no second call on every model call's start.
         try:
-            self._start(
-                serialized,
-                messages[0] if messages else (),
-                run_id,
-                parent_run_id,
-                metadata,
-                invocation_params,
-                "chat",
+            if _completion is None:
+                prompt: Sequence[Any] = messages[0] if messages else ()
+                kind = "chat"
+            else:
+                prompt, kind = _completion, "completion"
+            md, params = metadata, invocation_params
+            model = provider = limit = None
+            if md:
+                model = md.get("ls_model_name")
+                provider = md.get("ls_provider")
+                limit = md.get("ls_max_tokens")
+            if model is None and params:
+                model = params.get("model") or params.get("model_name")
+            if model.__class__ is not str or not model:
+                model = _str_or_none(model) or _class_name(serialized)
+            if provider.__class__ is not str or not provider:
+                provider = _str_or_none(provider)
+            if (
+                md
+                and (self.session_id is None or self.agent_id is None)
+                and not md.keys().isdisjoint(_WHO_KEYS)  # in C: most runs carry none of them
+            ):
+                session, agent = self._who(md)
+            else:
+                session, agent = self.session_id, self.agent_id
+            customer = self.customer_id
+            if customer is None and md:
+                customer = _str_or_none(md.get("customer_id"))  # as self._customer(md)
+            # The request's output limit: a hard cap reserves the call's worst case. The
+            # usual answers (LangChain's ls_max_tokens, or no limit at all) in C.
+            if not self.enforce_budgets:
+                limit = None
+            elif limit.__class__ is not int or not 0 < limit <= _MAX_LIMIT:  # type: ignore[operator]
+                limit = (
+                    output_limit(None, params)
+                    if params and not params.keys().isdisjoint(_LIMIT_KEYS)
+                    else None
+                )
+            runs = self._runs
+            tool = None
+            if parent_run_id is not None:
+                parent = runs.get(parent_run_id)
+                if parent is not None:
+                    tool = _tool_of(parent)
+                elif self._parents_seen is None:  # undecided: is this handler on the whole tree?
+                    if parent_run_id in self._chains:
+                        self._decided(True)
+                    else:
+                        self._unseen_parent(session, agent, customer)
+            call = start_llm(
+                model,
+                provider=provider,
+                kind=kind,
+                call_id=run_id,
+                prompt=prompt,
+                tracker=self.tracker,
+                session_id=session,
+                agent_id=agent,
+                customer_id=customer,
+                tool=tool,
+                check_budget=self.enforce_budgets,  # reserves only where a budget applies
+                max_output_tokens=limit,
             )
+            runs[run_id] = call
+            if len(runs) > self.max_runs:
+                self._track(run_id, call)  # evicts
         except Exception as exc:
             _swallow(exc, _G_START)
 
@@ -346,89 +406,15 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Completion-model twin of :meth:`on_chat_model_start`."""
-        try:
-            self._start(
-                serialized,
-                prompts,
-                run_id,
-                parent_run_id,
-                metadata,
-                invocation_params,
-                "completion",
-            )
-        except Exception as exc:
-            _swallow(exc, _G_START)
-
-    def _start(
-        self,
-        serialized: dict[str, Any] | None,
-        prompt: Sequence[Any],
-        run_id: UUID,
-        parent_run_id: UUID | None,
-        md: dict[str, Any] | None,
-        params: dict[str, Any] | None,
-        kind: str,
-    ) -> None:
-        model = provider = limit = None
-        if md:
-            model = md.get("ls_model_name")
-            provider = md.get("ls_provider")
-            limit = md.get("ls_max_tokens")
-        if model is None and params:
-            model = params.get("model") or params.get("model_name")
-        if model.__class__ is not str or not model:
-            model = _str_or_none(model) or _class_name(serialized)
-        if provider.__class__ is not str or not provider:
-            provider = _str_or_none(provider)
-        if (
-            md
-            and (self.session_id is None or self.agent_id is None)
-            and not md.keys().isdisjoint(_WHO_KEYS)  # in C: most runs carry none of them
-        ):
-            session, agent = self._who(md)
-        else:
-            session, agent = self.session_id, self.agent_id
-        customer = self.customer_id
-        if customer is None and md:
-            customer = _str_or_none(md.get("customer_id"))  # as self._customer(md)
-        # The request's output limit: a hard cap reserves the call's worst case. The
-        # usual answers (LangChain's ls_max_tokens, or no limit at all) in C.
-        if not self.enforce_budgets:
-            limit = None
-        elif limit.__class__ is not int or not 0 < limit <= _MAX_LIMIT:  # type: ignore[operator]
-            limit = (
-                output_limit(None, params)
-                if params and not params.keys().isdisjoint(_LIMIT_KEYS)
-                else None
-            )
-        runs = self._runs
-        tool = None
-        if parent_run_id is not None:
-            parent = runs.get(parent_run_id)
-            if parent is not None:
-                tool = _tool_of(parent)
-            elif self._parents_seen is None:  # undecided: is this handler on the whole tree?
-                if parent_run_id in self._chains:
-                    self._decided(True)
-                else:
-                    self._unseen_parent(session, agent, customer)
-        call = start_llm(
-            model,
-            provider=provider,
-            kind=kind,
-            call_id=run_id,
-            prompt=prompt,
-            tracker=self.tracker,
-            session_id=session,
-            agent_id=agent,
-            customer_id=customer,
-            tool=tool,
-            check_budget=self.enforce_budgets,  # reserves only where a budget applies
-            max_output_tokens=limit,
+        self.on_chat_model_start(
+            serialized,
+            [],
+            run_id=run_id,
+            parent_run_id=parent_run_id,
+            metadata=metadata,
+            invocation_params=invocation_params,
+            _completion=prompts,
         )
-        runs[run_id] = call
-        if len(runs) > self.max_runs:
-            self._track(run_id, call)  # evicts
 
     def _unseen_parent(self, session: str | None, agent: str | None, customer: str | None) -> None:
         """A model run below a run this handler never saw: say once if tool budgets go unseen.
@@ -449,7 +435,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             if attribution.tools_budgeted:
                 self._decided(False)
                 logger.warning(_UNSEEN_TOOLS)
-                warnings.warn(_UNSEEN_TOOLS, BudgetNotEnforcedWarning, stacklevel=5)
+                warnings.warn(_UNSEEN_TOOLS, BudgetNotEnforcedWarning, stacklevel=4)
 
     def _decided(self, seen: bool) -> None:
         self._parents_seen = seen
