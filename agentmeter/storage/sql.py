@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain, count
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from .schema import (
     DAILY,
     DERIVED,
     EVENTS,
+    GLOBAL,
     HOUR,
     LEVELS,
     LLM_KINDS,
@@ -548,26 +550,39 @@ class RollupWriter:
         if daily:
             # The day of a row is the day of its hour; the derived levels keep some of
             # the dimensions of the daily rows.
-            day_main = _project(main, 0, _to_day)
-            day_tags = _project(tag_rows, 2, _to_day)
+            day_main = _project(main, _to_day)
+            day_tags = _project(tag_rows, _tags_to_day)
             day_lat = _project_counts(lat, _to_day)
             levels.append(("daily", day_main, day_lat, day_tags))
+            # The global level (every dimension but the session) from the daily rows,
+            # the other derived levels (subsets of its dimensions) from the global
+            # rows: far fewer keys to re-key than the daily ones when there are many
+            # sessions. Keys are re-picked by itemgetter (in C).
+            glob = (
+                _project(day_main, _picker(DAILY.dims, GLOBAL.dims, 0)),
+                _project_counts(day_lat, _picker(DAILY.latency_dims, GLOBAL.latency_dims, 0, 1)),
+                _project(day_tags, _picker(DAILY.dims, GLOBAL.dims, 2)),
+            )
+            derived: dict[str, tuple[Any, Any, Any]] = {}
             for level in DERIVED:
-                pick = _picker(DAILY.dims, level.dims)
-                lpick = _picker(DAILY.latency_dims, level.latency_dims)
-                levels.append(
-                    (
-                        level.name,
-                        _project(day_main, 0, pick),
-                        _project_counts(day_lat, lpick) if level.latency is not None else {},
-                        _project(day_tags, 2, pick) if level.tags is not None else {},
-                    )
+                if level is GLOBAL:
+                    derived[level.name] = glob
+                    continue
+                derived[level.name] = (
+                    _project(glob[0], _picker(GLOBAL.dims, level.dims, 0)),
+                    _project_counts(glob[1], _picker(GLOBAL.latency_dims, level.latency_dims, 0, 1))
+                    if level.latency is not None
+                    else {},
+                    _project(glob[2], _picker(GLOBAL.dims, level.dims, 2))
+                    if level.tags is not None
+                    else {},
                 )
-            derived = {entry[0]: entry for entry in levels}
+                levels.append((level.name, *derived[level.name]))
+            levels.append((GLOBAL.name, *glob))  # DERIVED's order: GLOBAL is last
             for level in ALLTIME:  # the derived rows, every day as day 0
-                _, m, lt, _ = derived[ALLTIME_SOURCE[level.name].name]
+                m, lt, _ = derived[ALLTIME_SOURCE[level.name].name]
                 levels.append(
-                    (level.name, _project(m, 0, _to_zero), _project_counts(lt, _to_zero), {})
+                    (level.name, _project(m, _to_zero), _project_counts(lt, _to_zero), {})
                 )
         # Sorted keys, tables in one order: every writer locks rollup rows alike.
         for name, m, lt, tg in levels:
@@ -650,48 +665,56 @@ def _session_values(kind: str, c: Sequence[Any]) -> list[Any]:
     ]  # fmt: skip
 
 
-def _to_zero(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
-    return (*key[:at], 0, *key[at + 1 :])
+def _to_zero(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A daily main or latency key ``(day, ...)`` as a whole-history one (day 0)."""
+    return (0, *key[1:])
 
 
-def _to_day(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
-    return (*key[:at], day_of_hour(key[at]), *key[at + 1 :])
+def _to_day(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An hourly main or latency key ``(hour, ...)`` as a daily one."""
+    return (day_of_hour(key[0]), *key[1:])
+
+
+def _tags_to_day(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An hourly tag key ``(tag_key, tag_value, hour, ...)`` as a daily one."""
+    return (key[0], key[1], day_of_hour(key[2]), *key[3:])
 
 
 def _picker(
-    source: tuple[str, ...], target: tuple[str, ...]
-) -> Callable[[tuple[Any, ...], int], tuple[Any, ...]]:
-    """Re-key (prefix, period, *source dims[, bucket]) as (prefix, period, *target dims
-    [, bucket]); ``at`` is the period's position."""
-    idx = [source.index(d) for d in target]
+    source: tuple[str, ...], target: tuple[str, ...], at: int, tail: int = 0
+) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """Re-key ``(*prefix, period, *source dims, *tail)`` as ``(*prefix, period, *target
+    dims, *tail)`` (``at``: the period's position, ``tail`` trailing fields such as a
+    latency bucket), by one ``itemgetter`` call per key."""
     n = len(source)
-
-    def pick(key: tuple[Any, ...], at: int) -> tuple[Any, ...]:
-        dims = key[at + 1 : at + 1 + n]
-        return (*key[: at + 1], *(dims[i] for i in idx), *key[at + 1 + n :])
-
-    return pick
+    picked = [*range(at + 1), *(at + 1 + source.index(d) for d in target)]
+    picked += range(at + 1 + n, at + 1 + n + tail)
+    return itemgetter(*picked)  # len(picked) >= 2: always a tuple
 
 
 def _project(
-    rows: dict[tuple[Any, ...], list[Any]],
-    at: int,
-    fn: Callable[[tuple[Any, ...], int], tuple[Any, ...]],
+    rows: dict[tuple[Any, ...], list[Any]], fn: Callable[[tuple[Any, ...]], tuple[Any, ...]]
 ) -> dict[tuple[Any, ...], list[Any]]:
-    """Counter rows re-keyed by ``fn`` (the period is key field ``at``) and merged."""
+    """Counter rows re-keyed by ``fn`` and merged."""
     parts: dict[tuple[Any, ...], list[list[Any]]] = {}
     for k, c in rows.items():
-        parts.setdefault(fn(k, at), []).append(c)
+        nk = fn(k)
+        found = parts.get(nk)
+        if found is None:
+            parts[nk] = [c]
+        else:
+            found.append(c)
     return {k: _merge(v) for k, v in parts.items()}
 
 
 def _project_counts(
-    counts: dict[tuple[Any, ...], int], fn: Callable[[tuple[Any, ...], int], tuple[Any, ...]]
+    counts: dict[tuple[Any, ...], int], fn: Callable[[tuple[Any, ...]], tuple[Any, ...]]
 ) -> dict[tuple[Any, ...], int]:
     out: dict[tuple[Any, ...], int] = {}
+    get = out.get
     for k, n in counts.items():
-        nk = fn(k, 0)
-        out[nk] = out.get(nk, 0) + n
+        nk = fn(k)
+        out[nk] = get(nk, 0) + n
     return out
 
 
