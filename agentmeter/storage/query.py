@@ -873,12 +873,12 @@ class UsageStore:
         if self._rollups:  # the per-session rows: one primary-key lookup each
             t = SESSIONS.c
             for i in range(0, len(ids), 500):
-                stmt = sa.select(t.session_id, t.first_seen, t.last_seen).where(
+                rows = sa.select(t.session_id, t.first_seen, t.last_seen).where(
                     t.session_id.in_(ids[i : i + 500])
                 )
-                for sid, lo, hi in self._fetch(stmt):
+                for key, lo, hi in self._fetch(rows):
                     if lo is not None and hi is not None:
-                        out[str(sid)] = (
+                        out[str(key)] = (
                             datetime.fromtimestamp(float(lo), UTC),
                             datetime.fromtimestamp(float(hi), UTC),
                         )
