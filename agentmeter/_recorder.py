@@ -151,7 +151,11 @@ class Recorder:
             else:
                 cell[:] = map(add, cell, full)
             while scope is not None:
-                scope.row[:] = map(add, scope.row, full)
+                row = scope.row
+                if row is None:
+                    scope.row = list(full)
+                else:
+                    row[:] = map(add, row, full)
                 scope = scope.parent
 
     # ------------------------------------------------------------- reading
@@ -256,7 +260,8 @@ class Recorder:
         """A copy of a scope's counter row (folded first)."""
         with self.lock:
             self.fold()
-            return list(scope.row)
+            row = scope.row
+            return _fields.zeros() if row is None else list(row)
 
     def session_spend(self, session_id: str) -> tuple[list[list[Any]], int]:
         """A session's cell rows and tool-call count (for a budget set mid-session)."""

@@ -15,10 +15,10 @@ import functools
 import itertools
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from . import _fields, _render
+from . import _render
 from ._guard import swallow
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ STACK: contextvars.ContextVar[tuple[Scope, ...]] = contextvars.ContextVar(
     "agentmeter_scopes", default=()
 )
 _uids = itertools.count(1)
+# The row-key cache of a scope nothing has recorded into yet: read-only (a record
+# that caches a key gives the scope a dict of its own first).
+NO_KEYS: dict[str, Any] = cast(dict[str, Any], MappingProxyType({}))
 _now = time.time  # bound once: enter and exit run on every @metered call
 
 # Functions that return the id of the framework call (e.g. a LangChain tool run)
@@ -148,22 +151,24 @@ class Scope:
         self.parent: Scope | None = None
         self.path: tuple[str, ...] = (name,)
         self.budget_refs: tuple[BudgetRef, ...] = ()
-        self.row = [0] * _fields.N  # _fields.zeros(), without a call
+        # The counter row and the row-key cache are made by the first record (most
+        # @metered scopes of a tool or a helper record nothing: two allocations less).
+        self.row: list[Any] | None = None
         self._token: contextvars.Token[tuple[Scope, ...]] | None = None
         self.uid = 0
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.error: str | None = None
         self._final_budget: BudgetStatus | None = None
-        # Row keys of records made in this scope, by model (see Tracker.record_llm).
-        self.row_keys: dict[str, Any] = {}
+        # Row keys of records made in this scope, by model (see Tracker.record_llm);
+        # the shared read-only NO_KEYS until the first one is cached.
+        self.row_keys: dict[str, Any] = NO_KEYS
 
     # -- entering and leaving -------------------------------------------------
     def enter(self) -> Scope:
         """Enter the scope in the current context (``with`` does this); returns it."""
-        if self.uid:
+        if self.started_at is not None:
             raise RuntimeError(f"scope {self.name!r} was already entered; create a new one")
-        self.uid = next(_uids)
         stack = STACK.get()
         parent = innermost(self.tracker, stack) if stack else None
         if parent is not None:
@@ -183,6 +188,7 @@ class Scope:
                 self.category = parent.category
             self.budget_refs = parent.budget_refs
         if self.budget is not None:
+            self.uid = next(_uids)  # names the scope's budget keys: only a budget needs one
             self.budget_refs = (*self.budget_refs, self.tracker.ledger.scope_ref(self))
         self.started_at = _now()
         self._token = STACK.set((*stack, self))
@@ -265,7 +271,7 @@ class Scope:
     def session_id(self, value: str | None) -> None:
         # Records made from now on go to the new session: forget the cached row keys.
         self._session_id = value
-        self.row_keys.clear()
+        self.row_keys = NO_KEYS
 
     @property
     def agent_id(self) -> str | None:
@@ -275,7 +281,7 @@ class Scope:
     @agent_id.setter
     def agent_id(self, value: str | None) -> None:
         self._agent_id = value
-        self.row_keys.clear()
+        self.row_keys = NO_KEYS
 
     @property
     def customer_id(self) -> str | None:
@@ -285,7 +291,7 @@ class Scope:
     @customer_id.setter
     def customer_id(self, value: str | None) -> None:
         self._customer_id = value
-        self.row_keys.clear()
+        self.row_keys = NO_KEYS
 
     # -- reading -----------------------------------------------------------------
     @property

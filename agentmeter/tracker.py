@@ -45,7 +45,7 @@ from .models import (
     Usage,
 )
 from .pricing import PriceBook
-from .scope import STACK, Scope, innermost
+from .scope import NO_KEYS, STACK, Scope, innermost
 
 __all__ = ["Sink", "Subscriber", "Tracker"]
 
@@ -408,7 +408,10 @@ class Tracker:
                 keys = scope.row_keys if scope is not None else self.recorder.row_keys
                 key = keys.get(model)
                 if key is None:
-                    key = keys[model] = _key(scope, None, model, None, None, None, LLM)
+                    key = _key(scope, None, model, None, None, None, LLM)
+                    if keys is NO_KEYS:
+                        keys = scope.row_keys = {}  # type: ignore[union-attr]
+                    keys[model] = key
             else:
                 key = _key(scope, session_id, model, provider, agent_id, tool, LLM, customer_id)
             if cost is None:
