@@ -39,6 +39,13 @@ Guarantees of the sinks
   processes writing one SQLite file or one PostgreSQL database at once: no lost
   update, no deadlock). A time range not on hour boundaries reads the raw events
   of its (at most two) partial hours.
+- **Sessions.** The same transaction keeps one row per session (and per customer x
+  session) with every counter, its first and last event time, and the number of
+  sessions per customer, so a page of the largest sessions and their count (the
+  report, ``GET /api/v1/usage``, the dashboard's sessions table) costs the same
+  with a hundred sessions or a million; whole-history rows per customer and per
+  tool do the same for the customer breakdown and tool statistics of a read
+  without a time range. Resets keep them exact.
 - **Schema migration.** Opening a database -- by a sink or by a store -- brings
   it to schema version 2 with Alembic (no ``alembic.ini``): a version-1
   database of agentmeter 0.1 is upgraded in place, its rollups built from the
