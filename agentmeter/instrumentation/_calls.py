@@ -219,7 +219,7 @@ class LLMCall(_InFlight):
         self.attribution = attribution
         self.tracker = attribution.tracker
         if call_id.__class__ is UUID:  # LangChain's run ids: str(call_id), inline
-            h = "%032x" % call_id.int  # type: ignore[attr-defined]  # noqa: UP031
+            h = "%032x" % call_id.int  # noqa: UP031
             self.call_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
         else:
             self.call_id = _call_id(call_id, self.tracker)
@@ -416,9 +416,9 @@ class LLMCall(_InFlight):
             and metadata is None
             and latency_ms is MEASURED
             and (model is None or (model.__class__ is str and model.isascii()))
-            and usage.reported_input  # type: ignore[union-attr]
-            and usage.reported_output  # type: ignore[union-attr]
-            and usage.cost_usd is None  # type: ignore[union-attr]
+            and usage.reported_input
+            and usage.reported_output
+            and usage.cost_usd is None
         ):
             # The usual end -- whole counts reported, nothing else -- recorded here
             # through the tracker's trusted path (what _record does, without its
@@ -429,7 +429,7 @@ class LLMCall(_InFlight):
                     self._open.pop()
                 except IndexError:
                     return False
-                u: UsageCounts = usage  # type: ignore[assignment]
+                u: UsageCounts = usage
                 stack = self.attribution.stack
                 token = None if STACK.get() is stack else STACK.set(stack)
                 try:

@@ -357,7 +357,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             # usual answers (LangChain's ls_max_tokens, or no limit at all) in C.
             if not self.enforce_budgets:
                 limit = None
-            elif limit.__class__ is not int or not 0 < limit <= _MAX_LIMIT:  # type: ignore[operator]
+            elif limit.__class__ is not int or not 0 < limit <= _MAX_LIMIT:
                 limit = (
                     output_limit(None, params)
                     if params and not params.keys().isdisjoint(_LIMIT_KEYS)
