@@ -54,6 +54,7 @@ __all__ = [
 
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
 _new_tuple = tuple.__new__
+_perf_counter = time.perf_counter  # a global, not a module attribute, on the hot path
 # Deliberate answers to the host: they leave every end method (as with guarded).
 _PROPAGATE = (BudgetExceeded, BudgetStoreUnavailable)
 
@@ -223,7 +224,7 @@ class LLMCall(_InFlight):
             self.call_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
         else:
             self.call_id = _call_id(call_id, self.tracker)
-        self.t0 = time.perf_counter()
+        self.t0 = _perf_counter()
         self._open = [True]
         self.model = model
         self.provider = provider
@@ -442,7 +443,7 @@ class LLMCall(_InFlight):
                         u.cache_write_tokens,
                         u.reasoning_tokens,
                         self.provider,
-                        (time.perf_counter() - self.t0) * 1000.0,
+                        (_perf_counter() - self.t0) * 1000.0,
                         None,
                         self.call_id,
                         self.kind,
