@@ -393,7 +393,18 @@ class PriceBook:
             rates = self.rates(model, provider)
         if rates is None:
             return None
-        return rates.cost_micros(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+        # ModelRates.cost_micros, inlined: this runs on every record, and a Python
+        # frame is a fifth of it.
+        for t in rates._terms:
+            if input_tokens > t[0]:
+                break
+        return (
+            input_tokens * t[1]
+            + output_tokens * t[2]
+            + cache_read_tokens * t[3]
+            + cache_write_tokens * t[4]
+            + t[5]
+        ) // 1_000_000_000
 
     def _resolve(self, model: str, provider: str | None) -> ModelRates | None:
         bare, hint = normalise_model(model)

@@ -146,3 +146,23 @@ def test_set_price_rejects_bad_input():
         book.set_price(None, input_per_mtok=1, output_per_mtok=1)  # type: ignore[arg-type]
     with pytest.warns(UnpricedModelWarning):  # nothing was stored by the rejected calls
         assert book.rates("m") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.sampled_from(["gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "o3"]),
+    inp=st.integers(0, 2_000_000),
+    out=st.integers(0, 200_000),
+    cache=st.tuples(st.integers(0, 2_000_000), st.integers(0, 2_000_000)),
+)
+def test_the_book_prices_a_call_as_its_rates_do(
+    model: str, inp: int, out: int, cache: tuple[int, int]
+) -> None:
+    """PriceBook.cost_micros inlines ModelRates.cost_micros (the record path's hot
+    spot): the two agree on every call, across tier boundaries."""
+    cr = min(cache[0], inp)
+    cw = min(cache[1], inp - cr)
+    book = PriceBook()
+    rates = book.rates(model)
+    assert rates is not None
+    assert book.cost_micros(model, None, inp, out, cr, cw) == rates.cost_micros(inp, out, cr, cw)
