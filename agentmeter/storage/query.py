@@ -733,6 +733,43 @@ class UsageStore:
             stmt = stmt.limit(limit)
         return {str(r[0]): Usage.from_row(_row(r[1:])) for r in self._fetch(stmt)}
 
+    def keys(
+        self,
+        dimension: str,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        *,
+        customer: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        tool: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The keys :meth:`by` would return, in its order, without their usage -- for a
+        search over every key that then reads the usage of one page of them. Sessions
+        without a time range are read from the per-session index (the ids only)."""
+        f = _filter(
+            since, until, customer=customer, session=session, agent=agent, model=model,
+            provider=provider, tool=tool, tags=tags,
+        )  # fmt: skip
+        self._check_dimension(dimension)
+        table = self._session_table(f) if dimension == "session" else None
+        if table is None:
+            kw: dict[str, Any] = {
+                "customer": customer, "session": session, "agent": agent, "model": model,
+                "provider": provider, "tool": tool, "tags": tags,
+            }  # fmt: skip
+            return list(self.by(dimension, since, until, **kw))
+        t = table.c
+        stmt = (
+            sa.select(t.session_id)
+            .where(*(t[col] == value for col, value in f.eq))
+            .order_by(t.tokens.desc(), t.session_id)
+        )
+        return [str(r[0]) for r in self._fetch(stmt)]
+
     def unkeyed(
         self,
         dimension: str,

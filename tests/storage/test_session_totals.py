@@ -205,6 +205,7 @@ def _check_reads(url: str) -> None:
             assert store.by("session", **kw) == expected
             assert store.by("session", **kw, limit=2, offset=1) == dict(list(expected.items())[1:3])
             assert store.count_keys("session", **kw) == len(expected)
+            assert store.keys("session", **kw) == list(expected)
         ids = [*list(raw.by("session")), "no-such-session"]
         assert store.session_times(ids) == raw.session_times(ids)
         # The whole-history customer and tool rows answer these.
@@ -212,6 +213,17 @@ def _check_reads(url: str) -> None:
         assert store.count_keys("customer") == raw.count_keys("customer")
         assert store.by("tool") == raw.by("tool")
         assert store.tool_stats() == raw.tool_stats()
+        # The dashboard's session search: the ids, then one page of usage.
+        from agentmeter.server.dashboard._source import Range, StoreSource, _matching
+
+        src, every = StoreSource(store), raw.by("session")
+        for q in ("S", "1", "w1-", "no-such"):
+            found = _matching(every, q)
+            for offset in (0, 1):
+                assert src.listing("session", Range(), q, 2, offset) == (
+                    len(found),
+                    dict(found[offset : offset + 2]),
+                )
 
 
 def _f(kw: dict[str, Any]) -> Any:

@@ -83,6 +83,16 @@ class StoreSource:
         if not q:
             page = self.top_page(dimension, r, limit, offset)
             return self.count_keys(dimension, r), page
+        if dimension == "session":
+            # Search the ids alone (one index read), then read one page of usage:
+            # not the usage of every session of the history.
+            needle = q.casefold()
+            ids = [k for k in self.store.keys(dimension, **r.kw()) if needle in k.casefold()]
+            shown = ids[offset : offset + limit]
+            page: dict[str, Usage] = {}
+            for sid in shown:
+                page.update(self.store.by(dimension, session=sid, **r.kw()))
+            return len(ids), page
         found = _matching(self.top(dimension, r, None), q)
         return len(found), dict(found[offset : offset + limit])
 
