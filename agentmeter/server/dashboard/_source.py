@@ -89,10 +89,10 @@ class StoreSource:
             needle = q.casefold()
             ids = [k for k in self.store.keys(dimension, **r.kw()) if needle in k.casefold()]
             shown = ids[offset : offset + limit]
-            page: dict[str, Usage] = {}
+            found_page: dict[str, Usage] = {}
             for sid in shown:
-                page.update(self.store.by(dimension, session=sid, **r.kw()))
-            return len(ids), page
+                found_page.update(self.store.by(dimension, session=sid, **r.kw()))
+            return len(ids), found_page
         found = _matching(self.top(dimension, r, None), q)
         return len(found), dict(found[offset : offset + limit])
 
