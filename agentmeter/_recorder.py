@@ -62,8 +62,9 @@ class Recorder:
         self.seen: dict[object, object] = {}  # call id -> the row that claimed it
         self.seen_order: deque[object] = deque()
         self.dedup_window = dedup_window
-        # Row keys of records made outside any scope, by model (a scope keeps its own).
-        self.row_keys: dict[str, Key] = {}
+        # Row keys of records made outside any scope, by model or (model, session)
+        # (a scope keeps its own).
+        self.row_keys: dict[Any, Key] = {}
 
     # ------------------------------------------------------------- writing
     def first_time(self, call_id: object, row: tuple[Any, ...]) -> bool:
@@ -228,6 +229,7 @@ class Recorder:
             self.fold()
             cells = self.cells.pop(session_id, None)
             tools = self.tools.pop(session_id, None)
+            self.row_keys = {}  # some were keyed by the closed session: let them go
             if cells:
                 rest = self.cells.setdefault(None, {})
                 for key, row in cells.items():

@@ -346,6 +346,11 @@ class PriceBook:
         else:
             self._tool_prices[tool] = micros
 
+    @property
+    def has_tool_prices(self) -> bool:
+        """True when some tool has a price (:meth:`set_tool_price`)."""
+        return bool(self._tool_prices)
+
     def tool_cost_micros(self, tool: str) -> int | None:
         """A tool's price per call in micro-USD, ``None`` when it has none."""
         return self._tool_prices.get(tool) if self._tool_prices else None

@@ -37,7 +37,7 @@ STACK: contextvars.ContextVar[tuple[Scope, ...]] = contextvars.ContextVar(
 _uids = itertools.count(1)
 # The row-key cache of a scope nothing has recorded into yet: read-only (a record
 # that caches a key gives the scope a dict of its own first).
-NO_KEYS: dict[str, Any] = cast(dict[str, Any], MappingProxyType({}))
+NO_KEYS: dict[Any, Any] = cast(dict[Any, Any], MappingProxyType({}))
 _now = time.time  # bound once: enter and exit run on every @metered call
 
 # Functions that return the id of the framework call (e.g. a LangChain tool run)
@@ -160,9 +160,9 @@ class Scope:
         self.ended_at: float | None = None
         self.error: str | None = None
         self._final_budget: BudgetStatus | None = None
-        # Row keys of records made in this scope, by model (see Tracker.record_llm);
-        # the shared read-only NO_KEYS until the first one is cached.
-        self.row_keys: dict[str, Any] = NO_KEYS
+        # Row keys of records made in this scope, by model or (model, session) (see
+        # Tracker._record_llm); the shared read-only NO_KEYS until one is cached.
+        self.row_keys: dict[Any, Any] = NO_KEYS
 
     # -- entering and leaving -------------------------------------------------
     def enter(self) -> Scope:

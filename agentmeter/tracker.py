@@ -398,20 +398,17 @@ class Tracker:
                 scope = stack[-1]
                 if scope.tracker is not self:
                     scope = innermost(self, stack)
-            if (
-                session_id is None
-                and agent_id is None
-                and tool is None
-                and provider is None
-                and customer_id is None
-            ):
+            # Integrations usually name the session (a run's metadata), so that case
+            # is cached too, under (model, session).
+            if agent_id is None and tool is None and provider is None and customer_id is None:
                 keys = scope.row_keys if scope is not None else self.recorder.row_keys
-                key = keys.get(model)
+                ck: Any = model if session_id is None else (model, session_id)
+                key = keys.get(ck)
                 if key is None:
-                    key = _key(scope, None, model, None, None, None, LLM)
+                    key = _key(scope, session_id, model, None, None, None, LLM)
                     if keys is NO_KEYS:
                         keys = scope.row_keys = {}  # type: ignore[union-attr]
-                    keys[model] = key
+                    keys[ck] = key
             else:
                 key = _key(scope, session_id, model, provider, agent_id, tool, LLM, customer_id)
             if cost is None:

@@ -280,3 +280,27 @@ def test_call_ids_are_unique_across_trackers_and_forks():
     child_id = os.read(r, 100).decode()
     os.waitpid(pid, 0)
     assert child_id.rsplit("-", 1)[0] != parent_next.rsplit("-", 1)[0]
+
+
+def test_row_keys_of_named_sessions_are_cached_per_session_and_freed() -> None:
+    """A record naming its session (what integrations do) reuses a cached row key per
+    (model, session); each session keeps its own numbers, a scope's session is not
+    confused with a named one, and closing a session lets its keys go."""
+    t = Tracker()
+    t.set_price("m", input_per_mtok=1, output_per_mtok=1)
+    for s in ("s1", "s2", "s1"):
+        t.record_llm("m", 10, 1, session_id=s)
+    snap = t.snapshot()
+    assert snap.by_session["s1"].llm_calls == 2
+    assert snap.by_session["s2"].llm_calls == 1
+    assert len(t.recorder.row_keys) == 2
+    t.close_session("s1")
+    assert t.recorder.row_keys == {}
+    with t.meter("x", session_id="a") as scope:
+        t.record_llm("m", 1, 1, session_id="b")
+        t.record_llm("m", 2, 1)
+        t.record_llm("m", 4, 1, session_id="b")
+    snap = t.snapshot()
+    assert snap.by_session["b"].input_tokens == 5
+    assert snap.by_session["a"].input_tokens == 2
+    assert scope.usage.input_tokens == 7

@@ -95,9 +95,7 @@ class Attribution(NamedTuple):
             session = session or scope.session_id
             agent = agent or scope.agent_id
             customer = customer or scope.customer_id
-        # The price book keeps no public "any tool priced?" flag; reading its table
-        # is free and this runs once per handler at most.
-        priced = bool(getattr(tracker.prices, "_tool_prices", None))
+        priced = tracker.prices.has_tool_prices
         for ref in ledger.refs(scope, session, customer, agent):
             b = ref.budget
             if b.max_tool_calls is not None or b.tool_limits:
