@@ -3,8 +3,9 @@
 Built on :mod:`agentmeter.instrumentation`: a model run is an ``LLMCall`` in flight
 from its start event to its end or error event, a tool run a ``ToolCall``. One
 handler serves any number of concurrent runs (threads and asyncio tasks): the
-calls in flight live in ``_runs``, keyed by LangChain's ``run_id``, which is also
-their ``call_id`` -- so a call seen twice (two handlers, or a handler and
+calls in flight live in ``_runs``, keyed by LangChain's ``run_id`` (its ``int``: a
+UUID hashes through a Python ``__hash__``, an int in C), which is also their
+``call_id`` -- so a call seen twice (two handlers, or a handler and
 ``@agentmeter.metered_tool``) counts once, and the reservation made at start is
 settled by the record at the end. The map is bounded: runs that never end are
 evicted (a stream among them is recorded as abandoned).
@@ -56,6 +57,20 @@ logger = logging.getLogger("agentmeter.langchain")
 
 # A run is a call in flight, or (a chain / retriever below a tool) that tool's name.
 _Run = LLMCall | ToolCall | str
+# The run map's key of a run id: LangChain's UUID as its int (hashed in C; the hot
+# paths spell this expression inline), anything else as it is.
+_RunKey = int | UUID
+
+
+def _rk(run_id: UUID) -> _RunKey:
+    """The key of ``run_id`` in the handler's run maps."""
+    return run_id.int if run_id.__class__ is UUID else run_id
+
+
+def _run_id(key: _RunKey) -> UUID:
+    """The run id a run map's key stands for (the inverse of :func:`_rk`)."""
+    return UUID(int=key) if key.__class__ is int else key  # type: ignore[arg-type]
+
 
 # One guard per entry point (stateless, so shared). The hot paths -- a model call's
 # start and end -- use try/except, free when nothing is raised, and _swallow.
@@ -228,11 +243,11 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         self.customer_id = customer_id
         self.enforce_budgets = bool(enforce_budgets)
         self.max_runs = max_runs
-        self._runs: dict[UUID, _Run] = {}
+        self._runs: dict[_RunKey, _Run] = {}
         self._warned: set[tuple[str, bool]] = set()
         # Chain runs in progress, only while it is undecided whether this handler
         # sees the runs around its model runs (see _unseen_parent); then emptied.
-        self._chains: dict[UUID, None] = {}
+        self._chains: dict[_RunKey, None] = {}
         self._parents_seen: bool | None = None  # None: undecided
         self.abandoned_streams = 0
         """Streams recorded as abandoned (consumer stopped, or never finished)."""
@@ -280,9 +295,9 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         return _str_or_none(md.get("customer_id"))
 
     # ---------------------------------------------------------------- run map
-    def _track(self, run_id: UUID, run: _Run) -> None:
+    def _track(self, key: _RunKey, run: _Run) -> None:
         runs = self._runs
-        runs[run_id] = run
+        runs[key] = run
         while len(runs) > self.max_runs:
             try:
                 old_id = next(iter(runs))
@@ -293,7 +308,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 self.abandoned_streams += 1
                 old.abandon()
             elif isinstance(old, ToolCall):
-                tool_run_ended(old_id)
+                tool_run_ended(_run_id(old_id))
 
     def _orphan(self, run_id: UUID, kind: str = "chat") -> LLMCall:
         """A call whose start this handler did not see (added mid-run, or evicted)."""
@@ -366,11 +381,12 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             runs = self._runs
             tool = None
             if parent_run_id is not None:
-                parent = runs.get(parent_run_id)
+                pk = parent_run_id.int if parent_run_id.__class__ is UUID else parent_run_id
+                parent = runs.get(pk)
                 if parent is not None:
                     tool = _tool_of(parent)
                 elif self._parents_seen is None:  # undecided: is this handler on the whole tree?
-                    if parent_run_id in self._chains:
+                    if pk in self._chains:
                         self._decided(True)
                     else:
                         self._unseen_parent(session, agent, customer)
@@ -388,9 +404,10 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 check_budget=self.enforce_budgets,  # reserves only where a budget applies
                 max_output_tokens=limit,
             )
-            runs[run_id] = call
+            key = run_id.int if run_id.__class__ is UUID else run_id  # _rk(run_id), inline
+            runs[key] = call
             if len(runs) > self.max_runs:
-                self._track(run_id, call)  # evicts
+                self._track(key, call)  # evicts
         except Exception as exc:
             _swallow(exc, _G_START)
 
@@ -451,7 +468,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Count what a stream received so far (for a stream that is never finished)."""
-        call = self._runs.get(run_id)
+        call = self._runs.get(run_id.int if run_id.__class__ is UUID else run_id)
         if isinstance(call, LLMCall):
             with _G_TOKEN:
                 um = getattr(getattr(chunk, "message", None), "usage_metadata", None)
@@ -460,7 +477,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
     # --------------------------------------------------------------- LLM end
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Finish the call with the usage the response reports (or an estimate)."""
-        call = self._runs.pop(run_id, None)
+        call = self._runs.pop(run_id.int if run_id.__class__ is UUID else run_id, None)
         try:
             gens = response.generations
             gen = gens[0][0] if gens and gens[0] else None
@@ -556,7 +573,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Record a failed call; an abandoned or broken stream with what it received."""
-        call = self._runs.pop(run_id, None)
+        call = self._runs.pop(_rk(run_id), None)
         with _G_ERROR:
             if not isinstance(call, LLMCall):
                 call = None
@@ -599,12 +616,12 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         Returns how many were recorded.
         """
         done = 0
-        for run_id, call in list(self._runs.items()):
+        for key, call in list(self._runs.items()):
             if not isinstance(call, LLMCall) or not call.chunks:
                 continue
             if call.elapsed_ms() < older_than_s * 1000.0:
                 continue
-            if self._runs.pop(run_id, None) is not None:
+            if self._runs.pop(key, None) is not None:
                 with _G_FLUSH:
                     self.abandoned_streams += 1
                     done += call.abandon()
@@ -650,11 +667,11 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 if opens:
                     tool_run_ended(run_id)
                 raise
-            self._track(run_id, call)
+            self._track(_rk(run_id), call)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         """Record the tool call; a ``ToolMessage`` with ``status="error"`` is a failure."""
-        call = self._runs.pop(run_id, None)
+        call = self._runs.pop(_rk(run_id), None)
         with _G_TOOL:
             if isinstance(output, ToolMessage) and output.status == "error":
                 self._tool(call, run_id, kwargs).fail("ToolMessage(status='error')")
@@ -663,7 +680,7 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Record a tool call that raised as failed."""
-        call = self._runs.pop(run_id, None)
+        call = self._runs.pop(_rk(run_id), None)
         with _G_TOOL:
             self._tool(call, run_id, kwargs).fail(error)
 
@@ -693,13 +710,15 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Track a chain only when it runs below a tool (to credit LLM calls to the tool)."""
+        key = run_id.int if run_id.__class__ is UUID else run_id  # _rk(run_id), inline
         if parent_run_id is not None:
-            tool = _tool_of(self._runs.get(parent_run_id))
+            pk = parent_run_id.int if parent_run_id.__class__ is UUID else parent_run_id
+            tool = _tool_of(self._runs.get(pk))
             if tool is not None:
-                self._track(run_id, tool)
+                self._track(key, tool)
         if self._parents_seen is None:  # until decided: which runs a model's parent may be
             chains = self._chains
-            chains[run_id] = None
+            chains[key] = None
             if len(chains) > self.max_runs:
                 self._decided(True)  # thousands of chains seen: this handler sees the tree
 
@@ -717,20 +736,24 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
 
     def on_chain_end(self, outputs: dict[str, Any], *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested chain."""
-        self._runs.pop(run_id, None)
-        self._chains.pop(run_id, None)
+        key = run_id.int if run_id.__class__ is UUID else run_id  # _rk(run_id), inline
+        self._runs.pop(key, None)
+        self._chains.pop(key, None)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested chain."""
-        self._runs.pop(run_id, None)
-        self._chains.pop(run_id, None)
+        key = run_id.int if run_id.__class__ is UUID else run_id  # _rk(run_id), inline
+        self._runs.pop(key, None)
+        self._chains.pop(key, None)
 
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested retriever."""
-        self._runs.pop(run_id, None)
-        self._chains.pop(run_id, None)
+        key = run_id.int if run_id.__class__ is UUID else run_id  # _rk(run_id), inline
+        self._runs.pop(key, None)
+        self._chains.pop(key, None)
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Forget a nested retriever."""
-        self._runs.pop(run_id, None)
-        self._chains.pop(run_id, None)
+        key = run_id.int if run_id.__class__ is UUID else run_id  # _rk(run_id), inline
+        self._runs.pop(key, None)
+        self._chains.pop(key, None)

@@ -30,7 +30,7 @@ def test_runs_are_calls_in_flight(lc_tracker: agentmeter.Tracker) -> None:
         run_id=run_id,
         metadata={"ls_model_name": "fake-usage-model", "ls_provider": "fakeprov"},
     )
-    call = handler._runs[run_id]
+    call = handler._runs[run_id.int]
     assert isinstance(call, LLMCall) and not call.done
     assert call.call_id == str(run_id) and call.model == "fake-usage-model"
     assert call.attribution.session_id == "s" and call.attribution.customer_id == "c"
@@ -64,7 +64,7 @@ def test_model_unknown_at_start_is_the_class_then_the_response(
     handler = AgentMeterCallbackHandler(lc_tracker)
     run_id = uuid.uuid4()
     handler.on_chat_model_start({"id": ["a", "MyChat"]}, [[HumanMessage("hi")]], run_id=run_id)
-    call = handler._runs[run_id]
+    call = handler._runs[run_id.int]
     assert isinstance(call, LLMCall) and call.model == "MyChat"
     handler.on_llm_end(_result(UsageChat(model_name="served-model")), run_id=run_id)
     assert set(lc_tracker.snapshot().by_model) == {"served-model"}
@@ -86,7 +86,7 @@ def test_tool_runs_are_tool_calls_and_end_without_start_counts(
 
     def spy(*args: Any, **kwargs: Any) -> None:
         original(*args, **kwargs)
-        seen.append(handler._runs[kwargs["run_id"]])
+        seen.append(handler._runs[kwargs["run_id"].int])
 
     handler.on_tool_start = spy  # type: ignore[method-assign]
     ping.invoke({"x": "a"}, config={"callbacks": [handler]})
@@ -166,7 +166,7 @@ def test_empty_or_odd_metadata_values_mean_none(lc_tracker: agentmeter.Tracker) 
     assert events[0].agent_id is None and events[0].customer_id is None
     run_id = uuid.uuid4()
     handler.on_chat_model_start({}, [[HumanMessage("hi")]], run_id=run_id, metadata=md)
-    call = handler._runs.pop(run_id)
+    call = handler._runs.pop(run_id.int)
     assert isinstance(call, LLMCall)
     assert (call.model, call.provider) == ("unknown", None)
     call.cancel()
