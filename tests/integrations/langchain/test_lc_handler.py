@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import uuid
 import warnings
@@ -318,6 +319,26 @@ def test_run_map_is_bounded(lc_tracker: agentmeter.Tracker) -> None:
         s.close()
     assert lc_tracker.snapshot().totals.llm_calls == 8
     assert handler._runs == {}  # a stream's state is its call in flight
+
+
+def test_an_evicted_tool_run_is_forgotten_as_a_tool_run(lc_tracker: agentmeter.Tracker) -> None:
+    from agentmeter_langchain import _context
+
+    handler = AgentMeterCallbackHandler(lc_tracker, max_runs=2)
+    ids = [uuid.uuid4() for _ in range(3)]
+
+    def body() -> None:  # in a context of its own: the evicted tool's scope stays open
+        for run_id in ids:  # tool runs that never end: the first is evicted by the third
+            handler.on_tool_start({"name": "search"}, "q", run_id=run_id)
+        assert len(handler._runs) == 2
+        # The run map keys by the id's int; the tool-run registry by the UUID itself.
+        assert ids[0] not in _context._ACTIVE and ids[1] in _context._ACTIVE
+        for run_id in ids[1:]:
+            handler.on_tool_end("ok", run_id=run_id)
+
+    contextvars.copy_context().run(body)
+    assert handler._runs == {} and not any(i in _context._ACTIVE for i in ids)
+    assert lc_tracker.snapshot().totals.tool_calls == 2
 
 
 # ----------------------------------------------------------------- instrument
