@@ -442,29 +442,29 @@ class UsageStore:
         return segs, raw
 
     @staticmethod
-    def _alltime(f: _Filter, need: Iterable[str] | None, table: str) -> Level | None:
-        """The whole-history level holding every dimension and the table a read
-        without a time range needs, if any."""
-        if need is None:
-            return None
+    def _first_level(
+        levels: Iterable[Level], f: _Filter, need: Iterable[str], table: str
+    ) -> Level | None:
+        """The first of ``levels`` holding the table and every dimension a read needs
+        (those it groups by and those it filters on)."""
         wanted = {*need, *(col for col, _ in f.eq)}
-        for level in ALLTIME:
+        for level in levels:
             dims = level.latency_dims if table == "latency" else level.dims
             if getattr(level, table) is not None and wanted <= set(dims):
                 return level
         return None
 
     @staticmethod
+    def _alltime(f: _Filter, need: Iterable[str] | None, table: str) -> Level | None:
+        """The whole-history level a read without a time range can use, if any."""
+        return None if need is None else UsageStore._first_level(ALLTIME, f, need, table)
+
+    @staticmethod
     def _level(f: _Filter, need: Iterable[str] | None, table: str) -> Level:
         """The smallest daily level with the dimensions and the table a read needs."""
         if need is None:
             return DAILY
-        wanted = {*need, *(col for col, _ in f.eq)}
-        for level in DERIVED:
-            dims = level.latency_dims if table == "latency" else level.dims
-            if getattr(level, table) is not None and wanted <= set(dims):
-                return level
-        return DAILY
+        return UsageStore._first_level(DERIVED, f, need, table) or DAILY
 
     def _source(
         self,
