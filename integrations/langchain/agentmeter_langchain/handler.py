@@ -69,7 +69,7 @@ def _rk(run_id: UUID) -> _RunKey:
 
 def _run_id(key: _RunKey) -> UUID:
     """The run id a run map's key stands for (the inverse of :func:`_rk`)."""
-    return UUID(int=key) if key.__class__ is int else key  # type: ignore[arg-type]
+    return UUID(int=key) if isinstance(key, int) else key
 
 
 # One guard per entry point (stateless, so shared). The hot paths -- a model call's
