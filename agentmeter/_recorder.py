@@ -62,8 +62,8 @@ class Recorder:
         self.seen: dict[object, object] = {}  # call id -> the row that claimed it
         self.seen_order: deque[object] = deque()
         self.dedup_window = dedup_window
-        # Row keys of records made outside any scope, by model or (model, session)
-        # (a scope keeps its own).
+        # Row keys of records made outside any scope, by model or (model, session,
+        # provider) (a scope keeps its own).
         self.row_keys: dict[Any, Key] = {}
 
     # ------------------------------------------------------------- writing

@@ -398,14 +398,18 @@ class Tracker:
                 scope = stack[-1]
                 if scope.tracker is not self:
                     scope = innermost(self, stack)
-            # Integrations usually name the session (a run's metadata), so that case
-            # is cached too, under (model, session).
-            if agent_id is None and tool is None and provider is None and customer_id is None:
+            # Integrations usually name the session and the provider (a run's
+            # metadata), so those are cached too, under (model, session, provider).
+            if agent_id is None and tool is None and customer_id is None:
                 keys = scope.row_keys if scope is not None else self.recorder.row_keys
-                ck: Any = model if session_id is None else (model, session_id)
+                ck: Any = (
+                    model
+                    if session_id is None and provider is None
+                    else (model, session_id, provider)
+                )
                 key = keys.get(ck)
                 if key is None:
-                    key = _key(scope, session_id, model, None, None, None, LLM)
+                    key = _key(scope, session_id, model, provider, None, None, LLM)
                     if keys is NO_KEYS:
                         keys = scope.row_keys = {}  # type: ignore[union-attr]
                     keys[ck] = key

@@ -290,10 +290,13 @@ def test_row_keys_of_named_sessions_are_cached_per_session_and_freed() -> None:
     t.set_price("m", input_per_mtok=1, output_per_mtok=1)
     for s in ("s1", "s2", "s1"):
         t.record_llm("m", 10, 1, session_id=s)
+    t.record_llm("m", 10, 1, session_id="s1", provider="openai")
+    t.record_llm("m", 10, 1, provider="openai")
     snap = t.snapshot()
-    assert snap.by_session["s1"].llm_calls == 2
+    assert snap.by_session["s1"].llm_calls == 3
     assert snap.by_session["s2"].llm_calls == 1
-    assert len(t.recorder.row_keys) == 2
+    assert snap.by_provider["openai"].llm_calls == 2
+    assert len(t.recorder.row_keys) == 4
     t.close_session("s1")
     assert t.recorder.row_keys == {}
     with t.meter("x", session_id="a") as scope:
