@@ -33,6 +33,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -59,7 +60,7 @@ from agentmeter.instrumentation import (
 )
 
 from ._common import output_limit, tag
-from ._llm import LLMEvents, is_openai, warn_unenforced
+from ._llm import _GENERATORS, LLMEvents, is_openai, warn_unenforced
 from ._tools import forget, guard, refuse
 
 if TYPE_CHECKING:
@@ -104,10 +105,22 @@ def _make_handlers(core: Instrumentor) -> tuple[BaseEventHandler, BaseSpanHandle
 
     The instrumentor is closed over instead of kept in a pydantic private
     attribute: reading those goes through ``BaseModel.__getattr__`` on every
-    event, a measurable part of the per-call overhead. The dispatcher passes
-    everything but the span id by keyword.
+    event, a measurable part of the per-call overhead. For the same reason the
+    handlers do the per-call part themselves, on the instrumentor's containers
+    (never replaced, only cleared): an event is dispatched here and an LLM
+    span's enter and exit are handled here, without a further call each; the
+    rest goes to the instrumentor's methods. The dispatcher passes everything
+    by keyword.
     """
-    on_event = core.on_event
+    dispatch = core._dispatch
+    parents, limits, llm, opened, kinds = (
+        core._parents,
+        core._limits,
+        core._llm,
+        core._open,
+        core._kinds,
+    )
+    on_event, fail, forget_stream = core.on_event, core._fail, core._forget_stream
     enter, leave, drop = core.span_enter, core.span_exit, core.span_drop
 
     class AgentMeterEventHandler(BaseEventHandler):
@@ -116,20 +129,66 @@ def _make_handlers(core: Instrumentor) -> tuple[BaseEventHandler, BaseSpanHandle
             return "AgentMeterEventHandler"
 
         def handle(self, event: BaseEvent, **kwargs: Any) -> None:
-            on_event(event)
+            fn = dispatch.get(event.__class__)  # Instrumentor.on_event, inline
+            if fn is not None:
+                try:
+                    fn(event)
+                except Exception as exc:
+                    fail(exc, type(event).__name__)
+            elif event.__class__ not in dispatch:
+                on_event(event)  # the first event of its class: finds its handler
 
     class AgentMeterSpanHandler(BaseSpanHandler[SimpleSpan]):
         @classmethod
         def class_name(cls) -> str:
             return "AgentMeterSpanHandler"
 
-        def span_enter(self, id_: str, *args: Any, **kw: Any) -> None:
-            enter(
-                id_, kw.get("bound_args"), kw.get("instance"), kw.get("parent_id"), kw.get("tags")
-            )
+        def span_enter(
+            self,
+            id_: str,
+            bound_args: inspect.BoundArguments | None = None,
+            instance: Any = None,
+            parent_id: str | None = None,
+            tags: dict[str, Any] | None = None,
+            **kw: Any,
+        ) -> None:
+            if instance is None or kinds.get(instance.__class__) != _K_LLM:
+                enter(id_, bound_args, instance, parent_id, tags)
+                return
+            # An LLM's span (Instrumentor.span_enter's LLM branch, inline).
+            try:
+                parents[id_] = parent_id
+                if len(parents) > _MAX_OPEN:
+                    parents.pop(next(iter(parents)), None)
+                if core.enforce_budgets and core.tracker.budget_applies():
+                    core._llm_enter(id_, instance)
+                if core.stream_usage:
+                    core._ask_stream_usage(instance)
+            except Exception as exc:
+                fail(exc, "span_enter")
 
-        def span_exit(self, id_: str, *args: Any, result: Any = None, **kw: Any) -> None:
-            leave(id_, result)
+        def span_exit(
+            self,
+            id_: str,
+            bound_args: inspect.BoundArguments | None = None,
+            instance: Any = None,
+            result: Any = None,
+            **kw: Any,
+        ) -> None:
+            if opened:
+                leave(id_, result)  # tools, runs and steps are open: the whole exit
+                return
+            # Instrumentor.span_exit without open tools or runs, inline.
+            try:
+                parents.pop(id_, None)
+                if limits:
+                    limits.pop(id_, None)
+                span = llm.get(id_)
+                if span is not None and isinstance(result, _GENERATORS):
+                    span.stream = True
+                    weakref.finalize(result, forget_stream, id_)
+            except Exception as exc:
+                fail(exc, "span_exit")
 
         def span_drop(
             self, id_: str, *args: Any, err: BaseException | None = None, **kw: Any
@@ -183,8 +242,9 @@ class Instrumentor(LLMEvents):
         self._workflow_types: tuple[type, ...] = ()
         self._agent_types: tuple[type, ...] = ()
         self._dispatch: dict[type, Callable[[Any], None] | None] = {
-            llm_events.LLMChatStartEvent: self._on_chat_start,
-            llm_events.LLMCompletionStartEvent: self._on_completion_start,
+            # One body for both starts; the partial binds its kind in C (no frame).
+            llm_events.LLMChatStartEvent: partial(self._on_start, "chat"),
+            llm_events.LLMCompletionStartEvent: partial(self._on_start, "completion"),
             llm_events.LLMChatInProgressEvent: self._on_chunk,
             llm_events.LLMCompletionInProgressEvent: self._on_chunk,
             llm_events.LLMChatEndEvent: self._on_end,
@@ -351,19 +411,23 @@ class Instrumentor(LLMEvents):
                 self._run_enter(id_, instance)
             elif kind == _K_LLM:
                 if self.enforce_budgets and self.tracker.budget_applies():
-                    self._put_gate(instance)
-                    limit = output_limit(instance)
-                    if limit is not None:  # a hard cap reserves the call's worst case
-                        limits = self._limits
-                        limits[id_] = limit
-                        if len(limits) > _MAX_OPEN:
-                            limits.pop(next(iter(limits)), None)
+                    self._llm_enter(id_, instance)
                 if self.stream_usage:
                     self._ask_stream_usage(instance)
             elif kind == _K_EMB and self.enforce_budgets and self.tracker.budget_applies():
                 self._put_gate(instance)
         except Exception as exc:
             self._fail(exc, "span_enter")
+
+    def _llm_enter(self, id_: str, instance: Any) -> None:
+        """The span of an LLM opens while a budget applies: gate it, note its limit."""
+        self._put_gate(instance)
+        limit = output_limit(instance)
+        if limit is not None:  # a hard cap reserves the call's worst case
+            limits = self._limits
+            limits[id_] = limit
+            if len(limits) > _MAX_OPEN:
+                limits.pop(next(iter(limits)), None)
 
     def span_exit(self, id_: str, result: Any) -> None:
         try:

@@ -13,7 +13,6 @@ tokenizer, else llama-index's default one, and flagged.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -23,10 +22,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import AsyncGeneratorType, GeneratorType
 from typing import Any
 
 from llama_index.core.instrumentation.events.exception import ExceptionEvent
-from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCompletionStartEvent
 
 from agentmeter import BudgetExceeded, Scope, Tracker
 from agentmeter.instrumentation import (
@@ -49,6 +48,7 @@ logger = logging.getLogger("agentmeter.llamaindex")
 
 _MAX_PENDING = 10_000  # LLM calls awaiting their end (streams nobody drained)
 _NO_TAGS: tuple[None, None] = (None, None)
+_GENERATORS = (GeneratorType, AsyncGeneratorType)  # inspect.isgenerator / isasyncgen, in one test
 _NOTHING = UsageCounts(0, 0, reported_input=False, reported_output=False)
 
 STREAM_USAGE_FIX = 'additional_kwargs={"stream_options": {"include_usage": True}}'
@@ -146,44 +146,53 @@ class LLMEvents:
         return span is not None and (span.outer is not None or span.depth > 0)
 
     # -- start and stream ---------------------------------------------------------
-    def _start(self, event: LLMChatStartEvent | LLMCompletionStartEvent, kind: str) -> _LLMSpan:
+    def _on_start(self, kind: str, event: Any) -> None:
+        """A start event (chat and completion share this body: one frame per start).
+
+        Dispatched through ``partial(self._on_start, kind)``, a call made in C.
+        """
         sid = event.span_id or event.id_
-        span = self._llm.get(sid)
+        llm = self._llm
+        span = llm.get(sid)
         if span is not None:
             # A second LLM event in the same span (a wrapper decorated twice): the
             # outer one stays, the inner one is ignored until its end.
             span.depth += 1
-            return span
+            if span.messages is None and span.prompt is None:
+                if kind == "completion":
+                    span.prompt = event.prompt
+                else:
+                    span.messages = event.messages
+            return
         model, provider, cls = model_of(event.model_dict)
+        tags = event.tags  # the dispatcher's instrument_tags: usually empty
+        session, agent = (tag(tags, "session_id"), tag(tags, "agent_id")) if tags else _NO_TAGS
+        tracker = self.tracker
+        # Attribution captured inside start_llm (its inline path for plain ids).
         call = start_llm(
             model,
             provider=provider,
             kind=kind,
             call_id=sid,
-            attribution=self._attribution(event.tags),
+            tracker=tracker,
+            session_id=session,
+            agent_id=agent,
             check_budget=False,  # the dispatcher cannot stop a call: see callback.py
         )
-        span = _LLMSpan(call, cls)
+        if kind == "completion":
+            span = _LLMSpan(call, cls, event.prompt)
+        else:
+            span = _LLMSpan(call, cls, None, event.messages)
         # Whether a budget applies, to say so if nothing could stop the call (_finish).
-        span.budgeted = self.tracker.budget_applies(call.attribution.session_id)
-        span.outer = outer = self._pending_ancestor(sid)
-        if outer is not None:
-            outer.children += 1
-        llm = self._llm
+        span.budgeted = tracker.budget_applies(session)
+        parent = self._parents.get(sid)
+        if parent is not None:  # the usual top-level call has no parent span: no walk
+            span.outer = outer = self._pending_ancestor(sid)
+            if outer is not None:
+                outer.children += 1
         llm[sid] = span
         if len(llm) > _MAX_PENDING:
             llm.pop(next(iter(llm)), None)
-        return span
-
-    def _on_chat_start(self, event: LLMChatStartEvent) -> None:
-        span = self._start(event, "chat")
-        if span.messages is None and span.prompt is None:
-            span.messages = event.messages
-
-    def _on_completion_start(self, event: LLMCompletionStartEvent) -> None:
-        span = self._start(event, "completion")
-        if span.messages is None and span.prompt is None:
-            span.prompt = event.prompt
 
     def _pending_ancestor(self, sid: str) -> _LLMSpan | None:
         parents, llm = self._parents, self._llm
@@ -226,25 +235,36 @@ class LLMEvents:
 
     def _llm_span_exit(self, id_: str, result: Any) -> None:
         span = self._llm.get(id_)
-        if span is not None and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+        if span is not None and isinstance(result, _GENERATORS):
             span.stream = True
             weakref.finalize(result, self._forget_stream, id_)
 
     # -- the end ----------------------------------------------------------------
     def _ending(self, sid: str | None) -> _LLMSpan | None:
         """The call an end event of ``sid`` ends, or ``None`` (not ours, or an inner repeat)."""
-        span = self._llm.get(sid) if sid is not None else None
+        if sid is None:
+            return None
+        llm = self._llm
+        span = llm.get(sid)
         if span is None:
             return None
         if span.depth:
             span.depth -= 1
             return None
         # None: finished meanwhile (e.g. by the stream finalizer).
-        return self._llm.pop(span.call.call_id, None)
+        return llm.pop(sid, None)
 
     def _on_end(self, event: Any) -> None:
-        span = self._ending(event.span_id)
-        if span is not None:
+        # _ending(), inline: an end event of every call comes here.
+        sid = event.span_id
+        llm = self._llm
+        span = llm.get(sid)  # None is never a key: a miss
+        if span is None:
+            return
+        if span.depth:
+            span.depth -= 1
+            return
+        if llm.pop(sid, None) is not None:  # None: finished meanwhile (a stream finalizer)
             self._finish(span, event.response)
 
     def _on_exception(self, event: ExceptionEvent) -> None:
@@ -303,19 +323,40 @@ class LLMEvents:
             return
         if span.budgeted and not self._covered(span):
             self._warn_unenforced(span)
-        usage = span.usage if span.stream else None
-        if usage is None and response is not None and _may_report(response):
+        stream = span.stream
+        usage = span.usage if stream else None
+        if (
+            usage is None
+            and response is not None
+            and (response.raw is not None or response.additional_kwargs)  # _may_report, inline
+        ):
             usage = from_llamaindex(response)
-        reported = usage is not None and (usage.reported_input or usage.reported_output)
-        if span.stream and not abandoned and error is None and not reported:
+        if (
+            stream
+            and not abandoned
+            and error is None
+            and (usage is None or not (usage.reported_input or usage.reported_output))
+        ):
             self._warn_stream(span)
-        if usage is None or abandoned or not usage.fully_reported:
+        if usage is None:
+            # Nothing reported (a local or mock model): both sides estimated, as
+            # _estimate() counts them (abandoned or not: no reported side to drop).
+            model = call.model
+            if span.prompt is not None:
+                inp = count(span.prompt, model)
+            elif span.messages is not None:
+                inp = count_messages(span.messages, model)
+            else:
+                inp = 0
+            usage = _estimated(inp, count(response_text(response), model))
+        elif abandoned or not usage.fully_reported:
             usage = self._estimate(span, usage, response, abandoned)
         if error is not None:
             call.fail(error, usage=usage)
+        elif abandoned:
+            call.finish(usage, metadata={"stream": "abandoned", "chunks": call.chunks})
         else:
-            meta = {"stream": "abandoned", "chunks": call.chunks} if abandoned else None
-            call.finish(usage, metadata=meta)
+            call.finish(usage)
 
     def _estimate(
         self, span: _LLMSpan, usage: UsageCounts | None, response: Any, abandoned: bool
