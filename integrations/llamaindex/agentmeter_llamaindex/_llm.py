@@ -25,6 +25,7 @@ from functools import lru_cache
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any
 
+from llama_index.core.base.llms.types import CompletionResponse
 from llama_index.core.instrumentation.events.exception import ExceptionEvent
 
 from agentmeter import BudgetExceeded, Scope, Tracker
@@ -348,7 +349,13 @@ class LLMEvents:
                 inp = count_messages(span.messages, model)
             else:
                 inp = 0
-            usage = _estimated(inp, count(response_text(response), model))
+            # response_text(), inline for the usual CompletionResponse.
+            text = (
+                response.text
+                if response.__class__ is CompletionResponse
+                else response_text(response)
+            )
+            usage = _estimated(inp, count(text, model))
         elif abandoned or not usage.fully_reported:
             usage = self._estimate(span, usage, response, abandoned)
         if error is not None:

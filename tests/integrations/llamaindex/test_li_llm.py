@@ -19,6 +19,7 @@ from llama_index.core.instrumentation.dispatcher import instrument_tags
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.mock import MockLLM
+from llama_index.core.tools import FunctionTool
 from llama_index.core.utils import get_tokenizer
 
 import agentmeter
@@ -138,6 +139,34 @@ def test_never_iterated_stream_is_forgotten(
     gc.collect()
     assert not inst._llm
     assert li_tracker.snapshot().totals.llm_calls == 0
+
+
+@pytest.mark.parametrize("in_tool", [False, True], ids=["top-level", "in-a-tool"])
+def test_streams_seen_on_both_span_exit_paths(
+    inst: ami.Instrumentor, li_tracker: agentmeter.Tracker, in_tool: bool
+) -> None:
+    """The span handler's exit has a short path (no tool or run open) and the whole
+    one (a tool is open): both notice a returned stream, so a stream never read is
+    forgotten and one read to its end is counted once."""
+
+    def body() -> str:
+        assert bool(inst._open) is in_tool  # the path under test
+        gen = MockLLM().stream_complete("never read")
+        assert inst._llm  # pending while the stream object lives
+        del gen
+        gc.collect()
+        assert not inst._llm
+        return "".join(r.delta or "" for r in MockLLM().stream_complete("read to the end"))
+
+    if in_tool:
+        FunctionTool.from_defaults(fn=body, name="streamer").call()
+    else:
+        body()
+    totals = li_tracker.snapshot().totals
+    assert totals.llm_calls == 1 and totals.estimated_calls == 1
+    assert totals.input_tokens == count("read to the end")
+    assert totals.tool_calls == (1 if in_tool else 0)
+    assert not inst._llm and not inst._open and not inst.errors
 
 
 class _Raw(CustomLLM):
