@@ -41,7 +41,15 @@ from agentmeter.instrumentation import (
     start_llm,
 )
 
-from ._common import FALLBACK_ENCODING, count, count_messages, model_of, response_text, tag
+from ._common import (
+    FALLBACK_ENCODING,
+    _model_of,
+    count,
+    count_messages,
+    model_of,
+    response_text,
+    tag,
+)
 
 __all__ = ["STREAM_USAGE_FIX", "BudgetNotEnforcedWarning", "LLMEvents", "StreamUsageWarning"]
 
@@ -165,7 +173,10 @@ class LLMEvents:
                 else:
                     span.messages = event.messages
             return
-        model, provider, cls = model_of(event.model_dict)
+        md = event.model_dict  # model_of(), inline: its lru_cache'd part called directly
+        model, provider, cls = _model_of(
+            md.get("class_name"), md.get("model"), md.get("model_name")
+        )
         tags = event.tags  # the dispatcher's instrument_tags: usually empty
         session, agent = (tag(tags, "session_id"), tag(tags, "agent_id")) if tags else _NO_TAGS
         tracker = self.tracker
