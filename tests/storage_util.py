@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 from typing import Any
 
 from agentmeter import Snapshot, Tracker
@@ -431,3 +438,30 @@ def rollup_mismatches(url: str) -> dict[str, Any]:
     finally:
         engine.dispose()
     return diffs
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_writer_processes(script: str, db_url: str, n: int) -> list[dict[str, Any]]:
+    """Run ``script`` in ``n`` processes at once (argv: the database URL, the writer's
+    index, the moment all start writing, the tests folder; strict mode on) and return
+    the JSON stats each printed last; a process that failed fails the test."""
+    start = time.time() + 4.0
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "AGENTMETER_STRICT": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script), db_url, str(k), str(start), str(TESTS)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for k in range(n)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    stats = []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        stats.append(json.loads(out.strip().splitlines()[-1]))
+    return stats

@@ -7,12 +7,6 @@ batches with duplicate call ids (and resets) through the writer.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +23,7 @@ from storage_util import (
     random_raws,
     raw_event,
     rollup_mismatches,
+    run_writer_processes,
 )
 
 from agentmeter import UsageEvent
@@ -73,31 +68,7 @@ def _all_events() -> list[UsageEvent]:
 @pytest.mark.timeout(400)
 def test_eight_processes_writing_at_once(db_url: str) -> None:
     SQLSink(db_url).close()  # the schema exists; the race is over the rows
-    start = time.time() + 4.0
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMETER_STRICT": "1"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                textwrap.dedent(WRITER),
-                db_url,
-                str(k),
-                str(start),
-                str(ROOT / "tests"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for k in range(WRITERS)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    stats = []
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err
-        stats.append(json.loads(out.strip().splitlines()[-1]))
+    stats = run_writer_processes(WRITER, db_url, WRITERS)
     assert all(s["ok"] and s["dropped"] == 0 and s["overflowed"] == 0 for s in stats), stats
     # Each shared call id was stored by exactly one writer, skipped by the others.
     assert sum(s["written"] for s in stats) == WRITERS * PER_WRITER + SHARED

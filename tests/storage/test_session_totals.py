@@ -6,12 +6,6 @@ events give."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +15,15 @@ import storage_pg
 import storage_v1_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from storage_util import BASE, CUSTOMERS, TAG_CHOICES, random_raws, raw_event, rollup_mismatches
+from storage_util import (
+    BASE,
+    CUSTOMERS,
+    TAG_CHOICES,
+    random_raws,
+    raw_event,
+    rollup_mismatches,
+    run_writer_processes,
+)
 
 from agentmeter.storage import SQLSink, UsageStore
 from agentmeter.storage.migrations import HEAD, VERSION_TABLE
@@ -367,30 +369,7 @@ WRITER = """
 @pytest.mark.timeout(400)
 def test_eight_processes_keep_the_session_tables_exact(db_url: str) -> None:
     SQLSink(db_url).close()
-    start = time.time() + 4.0
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMETER_STRICT": "1"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                textwrap.dedent(WRITER),
-                db_url,
-                str(k),
-                str(start),
-                str(ROOT / "tests"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for k in range(8)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err
-        stats = json.loads(out.strip().splitlines()[-1])
+    for stats in run_writer_processes(WRITER, db_url, 8):
         assert stats["ok"] and stats["dropped"] == 0 and stats["overflowed"] == 0, stats
         if db_url.startswith("postgresql"):
             assert stats["retries"] == 0, stats["last_error"]  # no deadlock
