@@ -24,13 +24,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-__all__ = ["KW", "KeywordsOnly", "keywords_only", "positional_error"]
+__all__ = ["KW", "TRUSTED", "KeywordsOnly", "keywords_only", "positional_error"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class KeywordsOnly:
-    """The type of :data:`KW`, the marker's default; no other value is ever passed."""
+    """The type of :data:`KW`, the marker's default, and of :data:`TRUSTED`."""
 
     __slots__ = ()
 
@@ -39,6 +39,11 @@ class KeywordsOnly:
 
 
 KW: Final = KeywordsOnly()
+
+# Passed in the marker's place by agentmeter's own callers whose arguments are
+# checked already (the calls in flight of agentmeter.instrumentation): the record
+# method then skips its checks, in the same frame. Never part of a public API.
+TRUSTED: Final = KeywordsOnly()
 
 
 def keywords_only(func: F) -> F:

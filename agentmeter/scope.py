@@ -161,7 +161,7 @@ class Scope:
         self.error: str | None = None
         self._final_budget: BudgetStatus | None = None
         # Row keys of records made in this scope, by model or (model, session, provider)
-        # (see Tracker._record_llm); the shared read-only NO_KEYS until one is cached.
+        # (see Tracker.record_llm); the shared read-only NO_KEYS until one is cached.
         self.row_keys: dict[Any, Any] = NO_KEYS
 
     # -- entering and leaving -------------------------------------------------

@@ -31,7 +31,7 @@ from ._events import EventBus, Sink, Subscriber, build_event
 from ._guard import swallow
 from ._ledger import BudgetLedger
 from ._recorder import FOLD_AT, Key, Recorder
-from ._signature import KW, KeywordsOnly, keywords_only, positional_error
+from ._signature import KW, TRUSTED, KeywordsOnly, keywords_only, positional_error
 from .budget import Budget, BudgetStore, Reservation, Spend
 from .errors import BudgetExceeded, NotFoundError
 from .models import (
@@ -55,6 +55,11 @@ LLM, EMBEDDING, TOOL, CACHE = _fields.LLM, _fields.EMBEDDING, _fields.TOOL, _fie
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
 _MISSING: Any = object()
 _INF = float("inf")
+# The defaults of record_llm's optional counts and kind. An identity test against
+# the default is the cheapest check there is, and every value it passes is valid:
+# CPython keeps one 0 and interns "chat" (a bool or an int subclass is never 0).
+_ZERO: Any = 0
+_CHAT: Any = "chat"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -266,129 +271,92 @@ class Tracker:
         Raises:
             ValueError, TypeError: on bad arguments; nothing is counted then.
         """
-        if _kw is not KW:
+        if _kw is KW:
+            # Validation: one cheap test per argument inline; the helpers (which raise
+            # or normalise) only run when a test fails.
+            if type(model) is not str or not model or not model.isascii():
+                _validate.name("model", model, optional=False)
+            if type(input_tokens) is not int or input_tokens < 0:
+                input_tokens = _validate.count("input_tokens", input_tokens)
+            if type(output_tokens) is not int or output_tokens < 0:
+                output_tokens = _validate.count("output_tokens", output_tokens)
+            if cache_read_tokens is not _ZERO and (
+                type(cache_read_tokens) is not int or cache_read_tokens < 0
+            ):
+                cache_read_tokens = _validate.count("cache_read_tokens", cache_read_tokens)
+            if cache_write_tokens is not _ZERO and (
+                type(cache_write_tokens) is not int or cache_write_tokens < 0
+            ):
+                cache_write_tokens = _validate.count("cache_write_tokens", cache_write_tokens)
+            if reasoning_tokens is not _ZERO and (
+                type(reasoning_tokens) is not int or reasoning_tokens < 0
+            ):
+                reasoning_tokens = _validate.count("reasoning_tokens", reasoning_tokens)
+            if (
+                cache_read_tokens + cache_write_tokens > input_tokens
+                or reasoning_tokens > output_tokens
+            ):
+                _validate.parts(
+                    input_tokens,
+                    cache_read_tokens,
+                    cache_write_tokens,
+                    output_tokens,
+                    reasoning_tokens,
+                )
+            if kind is not _CHAT and (kind.__class__ is not str or kind not in _LLM_KINDS):
+                _validate.kind(kind, _LLM_KINDS)
+            if latency_ms is not None and (
+                latency_ms.__class__ is not float or not 0.0 <= latency_ms < _INF  # NaN fails too
+            ):
+                latency_ms = _validate.duration("latency_ms", latency_ms)
+            cost = None if cost_usd is None else _validate.opt_cost_micros("cost_usd", cost_usd)
+            if not (
+                (
+                    provider is None
+                    or (provider.__class__ is str and provider and provider.isascii())
+                )
+                and (
+                    session_id is None
+                    or (session_id.__class__ is str and session_id.isascii() and session_id)
+                )
+                and (
+                    agent_id is None
+                    or (agent_id.__class__ is str and agent_id.isascii() and agent_id)
+                )
+                and (tool is None or (tool.__class__ is str and tool.isascii() and tool))
+                and (
+                    customer_id is None
+                    or (customer_id.__class__ is str and customer_id.isascii() and customer_id)
+                )
+            ):
+                _validate.names(
+                    provider=provider,
+                    session_id=session_id,
+                    agent_id=agent_id,
+                    tool=tool,
+                    customer_id=customer_id,
+                )
+            if call_id is not None and (
+                call_id.__class__ is not str or not call_id or not call_id.isascii()
+            ):
+                call_id = _validate.call_id(call_id)
+            if estimated is not False and estimated is not True:
+                _validate.flag("estimated", estimated)
+            if ok is not True and ok is not False:
+                _validate.flag("ok", ok)
+            if error is not None:
+                error = _validate.error(error)
+            if metadata is not None:
+                _validate.metadata(metadata)
+            if tags is not None:
+                tags = _validate.tags(tags)
+        elif _kw is TRUSTED:
+            # agentmeter.instrumentation's calls in flight checked every argument
+            # when the call started and ended, and pass the cost in micro-dollars:
+            # the same body without a second check or a second frame.
+            cost = cost_usd  # type: ignore[assignment]
+        else:
             raise positional_error("record_llm", 3)
-        # Validation: one cheap test per argument inline; the helpers (which raise
-        # or normalise) only run when a test fails.
-        if type(model) is not str or not model or not model.isascii():
-            _validate.name("model", model, optional=False)
-        if type(input_tokens) is not int or input_tokens < 0:
-            input_tokens = _validate.count("input_tokens", input_tokens)
-        if type(output_tokens) is not int or output_tokens < 0:
-            output_tokens = _validate.count("output_tokens", output_tokens)
-        if type(cache_read_tokens) is not int or cache_read_tokens < 0:
-            cache_read_tokens = _validate.count("cache_read_tokens", cache_read_tokens)
-        if type(cache_write_tokens) is not int or cache_write_tokens < 0:
-            cache_write_tokens = _validate.count("cache_write_tokens", cache_write_tokens)
-        if type(reasoning_tokens) is not int or reasoning_tokens < 0:
-            reasoning_tokens = _validate.count("reasoning_tokens", reasoning_tokens)
-        if (
-            cache_read_tokens + cache_write_tokens > input_tokens
-            or reasoning_tokens > output_tokens
-        ):
-            _validate.parts(
-                input_tokens,
-                cache_read_tokens,
-                cache_write_tokens,
-                output_tokens,
-                reasoning_tokens,
-            )
-        if kind.__class__ is not str or kind not in _LLM_KINDS:
-            _validate.kind(kind, _LLM_KINDS)
-        if latency_ms is not None and (
-            latency_ms.__class__ is not float or not 0.0 <= latency_ms < _INF  # NaN fails too
-        ):
-            latency_ms = _validate.duration("latency_ms", latency_ms)
-        cost = None if cost_usd is None else _validate.opt_cost_micros("cost_usd", cost_usd)
-        if not (
-            (provider is None or (provider.__class__ is str and provider and provider.isascii()))
-            and (
-                session_id is None
-                or (session_id.__class__ is str and session_id.isascii() and session_id)
-            )
-            and (
-                agent_id is None or (agent_id.__class__ is str and agent_id.isascii() and agent_id)
-            )
-            and (tool is None or (tool.__class__ is str and tool.isascii() and tool))
-            and (
-                customer_id is None
-                or (customer_id.__class__ is str and customer_id.isascii() and customer_id)
-            )
-        ):
-            _validate.names(
-                provider=provider,
-                session_id=session_id,
-                agent_id=agent_id,
-                tool=tool,
-                customer_id=customer_id,
-            )
-        if call_id is not None and (
-            call_id.__class__ is not str or not call_id or not call_id.isascii()
-        ):
-            call_id = _validate.call_id(call_id)
-        if estimated is not False and estimated is not True:
-            _validate.flag("estimated", estimated)
-        if ok is not True and ok is not False:
-            _validate.flag("ok", ok)
-        if error is not None:
-            error = _validate.error(error)
-        if metadata is not None:
-            _validate.metadata(metadata)
-        if tags is not None:
-            tags = _validate.tags(tags)
-        self._record_llm(
-            model,
-            input_tokens,
-            output_tokens,
-            cache_read_tokens,
-            cache_write_tokens,
-            reasoning_tokens,
-            provider,
-            latency_ms,
-            cost,
-            call_id,
-            kind,
-            estimated,
-            session_id,
-            agent_id,
-            customer_id,
-            tool,
-            tags,
-            metadata,
-            ok,
-            error,
-        )
-
-    def _record_llm(
-        self,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        cache_read_tokens: int,
-        cache_write_tokens: int,
-        reasoning_tokens: int,
-        provider: str | None,
-        latency_ms: float | None,
-        cost: int | None,
-        call_id: object,
-        kind: str,
-        estimated: bool,
-        session_id: str | None,
-        agent_id: str | None,
-        customer_id: str | None,
-        tool: str | None,
-        tags: dict[str, str] | None,
-        metadata: dict[str, Any] | None,
-        ok: bool,
-        error: str | None,
-    ) -> None:
-        """:meth:`record_llm` after its checks, every argument positional.
-
-        The trusted entry of the calls in flight (``agentmeter.instrumentation``):
-        their arguments were checked when the call started and when it ended, so
-        they are not checked twice. Arguments must be as ``record_llm`` leaves them
-        (``cost`` in micro-dollars or ``None``: priced here; parts within wholes).
-        """
         try:
             # The hot path. The row key is cached per scope and model when nothing
             # overrides the scope's attribution, so folding groups rows by identity.

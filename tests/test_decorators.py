@@ -6,6 +6,7 @@ import pytest
 
 import agentmeter
 from agentmeter import Tracker
+from agentmeter.instrumentation import unregister_call_id_provider
 
 
 def _llm(t: Tracker, n: int = 10) -> None:
@@ -181,7 +182,11 @@ def test_abandoned_generator_tool_is_not_a_failure(tracker):
 
 def test_tool_seen_by_decorator_and_framework_counts_once(tracker):
     current: dict[str, str | None] = {"id": None}
-    agentmeter.register_call_id_provider(lambda: current["id"])
+
+    def provider() -> str | None:
+        return current["id"]
+
+    agentmeter.register_call_id_provider(provider)
     try:
 
         @tracker.metered_tool
@@ -195,9 +200,8 @@ def test_tool_seen_by_decorator_and_framework_counts_once(tracker):
         current["id"] = None
         search()
     finally:
-        from agentmeter.scope import _CALL_ID_PROVIDERS
-
-        _CALL_ID_PROVIDERS.clear()
+        # Only this test's provider: the integrations' (registered on import) stay.
+        unregister_call_id_provider(provider)
     st = tracker.tool_stats()["search"]
     assert st.calls == 2 and "run-42" in st.recent_call_ids
 

@@ -52,6 +52,27 @@ def test_llm_call_finish_records_once_with_attribution(tracker: Tracker) -> None
     assert e.cost_micros == 100 * 1 + 10 * 2  # $1 / $2 per Mtok = 1 / 2 micro-USD per token
 
 
+def test_calls_in_flight_record_through_the_trackers_own_record_llm() -> None:
+    """The calls in flight end in ``Tracker.record_llm`` (its checks skipped, not its
+    body), so a subclass that wraps it sees every integration's model calls."""
+    seen: list[tuple[str, int, int]] = []
+
+    class Audited(Tracker):
+        def record_llm(self, *args: object, **kwargs: object) -> None:
+            seen.append(args[:3])  # type: ignore[arg-type]
+            super().record_llm(*args, **kwargs)  # type: ignore[arg-type]
+
+    t = Audited()
+    t.set_price("m", input_per_mtok=1, output_per_mtok=2)
+    ami.start_llm("m", tracker=t, call_id="fast").finish(counts(1000, 500))  # the usual end
+    ami.start_llm("m", tracker=t, call_id="full", prompt="hi").finish(output_text="ok")
+    ami.start_llm("m", tracker=t, call_id="failed").fail(RuntimeError("boom"))
+    assert seen == [("m", 1000, 500), ("m", 1, 1), ("m", 0, 0)]
+    usage = t.snapshot().totals
+    assert (usage.llm_calls, usage.failed_llm_calls, usage.estimated_calls) == (3, 1, 1)
+    assert usage.cost_micros == 2000 + 3  # 1 micro-USD per input token, 2 per output
+
+
 def test_unreported_usage_is_estimated_and_flagged(tracker: Tracker) -> None:
     call = ami.start_llm("m", tracker=tracker, prompt="hello there " * 20)
     call.finish(None, output_text="a short answer of several words")

@@ -31,7 +31,7 @@ from uuid import UUID
 
 from .. import _validate
 from .._guard import guarded, swallow
-from .._signature import KW, KeywordsOnly, keywords_only, positional_error
+from .._signature import KW, TRUSTED, KeywordsOnly, keywords_only, positional_error
 from ..budget import Budget
 from ..errors import BudgetExceeded, BudgetStoreUnavailable
 from ..scope import STACK, Scope
@@ -318,58 +318,34 @@ class LLMCall(_InFlight):
             latency_ms = (time.perf_counter() - self.t0) * 1000.0
         a = self.attribution
         tracker = self.tracker
-        record = getattr(tracker, "_record_llm", None)
         stack = a.stack
         # Attach the captured scopes, unless they are the current ones already (the
         # usual case: the call ends in the context it started in).
         token = None if STACK.get() is stack else STACK.set(stack)
         try:
-            if record is not None:
-                record(
-                    model or self.model,
-                    inp,
-                    out,
-                    cr,
-                    cw,
-                    rs,
-                    provider or self.provider,
-                    latency_ms,
-                    cost,
-                    self.call_id,
-                    self.kind,
-                    estimated,
-                    a.session_id,
-                    a.agent_id,
-                    a.customer_id,
-                    a.tool,
-                    a.tags,
-                    metadata,
-                    ok,
-                    error,
-                )
-            else:  # a tracker without the trusted path (duck-typed): the public one
-                tracker.record_llm(
-                    model or self.model,
-                    inp,
-                    out,
-                    cache_read_tokens=cr,
-                    cache_write_tokens=cw,
-                    reasoning_tokens=rs,
-                    provider=provider or self.provider,
-                    latency_ms=latency_ms,
-                    cost_usd=None if cost is None else Decimal(cost) / 1_000_000,
-                    call_id=self.call_id,
-                    kind=self.kind,
-                    estimated=estimated,
-                    session_id=a.session_id,
-                    agent_id=a.agent_id,
-                    metadata=metadata,
-                    tool=a.tool,
-                    ok=ok,
-                    error=error,
-                    customer_id=a.customer_id,
-                    tags=a.tags,
-                )
+            tracker.record_llm(
+                model or self.model,
+                inp,
+                out,
+                TRUSTED,
+                cr,
+                cw,
+                rs,
+                provider or self.provider,
+                latency_ms,
+                cost,
+                self.call_id,
+                self.kind,
+                estimated,
+                a.session_id,
+                a.agent_id,
+                a.customer_id,
+                a.tool,
+                a.tags,
+                metadata,
+                ok,
+                error,
+            )
         finally:
             if token is not None:
                 STACK.reset(token)  # set and reset in one context, this frame
@@ -424,47 +400,46 @@ class LLMCall(_InFlight):
             # The usual end -- whole counts reported, nothing else -- recorded here
             # through the tracker's trusted path (what _record does, without its
             # branches and one call less); every value is valid already.
-            record = getattr(self.tracker, "_record_llm", None)
-            if record is not None:
-                try:  # self._claim(), inline: exactly one end wins
-                    self._open.pop()
-                except IndexError:
-                    return False
-                u: UsageCounts = usage
-                stack = self.attribution.stack
-                token = None if STACK.get() is stack else STACK.set(stack)
-                try:
-                    a = self.attribution
-                    record(
-                        model or self.model,
-                        u.input_tokens,
-                        u.output_tokens,
-                        u.cache_read_tokens,
-                        u.cache_write_tokens,
-                        u.reasoning_tokens,
-                        self.provider,
-                        (_perf_counter() - self.t0) * 1000.0,
-                        None,
-                        self.call_id,
-                        self.kind,
-                        False,
-                        a.session_id,
-                        a.agent_id,
-                        a.customer_id,
-                        a.tool,
-                        a.tags,
-                        None,
-                        True,
-                        None,
-                    )
-                except _PROPAGATE:
-                    raise
-                except Exception as exc:
-                    swallow(exc, "LLMCall.finish")
-                finally:
-                    if token is not None:
-                        STACK.reset(token)
-                return True
+            try:  # self._claim(), inline: exactly one end wins
+                self._open.pop()
+            except IndexError:
+                return False
+            u: UsageCounts = usage
+            stack = self.attribution.stack
+            token = None if STACK.get() is stack else STACK.set(stack)
+            try:
+                a = self.attribution
+                self.tracker.record_llm(
+                    model or self.model,
+                    u.input_tokens,
+                    u.output_tokens,
+                    TRUSTED,
+                    u.cache_read_tokens,
+                    u.cache_write_tokens,
+                    u.reasoning_tokens,
+                    self.provider,
+                    (_perf_counter() - self.t0) * 1000.0,
+                    None,
+                    self.call_id,
+                    self.kind,
+                    False,
+                    a.session_id,
+                    a.agent_id,
+                    a.customer_id,
+                    a.tool,
+                    a.tags,
+                    None,
+                    True,
+                    None,
+                )
+            except _PROPAGATE:
+                raise
+            except Exception as exc:
+                swallow(exc, "LLMCall.finish")
+            finally:
+                if token is not None:
+                    STACK.reset(token)
+            return True
         cost = None
         if (
             (usage is not None and usage.__class__ is not UsageCounts)
