@@ -130,7 +130,8 @@ class Recorder:
         n = len(log)
         if not n:
             return
-        rows = [log.popleft() for _ in range(n)]
+        popleft = log.popleft
+        rows = [popleft() for _ in range(n)]
         cells = self.cells
         for key, run in groupby(rows, _ROW_KEY):
             group = list(run)
