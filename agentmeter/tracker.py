@@ -1170,7 +1170,11 @@ class Tracker:
         """
         if self.ledger.active:
             return True
-        scope = self.current_scope()
+        # current_scope(), inline: integrations ask this on every model call.
+        stack = STACK.get()
+        if not stack:
+            return False
+        scope = stack[-1] if stack[-1].tracker is self else innermost(self, stack)
         return scope is not None and bool(scope.budget_refs)
 
     def check_budget(

@@ -157,9 +157,15 @@ def _make_handlers(core: Instrumentor) -> tuple[BaseEventHandler, BaseSpanHandle
                 return
             # An LLM's span (Instrumentor.span_enter's LLM branch, inline).
             try:
-                parents[id_] = parent_id
-                if len(parents) > _MAX_OPEN:
-                    parents.pop(next(iter(parents)), None)
+                if opened or llm or parents:
+                    # Its parent is kept only while something it could be nested in
+                    # -- a tool, a run, another call or span -- is open: the chain of
+                    # parents is walked up to those (LLMEvents._pending_ancestor). A
+                    # call made with nothing open (the usual top-level call) has no
+                    # ancestor to find, and whatever opens later is its descendant.
+                    parents[id_] = parent_id
+                    if len(parents) > _MAX_OPEN:
+                        parents.pop(next(iter(parents)), None)
                 if core.enforce_budgets and core.tracker.budget_applies():
                     core._llm_enter(id_, instance)
                 if core.stream_usage:
@@ -180,7 +186,8 @@ def _make_handlers(core: Instrumentor) -> tuple[BaseEventHandler, BaseSpanHandle
                 return
             # Instrumentor.span_exit without open tools or runs, inline.
             try:
-                parents.pop(id_, None)
+                if parents:
+                    parents.pop(id_, None)
                 if limits:
                     limits.pop(id_, None)
                 span = llm.get(id_)
