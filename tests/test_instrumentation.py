@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import agentmeter
 from agentmeter import Budget, BudgetExceeded, Tracker
@@ -71,6 +74,15 @@ def test_calls_in_flight_record_through_the_trackers_own_record_llm() -> None:
     usage = t.snapshot().totals
     assert (usage.llm_calls, usage.failed_llm_calls, usage.estimated_calls) == (3, 1, 1)
     assert usage.cost_micros == 2000 + 3  # 1 micro-USD per input token, 2 per output
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.uuids())
+def test_a_uuid_call_id_is_recorded_in_its_canonical_form(u: uuid.UUID) -> None:
+    """LangChain's run ids are UUIDs; they are recorded (and deduplicated) as str(u)."""
+    t = Tracker()
+    assert ami.start_llm("m", tracker=t, call_id=u).call_id == str(u)
+    assert ami.start_tool("search", tracker=t, call_id=u, open_scope=False).call_id == str(u)
 
 
 def test_unreported_usage_is_estimated_and_flagged(tracker: Tracker) -> None:

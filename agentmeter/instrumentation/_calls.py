@@ -26,6 +26,7 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final, Literal
 from uuid import UUID
 
@@ -107,10 +108,13 @@ class _attached:
             STACK.reset(self.token)  # a with block begins and ends in one context
 
 
+# The five groups of a UUID's 32 hex digits, cut in one C call.
+_UUID_GROUPS = itemgetter(slice(0, 8), slice(8, 12), slice(12, 16), slice(16, 20), slice(20, 32))
+
+
 def _uuid_str(u: UUID) -> str:
-    """``str(u)``, as ``UUID.__str__`` builds it, in this frame (one call less per call)."""
-    h = "%032x" % u.int  # noqa: UP031 - the fastest spelling (as the stdlib's)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """``str(u)``, faster than ``UUID.__str__`` (which slices in Python)."""
+    return "-".join(_UUID_GROUPS("%032x" % u.int))  # noqa: UP031 - the fastest spelling
 
 
 def _call_id(call_id: object, tracker: Tracker) -> str:
@@ -220,8 +224,7 @@ class LLMCall(_InFlight):
         self.attribution = attribution
         self.tracker = attribution.tracker
         if call_id.__class__ is UUID:  # LangChain's run ids: str(call_id), inline
-            h = "%032x" % call_id.int  # noqa: UP031
-            self.call_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            self.call_id = "-".join(_UUID_GROUPS("%032x" % call_id.int))  # noqa: UP031
         else:
             self.call_id = _call_id(call_id, self.tracker)
         self.t0 = _perf_counter()
