@@ -57,7 +57,8 @@ _MISSING: Any = object()
 _INF = float("inf")
 # The defaults of record_llm's optional counts and kind. An identity test against
 # the default is the cheapest check there is, and every value it passes is valid:
-# CPython keeps one 0 and interns "chat" (a bool or an int subclass is never 0).
+# CPython keeps one 0 and interns "chat" (False, a float 0.0 or an int subclass is
+# never this 0, so they still take the full check).
 _ZERO: Any = 0
 _CHAT: Any = "chat"
 F = TypeVar("F", bound=Callable[..., Any])
