@@ -76,3 +76,29 @@ async def test_200_tasks_each_own_session_and_scope():
         assert snap.by_session[f"task{n}"] == u
         assert snap.by_session_tool[f"task{n}"]["fetch"].input_tokens == 20 * n
     assert snap.totals.llm_calls == 200 * 40
+
+
+def test_a_long_log_is_folded_in_batches_by_records_and_whole_by_reads():
+    """While one thread holds the lock (a fold preempted mid-way), records pile up in
+    the log; afterwards each record folds at most FOLD_BATCH of them (a bounded pause
+    for the recording thread), and a read folds the rest: nothing lost or counted twice."""
+    from agentmeter._recorder import FOLD_AT, FOLD_BATCH
+
+    t = Tracker()
+    rec = t.recorder
+    piled = 3 * FOLD_BATCH + 7
+    with t.meter("s", session_id="s1") as scope:
+        with rec.lock:  # as a folding thread that lost the CPU holds it
+            for _ in range(piled):
+                t.record_llm(model="gpt-4o-mini", input_tokens=3, output_tokens=1)
+        assert len(rec.log) == piled  # no record could fold
+        t.record_llm(model="gpt-4o-mini", input_tokens=3, output_tokens=1)
+        assert len(rec.log) == piled + 1 - FOLD_BATCH  # one batch, not the whole log
+        for _ in range(3):
+            t.record_llm(model="gpt-4o-mini", input_tokens=3, output_tokens=1)
+        assert len(rec.log) < FOLD_AT  # drained by the next records
+        assert scope.usage.llm_calls == piled + 4  # a read folds everything
+    assert not rec.log
+    totals = t.snapshot().totals
+    assert (totals.llm_calls, totals.input_tokens) == (piled + 4, 3 * (piled + 4))
+    assert t.session("s1").usage.output_tokens == piled + 4
