@@ -32,7 +32,7 @@ from . import _fields, _tools, _views
 from .models import Snapshot, ToolStats
 from .scope import Scope
 
-__all__ = ["FOLD_AT", "Key", "Recorder"]
+__all__ = ["FOLD_AT", "FOLD_BATCH", "Key", "Recorder"]
 
 FOLD_AT = 512
 FOLD_BATCH = 4 * FOLD_AT  # the most rows a recording thread folds at once
