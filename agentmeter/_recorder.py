@@ -61,7 +61,8 @@ class Recorder:
         self.tools: dict[str | None, dict[str, _tools.ToolAcc]] = {}
         # Tool stats per customer (records that have one); sessions above keep theirs.
         self.customer_tools: dict[str, dict[str, _tools.ToolAcc]] = {}
-        self.seen: dict[object, object] = {}  # call id -> the row that claimed it
+        # Call ids recorded lately (values: None once claimed; see first_time).
+        self.seen: dict[object, object] = {}
         self.seen_order: deque[object] = deque()
         self.dedup_window = dedup_window
         # Row keys of records made outside any scope, by model or (model, session,
@@ -73,10 +74,16 @@ class Recorder:
         """Claim ``call_id`` for ``row``; False if it was already recorded (a duplicate).
 
         ``dict.setdefault`` is atomic, so two threads recording the same id cannot
-        both win, without taking the lock. Memory is bounded by the dedup window.
+        both win, without taking the lock: the one whose row went in wins. The row
+        is then dropped from the window (any later claim still finds the id taken):
+        the window keeps only the ids, not 10,000 rows and their values -- less
+        memory, and inside a framework's call fewer cold objects to free on eviction.
+        Memory is bounded by the dedup window.
         """
-        if self.seen.setdefault(call_id, row) is not row:
+        seen = self.seen
+        if seen.setdefault(call_id, row) is not row:
             return False
+        seen[call_id] = None
         order = self.seen_order
         order.append(call_id)
         if len(order) > self.dedup_window:

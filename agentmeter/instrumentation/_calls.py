@@ -113,8 +113,13 @@ _UUID_GROUPS = itemgetter(slice(0, 8), slice(8, 12), slice(12, 16), slice(16, 20
 
 
 def _uuid_str(u: UUID) -> str:
-    """``str(u)``, faster than ``UUID.__str__`` (which slices in Python)."""
-    return "-".join(_UUID_GROUPS("%032x" % u.int))  # noqa: UP031 - the fastest spelling
+    """``str(u)``, faster than ``UUID.__str__`` (which slices in Python).
+
+    The hex digits come from ``int.to_bytes().hex()``: in place (inside a framework's
+    call) that path costs a third of the instruction-cache misses of ``"%032x" %``,
+    whose formatting machinery the rest of the call has evicted by then.
+    """
+    return "-".join(_UUID_GROUPS(u.int.to_bytes(16, "big").hex()))
 
 
 def _call_id(call_id: object, tracker: Tracker) -> str:
@@ -224,7 +229,7 @@ class LLMCall(_InFlight):
         self.attribution = attribution
         self.tracker = attribution.tracker
         if call_id.__class__ is UUID:  # LangChain's run ids: str(call_id), inline
-            self.call_id = "-".join(_UUID_GROUPS("%032x" % call_id.int))  # noqa: UP031
+            self.call_id = "-".join(_UUID_GROUPS(call_id.int.to_bytes(16, "big").hex()))
         else:
             self.call_id = _call_id(call_id, self.tracker)
         self.t0 = _perf_counter()
@@ -408,10 +413,10 @@ class LLMCall(_InFlight):
             except IndexError:
                 return False
             u: UsageCounts = usage
-            stack = self.attribution.stack
+            a = self.attribution
+            stack = a.stack
             token = None if STACK.get() is stack else STACK.set(stack)
             try:
-                a = self.attribution
                 self.tracker.record_llm(
                     model or self.model,
                     u.input_tokens,
@@ -840,17 +845,21 @@ def start_llm(
             )
             and (tool is None or (tool.__class__ is str and tool.isascii() and tool))
         ):
+            stack = STACK.get()
             a = _new_tuple(
-                Attribution, (tracker, STACK.get(), session_id, agent_id, customer_id, tool, None)
+                Attribution, (tracker, stack, session_id, agent_id, customer_id, tool, None)
             )
         else:
             a = capture_now(tracker, session_id, agent_id, customer_id, tool, tags)
+            tracker, stack = a.tracker, a.stack
     else:
         a = checked(attribution)
+        tracker, stack = a.tracker, a.stack
     call = LLMCall(a, model, provider, kind, call_id, prompt, prompt_tokens)
     # Estimate the prompt and reserve only where a budget applies (the usual answer,
     # no budget and no scopes, is found without a call).
-    if check_budget and (a.tracker.ledger.active or (a.stack and a.budgeted)):
+    # (tracker is a Tracker on every branch here: checked above, or captured.)
+    if check_budget and (tracker.ledger.active or (stack and a.budgeted)):  # type: ignore[union-attr]
         with _G_START:
             call._reserve(call.prompt_tokens, "llm", model, provider, max_output_tokens)
     return call

@@ -373,7 +373,9 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
                 session, agent = self.session_id, self.agent_id
             customer = self.customer_id
             if customer is None and md:
-                customer = _str_or_none(md.get("customer_id"))  # as self._customer(md)
+                customer = md.get("customer_id")  # as self._customer(md)
+                if customer is not None:
+                    customer = _str_or_none(customer)
             # The request's output limit: a hard cap reserves the call's worst case. The
             # usual answers (LangChain's ls_max_tokens, or no limit at all) in C.
             if not self.enforce_budgets:
