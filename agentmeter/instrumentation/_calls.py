@@ -228,7 +228,7 @@ class LLMCall(_InFlight):
         # _InFlight.__init__, inline (one call less on every model call's start).
         self.attribution = attribution
         self.tracker = attribution.tracker
-        if call_id.__class__ is UUID:  # LangChain's run ids: str(call_id), inline
+        if call_id.__class__ is UUID:  # LangChain's run ids: _uuid_str(call_id), inline
             self.call_id = "-".join(_UUID_GROUPS(call_id.int.to_bytes(16, "big").hex()))
         else:
             self.call_id = _call_id(call_id, self.tracker)
