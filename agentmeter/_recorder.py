@@ -13,14 +13,6 @@ How a record travels (the hot path, kept to a few microseconds):
    their ancestors. A recording thread folds at most ``FOLD_BATCH`` rows at a
    time (a bounded pause, and a short hold of the lock); a read folds them all.
 
-The end of an LLM call in flight (``LLMCall.finish``) that nothing waits for -- no
-budget to settle, no subscriber or sink, a model already priced -- goes one step
-earlier still: its call id is claimed at once (so the first of two duplicates
-wins, as for a row) and the ended call is queued in :attr:`Recorder.ends`; the
-fold turns the queued ends into rows first (priced, keyed) in one batch. Inside a
-framework's call that is a few bytecodes instead of the whole record, whose code
-and data the framework's own work has evicted from the CPU caches by then.
-
 Cells are keyed ``session -> (model, provider, agent, tool, customer)``; every
 breakdown (by model, session, agent, customer, tool, category) is a group-by
 over them at read time (:mod:`agentmeter._views`). Tool accumulators are kept
@@ -31,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import groupby, repeat, starmap
 from operator import add, itemgetter
 from typing import Any
@@ -65,11 +57,6 @@ class Recorder:
         # Rows waiting to be folded. Recording threads append without the lock
         # (deque.append is atomic); folding pops them under the lock.
         self.log: deque[tuple[Any, ...]] = deque()
-        # Ended LLM calls waiting to become rows (appended without the lock, like the
-        # log), and the tracker's function that turns at most n of them into rows of
-        # the log (called by fold, under the lock).
-        self.ends: deque[tuple[Any, ...]] = deque()
-        self.rows_of_ends: Callable[[int], None] = _no_ends
         self.cells: dict[str | None, dict[_views.CellKey, list[Any]]] = {}
         self.tools: dict[str | None, dict[str, _tools.ToolAcc]] = {}
         # Tool stats per customer (records that have one); sessions above keep theirs.
@@ -146,18 +133,14 @@ class Recorder:
                 self.lock.release()
 
     def fold(self, limit: int | None = None) -> None:
-        """Turn the queued ends into rows, then sum the pending log (at most ``limit``
-        of each) into the cells and scopes (caller holds the lock).
+        """Sum the pending log (at most ``limit`` rows of it) into the cells and
+        scopes (caller holds the lock).
 
         Recording threads only ever append to the log, so taking the ``n`` rows
         present now is safe while they keep appending. Consecutive rows with the
         same key (the usual case: one context recording many calls; the key object
         is shared, so comparing is an identity test) are summed column-wise in C.
         """
-        ends = self.ends
-        if ends:
-            n = len(ends)
-            self.rows_of_ends(n if limit is None or n < limit else limit)
         log = self.log
         n = len(log)
         if limit is not None and n > limit:
@@ -192,12 +175,6 @@ class Recorder:
                 else:
                     row[:] = map(add, row, full)
                 scope = scope.parent
-
-    def record_ends(self) -> None:
-        """Turn the queued ends into rows now (before what would change how they count)."""
-        if self.ends:
-            with self.lock:
-                self.fold()
 
     # ------------------------------------------------------------- reading
     def state(self, *, clear: bool = False) -> State:
@@ -333,10 +310,6 @@ class Recorder:
                 bucket = self.customer_tools.setdefault(customer, {})
                 for stats in by_tool.values():
                     _absorb(bucket, stats)
-
-
-def _no_ends(n: int) -> None:
-    raise RuntimeError("a Recorder with queued ends needs rows_of_ends")
 
 
 def _absorb(bucket: dict[str, _tools.ToolAcc], stats: ToolStats) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import threading
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -297,10 +296,7 @@ class PriceBook:
     :meth:`set_price` overrides > genai-prices > unpriced (``None``).
     """
 
-    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
-        # Called before the rates change (the tracker records the call ends it queued
-        # first, so that they are priced as they were when they ended).
-        self._on_change = on_change
+    def __init__(self) -> None:
         self._overrides: dict[tuple[str, str | None], ModelRates] = {}
         # Raw (model, provider) -> resolved rates or None. Written without a lock:
         # a racing duplicate resolution yields the same value.
@@ -348,8 +344,6 @@ class PriceBook:
             0,
             "override",
         )
-        if self._on_change is not None:
-            self._on_change()
         self._overrides[(bare, prov)] = rates
         self._cache.clear()
 
@@ -378,15 +372,8 @@ class PriceBook:
 
     def clear_overrides(self) -> None:
         """Forget every :meth:`set_price` override."""
-        if self._on_change is not None:
-            self._on_change()
         self._overrides.clear()
         self._cache.clear()
-
-    def resolved(self, model: str, provider: str | None = None) -> bool:
-        """True when the rates of ``model`` are cached (priced or known to be unpriced):
-        pricing it again resolves nothing and warns about nothing."""
-        return (model if provider is None else (model, provider)) in self._cache
 
     def rates(self, model: str, provider: str | None = None) -> ModelRates | None:
         """The rates for a model, or ``None`` when it is unpriced (cached after the first call).

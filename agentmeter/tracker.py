@@ -21,12 +21,10 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import time
 import weakref
 from collections.abc import Callable
 from decimal import Decimal
-from itertools import repeat, starmap
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from . import _fields, _periods, _validate, _views, decorators
 from ._events import EventBus, Sink, Subscriber, build_event
@@ -49,9 +47,6 @@ from .models import (
 from .pricing import PriceBook
 from .scope import NO_KEYS, STACK, Scope, innermost
 
-if TYPE_CHECKING:
-    from .instrumentation import LLMCall, UsageCounts
-
 __all__ = ["Sink", "Subscriber", "Tracker"]
 
 logger = logging.getLogger("agentmeter")
@@ -67,7 +62,6 @@ _INF = float("inf")
 _ZERO: Any = 0
 _CHAT: Any = "chat"
 F = TypeVar("F", bound=Callable[..., Any])
-_perf_counter = time.perf_counter  # a global, not a module attribute, on the hot path
 
 
 def _id_prefix() -> str:
@@ -110,29 +104,6 @@ def _key(
         if customer_id is None:
             customer_id = scope.customer_id
     return (session_id, model, provider, agent_id, tool, scope, kind, customer_id)
-
-
-def _cached_key(
-    row_keys: dict[Any, Key],
-    scope: Scope | None,
-    session_id: str | None,
-    model: str,
-    provider: str | None,
-) -> Key:
-    """The row key of an LLM record that names no agent, tool or customer of its own,
-    cached per scope (or tracker) under its model, or (model, session, provider).
-
-    The cache makes the rows of one context share one key object, so folding groups
-    them by identity. ``record_llm`` runs the same lookup inline (its hot path).
-    """
-    ck: Any = model if session_id is None and provider is None else (model, session_id, provider)
-    key = row_keys.get(ck)
-    if key is None:
-        key = _key(scope, session_id, model, provider, None, None, LLM)
-        if row_keys is NO_KEYS:
-            row_keys = scope.row_keys = {}  # type: ignore[union-attr]
-        row_keys[ck] = key
-    return key
 
 
 def _tags(scope: Scope | None, tags: dict[str, str] | None) -> dict[str, str] | None:
@@ -178,12 +149,8 @@ class Tracker:
         if default_session_budget is not None and not isinstance(default_session_budget, Budget):
             raise TypeError("default_session_budget must be a Budget or None")
         self.recorder = Recorder(_validate.count("dedup_window", dedup_window))
-        self.recorder.rows_of_ends = self._rows_of_ends
         self.events = EventBus()
-        self.prices = PriceBook(on_change=self.recorder.record_ends)
-        # Ends of calls in flight are queued (see queue_llm_end) only by a tracker whose
-        # record_llm is this class's: a subclass that overrides it sees every record.
-        self._queues_ends = type(self).record_llm is Tracker.record_llm
+        self.prices = PriceBook()
         self._ids = itertools.count(1)
         self._id_prefix = _id_prefix()
         self.ledger = BudgetLedger(
@@ -214,10 +181,7 @@ class Tracker:
         if budget_store is not _MISSING and not isinstance(budget_store, BudgetStore):
             raise TypeError("budget_store must implement the BudgetStore protocol")
         if dedup_window is not _MISSING:
-            dedup_window = _validate.count("dedup_window", dedup_window)
-        self.recorder.record_ends()  # ended before the change: counted as before it
-        if dedup_window is not _MISSING:
-            self.recorder.dedup_window = dedup_window
+            self.recorder.dedup_window = _validate.count("dedup_window", dedup_window)
         if isinstance(default_session_budget, Budget) or default_session_budget is None:
             self.ledger.default_budget = default_session_budget
         if isinstance(budget_store, BudgetStore):
@@ -405,7 +369,6 @@ class Tracker:
                     scope = innermost(self, stack)
             # Integrations usually name the session and the provider (a run's
             # metadata), so those are cached too, under (model, session, provider).
-            # (_cached_key, inline: one call less on every record.)
             if agent_id is None and tool is None and customer_id is None:
                 keys = scope.row_keys if scope is not None else self.recorder.row_keys
                 ck: Any = (
@@ -493,83 +456,6 @@ class Tracker:
             raise
         except Exception as exc:
             swallow(exc, "record_llm")
-
-    def _queue_llm_end(self, call: LLMCall, usage: UsageCounts, model: str) -> bool:
-        """Queue the end of ``call`` (reported ``usage``, nothing else to record) to
-        become a row at the next fold; False when it must be recorded now.
-
-        For ``LLMCall.finish``. Only an end nothing waits for is queued: no budget or
-        reservation to settle, no subscriber or sink to tell, a model already priced
-        (so any unpriced-model warning was given in the caller's context). The call
-        id is claimed now, so the first of two duplicates still wins; the price, the
-        row key and the row are made at the next fold, in a batch (see
-        :mod:`agentmeter._recorder`). A budget, subscriber, sink or price set later
-        turns the queued ends into rows first: they count as they would have then.
-        """
-        ledger = self.ledger
-        if ledger.active or ledger.pending or self.events.listening or not self._queues_ends:
-            return False
-        stack = call.attribution.stack
-        if stack:
-            scope = stack[-1]
-            if scope.tracker is not self or scope.budget_refs:
-                return False
-        if not self.prices.resolved(model, call.provider):
-            return False
-        rec = self.recorder
-        end = (call, usage, model, _perf_counter())
-        if rec.first_time(call.call_id, end):
-            ends = rec.ends
-            ends.append(end)  # atomic: no lock, as the log
-            if len(ends) >= FOLD_AT:
-                rec.fold_soon()
-        return True
-
-    def _rows_of_ends(self, n: int) -> None:
-        """Turn ``n`` queued call ends into rows of the log (the recorder's lock is held).
-
-        What ``record_llm`` would have made of them when they ended: their values
-        were checked then, and nothing else (budget, event) was due.
-        """
-        rec = self.recorder
-        ends, log, prices = rec.ends, rec.log, self.prices
-        for call, u, model, t1 in starmap(ends.popleft, repeat((), n)):
-            try:
-                a = call.attribution
-                stack = a.stack
-                scope = stack[-1] if stack else None
-                provider = call.provider
-                session_id, agent_id, customer_id, tool = (
-                    a.session_id,
-                    a.agent_id,
-                    a.customer_id,
-                    a.tool,
-                )
-                if agent_id is None and tool is None and customer_id is None:
-                    keys = scope.row_keys if scope is not None else rec.row_keys
-                    key = _cached_key(keys, scope, session_id, model, provider)
-                else:
-                    key = _key(scope, session_id, model, provider, agent_id, tool, LLM, customer_id)
-                inp, out = u.input_tokens, u.output_tokens
-                cr, cw = u.cache_read_tokens, u.cache_write_tokens
-                cost = prices.cost_micros(model, provider, inp, out, cr, cw)
-                log.append(
-                    (
-                        key,
-                        inp,
-                        out,
-                        cr,
-                        cw,
-                        u.reasoning_tokens,
-                        0,
-                        0,
-                        cost or 0,
-                        1 if cost is None else 0,
-                        (t1 - call.t0) * 1000.0,
-                    )
-                )
-            except Exception as exc:
-                swallow(exc, "record_llm")
 
     @keywords_only
     def record_embedding(
@@ -886,7 +772,6 @@ class Tracker:
         Callbacks run on the recording thread; one that raises is logged and skipped.
         No event is built while nobody subscribes.
         """
-        self.recorder.record_ends()  # calls that ended before it are not its events
         self.events.subscribe(callback)
 
     def unsubscribe(self, callback: Subscriber) -> None:
@@ -904,7 +789,6 @@ class Tracker:
         Sinks receive the raw event tuple (``UsageEvent.from_raw`` builds the model)
         so that enqueueing stays cheap on the recording thread.
         """
-        self.recorder.record_ends()  # calls that ended before it are not its events
         self.events.add_sink(sink)
 
     def remove_sink(self, sink: Sink) -> None:
@@ -1210,7 +1094,6 @@ class Tracker:
         attribution = _attribution_of(session_id, customer_id, agent, model, tool)
         if budget is not None and not isinstance(budget, Budget):
             raise TypeError(f"budget must be an agentmeter.Budget, got {type(budget).__name__}")
-        self.recorder.record_ends()  # calls that ended before it: counted as before it
         if session_id is not None and len(attribution) == 1:
             sid = session_id
 

@@ -413,21 +413,12 @@ class LLMCall(_InFlight):
             except IndexError:
                 return False
             u: UsageCounts = usage
-            tracker = self.tracker
-            m = model or self.model
-            try:
-                # Nothing waits for this end (no budget, no subscriber): queued, and
-                # recorded at the tracker's next fold in a batch.
-                if tracker._queue_llm_end(self, u, m):
-                    return True
-            except Exception as exc:  # recorded now instead (its claimed id, if any,
-                swallow(exc, "LLMCall.finish")  # keeps a queued copy from counting twice)
             a = self.attribution
             stack = a.stack
             token = None if STACK.get() is stack else STACK.set(stack)
             try:
-                tracker.record_llm(
-                    m,
+                self.tracker.record_llm(
+                    model or self.model,
                     u.input_tokens,
                     u.output_tokens,
                     TRUSTED,
