@@ -88,7 +88,7 @@ class Recorder:
         order.append(call_id)
         if len(order) > self.dedup_window:
             try:
-                self.seen.pop(order.popleft(), None)
+                seen.pop(order.popleft(), None)
             except IndexError:  # another thread evicted concurrently
                 pass
         return True
