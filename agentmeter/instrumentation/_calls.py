@@ -143,7 +143,6 @@ class _InFlight:
         self.tracker = attribution.tracker
         self.call_id: str = _call_id(call_id, self.tracker)
         self.t0 = time.perf_counter()
-        # next() on a count is atomic: exactly one of finish/fail/abandon/cancel wins.
         # Popped by the end that wins: list.pop is atomic, so exactly one of
         # finish/fail/abandon/cancel claims the call, from any thread.
         self._open = [True]
