@@ -366,7 +366,9 @@ class AgentMeterCallbackHandler(BaseCallbackHandler):
             if (
                 md
                 and (self.session_id is None or self.agent_id is None)
-                and not md.keys().isdisjoint(_WHO_KEYS)  # in C: most runs carry none of them
+                # In C, and most runs carry none of them. set.isdisjoint(dict) walks the
+                # dict's few keys; md.keys().isdisjoint(set) walked the set's whole table.
+                and not _WHO_KEYS.isdisjoint(md)
             ):
                 session, agent = self._who(md)
             else:
