@@ -55,6 +55,17 @@ def test_llm_call_finish_records_once_with_attribution(tracker: Tracker) -> None
     assert e.cost_micros == 100 * 1 + 10 * 2  # $1 / $2 per Mtok = 1 / 2 micro-USD per token
 
 
+def test_llm_calls_are_made_by_start_llm_only(tracker: Tracker) -> None:
+    with pytest.raises(TypeError, match="start_llm"):
+        ami.LLMCall()
+    call = ami.start_llm("m", kind="completion", call_id=uuid.UUID(int=7), tracker=tracker)
+    assert (call.model, call.provider, call.kind, call.chunks, call.done) == (
+        "m", None, "completion", 0, False,
+    )  # fmt: skip
+    assert call.call_id == str(uuid.UUID(int=7)) and call.tracker is tracker
+    assert call.prompt_tokens() == 0 and call.elapsed_ms() >= 0
+
+
 def test_calls_in_flight_record_through_the_trackers_own_record_llm() -> None:
     """The calls in flight end in ``Tracker.record_llm`` (its checks skipped, not its
     body), so a subclass that wraps it sees every integration's model calls."""

@@ -55,6 +55,7 @@ __all__ = [
 
 _LLM_KINDS = frozenset({"chat", "completion", "image", "audio", "other"})
 _new_tuple = tuple.__new__
+_object_new = object.__new__
 _perf_counter = time.perf_counter  # a global, not a module attribute, on the hot path
 # Deliberate answers to the host: they leave every end method (as with guarded).
 _PROPAGATE = (BudgetExceeded, BudgetStoreUnavailable)
@@ -213,34 +214,21 @@ class LLMCall(_InFlight):
         "model",
         "provider",
     )
+    # The slots' types (start_llm fills them).
+    model: str
+    provider: str | None
+    kind: str
+    chunks: int
+    _chars: int
+    _prompt: Any
+    _prompt_tokens: int | None
+    _usage: UsageCounts | None
 
-    def __init__(
-        self,
-        attribution: Attribution,
-        model: str,
-        provider: str | None,
-        kind: str,
-        call_id: object,
-        prompt: Any,
-        prompt_tokens: int | None,
-    ) -> None:
-        # _InFlight.__init__, inline (one call less on every model call's start).
-        self.attribution = attribution
-        self.tracker = attribution.tracker
-        if call_id.__class__ is UUID:  # LangChain's run ids: _uuid_str(call_id), inline
-            self.call_id = "-".join(_UUID_GROUPS(call_id.int.to_bytes(16, "big").hex()))
-        else:
-            self.call_id = _call_id(call_id, self.tracker)
-        self.t0 = _perf_counter()
-        self._open = [True]
-        self.model = model
-        self.provider = provider
-        self.kind = kind
-        self._prompt = prompt
-        self._prompt_tokens = prompt_tokens
-        self._usage: UsageCounts | None = None
-        self._chars = 0
-        self.chunks = 0
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        # start_llm() builds every LLMCall, filling its slots itself: a class call
+        # runs __init__ through C, in a second eval loop on deeper C stack, which
+        # inside a framework's call costs ~230 L1d misses per model call.
+        raise TypeError("LLMCall objects are made by agentmeter.instrumentation.start_llm()")
 
     def prompt_tokens(self) -> int:
         """The prompt's size: as given at start, else estimated from the prompt (cached)."""
@@ -854,7 +842,24 @@ def start_llm(
     else:
         a = checked(attribution)
         tracker, stack = a.tracker, a.stack
-    call = LLMCall(a, model, provider, kind, call_id, prompt, prompt_tokens)
+    # The call's slots, filled here rather than by a constructor (see LLMCall.__init__).
+    call: LLMCall = _object_new(LLMCall)
+    call.attribution = a
+    call.tracker = tracker  # type: ignore[assignment]  # a Tracker on every branch above
+    if call_id.__class__ is UUID:  # LangChain's run ids: _uuid_str(call_id), inline
+        call.call_id = "-".join(_UUID_GROUPS(call_id.int.to_bytes(16, "big").hex()))
+    else:
+        call.call_id = _call_id(call_id, tracker)  # type: ignore[arg-type]
+    call.t0 = _perf_counter()
+    call._open = [True]  # see _InFlight.__init__
+    call.model = model
+    call.provider = provider
+    call.kind = kind
+    call._prompt = prompt
+    call._prompt_tokens = prompt_tokens
+    call._usage = None
+    call._chars = 0
+    call.chunks = 0
     # Estimate the prompt and reserve only where a budget applies (the usual answer,
     # no budget and no scopes, is found without a call).
     # (tracker is a Tracker on every branch here: checked above, or captured.)
